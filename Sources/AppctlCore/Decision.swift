@@ -1,0 +1,62 @@
+/// How the daemon treats what the policy does not know.
+public enum Mode: String, Sendable, CaseIterable {
+    /// Unknown content is denied (`EPERM`).
+    case enforce
+    /// Unknown content runs and is recorded as `would-deny`.
+    case monitor
+    /// Unknown content runs and is recorded for a new inventory fragment.
+    case learn
+}
+
+/// Why a decision came out as it did; written into events and `check` output.
+public enum Reason: String, Sendable {
+    case known
+    case unknown
+    case blocklisted
+    /// The daemon's own process: always allowed, or the daemon could wait on itself.
+    case ownProcess = "own-process"
+    /// The file could not be read to hash it.
+    case unreadable
+}
+
+public struct Decision: Equatable, Sendable {
+    public var allow: Bool
+    public var reason: Reason
+    /// Allowed only because of the mode; enforce would have denied it.
+    public var wouldDeny: Bool
+    /// Learn mode: record this file in the fragment.
+    public var record: Bool
+
+    public init(allow: Bool, reason: Reason, wouldDeny: Bool = false, record: Bool = false) {
+        self.allow = allow; self.reason = reason; self.wouldDeny = wouldDeny; self.record = record
+    }
+
+    /// The whole rule, in one place:
+    /// - a blocklisted digest is denied in every mode (a blocklist that learn or monitor mode
+    ///   ignored would be a trap for the admin who relies on it);
+    /// - a known digest is allowed;
+    /// - anything else is denied in enforce, allowed and marked `would-deny` in monitor,
+    ///   allowed and recorded in learn. `lookup == nil` means no policy is loaded.
+    public static func decide(_ lookup: Lookup?, mode: Mode) -> Decision {
+        switch lookup {
+        case .blocklisted?:
+            return Decision(allow: false, reason: .blocklisted)
+        case .known?:
+            return Decision(allow: true, reason: .known)
+        case .unknown?, nil:
+            switch mode {
+            case .enforce: return Decision(allow: false, reason: .unknown)
+            case .monitor: return Decision(allow: true, reason: .unknown, wouldDeny: true)
+            case .learn: return Decision(allow: true, reason: .unknown, record: true)
+            }
+        }
+    }
+
+    /// A file that could not be hashed: fail closed in enforce mode, as for unknown content.
+    public static func unreadable(mode: Mode) -> Decision {
+        var d = decide(.unknown, mode: mode)
+        d.reason = .unreadable
+        d.record = false
+        return d
+    }
+}

@@ -1,0 +1,110 @@
+import AppctlKernel
+
+/// A sorted set of digests answering membership by binary search over a flat array:
+/// 32 bytes per entry and no per-entry allocation, so 1M entries cost 32 MB.
+public struct DigestSet: Sendable {
+    public private(set) var sorted: [SHA256Digest]
+
+    /// Sorts and removes repeats (the same content learned at several paths).
+    /// Takes the caller's array (left empty) so that sorting 1M entries needs no second copy.
+    public init(sortingInPlace d: inout [SHA256Digest]) {
+        d.sort()
+        var unique = 0
+        for i in d.indices where i == 0 || d[i] != d[unique - 1] {
+            d[unique] = d[i]
+            unique += 1
+        }
+        d.removeLast(d.count - unique)
+        sorted = d
+        d = []
+    }
+
+    public init(_ digests: [SHA256Digest]) {
+        var d = digests
+        self.init(sortingInPlace: &d)
+    }
+
+    public var count: Int { sorted.count }
+
+    public func contains(_ digest: SHA256Digest) -> Bool {
+        sorted.withUnsafeBufferPointer { buf in
+            var lo = 0, hi = buf.count
+            while lo < hi {
+                let mid = (lo &+ hi) >> 1
+                let v = buf[mid]
+                if v == digest { return true }
+                if v < digest { lo = mid + 1 } else { hi = mid }
+            }
+            return false
+        }
+    }
+}
+
+/// A policy that was read completely, verified, and is ready to answer decisions.
+public struct LoadedPolicy: Sendable {
+    public var header: PolicyHeader
+    public var allowed: DigestSet
+    public var denied: DigestSet
+    public var path: String
+    /// False only for an unsigned inventory loaded for inspection.
+    public var isSigned: Bool
+
+    public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
+        self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
+    }
+
+    /// What the policy says about a digest, before the mode is applied.
+    public func lookup(_ digest: SHA256Digest) -> Lookup {
+        if denied.contains(digest) { return .blocklisted }
+        if allowed.contains(digest) { return .known }
+        return .unknown
+    }
+
+    /// Reads, verifies the signature against `key`, and checks expiry against `now`.
+    /// Nothing of the file is returned unless every check passes.
+    public static func load(path: String, key: Ed25519PublicKey, now: Timestamp = .now) throws(PolicyError) -> LoadedPolicy {
+        var allows: [SHA256Digest] = []
+        var denies: [SHA256Digest] = []
+        let result = try PolicyReader(path: path).read(
+            onHeader: { header in
+                // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
+                allows.reserveCapacity(min(header.allowCount, 1 << 21))  // an unverified count must not reserve gigabytes
+                denies.reserveCapacity(min(header.denyCount, 1 << 21))
+            },
+            onAllow: { line in allows.append(line.digest) },
+            onDeny: { entry, _ in denies.append(entry.digest) })
+        try verify(result, path: path, key: key, now: now)
+        return LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
+                            denied: DigestSet(sortingInPlace: &denies),
+                            path: path, isSigned: true)
+    }
+
+    /// The checks that make a read policy trustworthy: signed, by this key, not expired.
+    public static func verify(_ result: PolicyReadResult, path: String, key: Ed25519PublicKey, now: Timestamp) throws(PolicyError) {
+        guard let signature = result.signature else {
+            throw PolicyError(.unsigned, file: path, "not signed (an inventory must be signed with 'appctl policy sign' before use)")
+        }
+        guard let keyID = result.header.keyID, result.header.serial != nil else {
+            throw PolicyError(.malformed, file: path, "a signed policy needs serial and key-id header fields")
+        }
+        guard keyID == key.keyID else {
+            throw PolicyError(.wrongKey, file: path, "signed by key \(keyID), but the public key given is \(key.keyID)")
+        }
+        guard key.isValidSignature(signature, for: signedMessage(contentDigest: result.contentDigest)) else {
+            throw PolicyError(.badSignature, file: path, "signature does not verify with key \(key.keyID): the file was changed after signing")
+        }
+        if let expires = result.header.expires, expires <= now {
+            throw PolicyError(.expired, file: path, "expired at \(expires) (now \(now)); sign a new policy with a later --expires")
+        }
+    }
+}
+
+/// What a policy says about one digest.
+public enum Lookup: String, Sendable {
+    /// In the allow list and not blocklisted.
+    case known
+    /// In neither list.
+    case unknown
+    /// In the deny list: denied in every mode.
+    case blocklisted
+}

@@ -1,0 +1,136 @@
+import AppctlKernel
+
+/// The bytes signed by a policy signature: a fixed domain-separation prefix and the SHA-256
+/// of every byte before the `signature` line. Hashing first keeps memory flat for a policy of
+/// any size (PureEdDSA would need the whole file in memory).
+public func signedMessage(contentDigest: SHA256Digest) -> [UInt8] {
+    Array("appctl-policy-v1-signature\0".utf8) + contentDigest.bytes
+}
+
+/// Streams a policy in canonical form to a descriptor, hashing as it goes, and optionally signs it.
+/// Checks the canonical order and the counts announced in the header, so that nothing it writes
+/// could be refused by `PolicyReader`.
+public final class PolicyWriter {
+    private let output: FileDescriptor
+    private let name: String
+    private var buffer: [UInt8] = []
+    private let digest = DigestContext(withMD5: false)
+    private var header: PolicyHeader?
+    private var allowsWritten = 0
+    private var deniesWritten = 0
+    private var previousAllow: AllowEntry?
+    private var previousDeny: SHA256Digest?
+
+    public init(output: FileDescriptor, name: String) {
+        self.output = output
+        self.name = name
+        buffer.reserveCapacity(1 << 20)
+    }
+
+    private func line(_ text: String) throws(PolicyError) {
+        buffer.append(contentsOf: text.utf8)
+        buffer.append(UInt8(ascii: "\n"))
+        if buffer.count >= 1 << 20 { try flush() }
+    }
+
+    private func flush() throws(PolicyError) {
+        buffer.withUnsafeBytes { digest.update($0) }
+        try writeOut()
+    }
+
+    private func writeOut() throws(PolicyError) {
+        do { try output.writeAll(buffer) } catch {
+            throw PolicyError(.io, file: name, "cannot write: \(error)")
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    public func writeHeader(_ header: PolicyHeader) throws(PolicyError) {
+        precondition(self.header == nil)
+        self.header = header
+        try line("appctl-policy \(PolicyHeader.formatVersion)")
+        if let serial = header.serial { try line("serial \(serial)") }
+        try line("issued \(header.issued)")
+        if let expires = header.expires { try line("expires \(expires)") }
+        if let keyID = header.keyID { try line("key-id \(keyID)") }
+        if !header.scope.isEmpty { try line("scope \(header.scope.joined(separator: ","))") }
+        if let description = header.escapedDescription, !description.isEmpty { try line("description \(description)") }
+        try line("allow-count \(header.allowCount)")
+        try line("deny-count \(header.denyCount)")
+    }
+
+    public func writeAllow(_ entry: AllowEntry) throws(PolicyError) {
+        if let previous = previousAllow, previous.escapedPath == entry.escapedPath {
+            throw PolicyError(previous.digest == entry.digest ? .duplicate : .conflictingDuplicate, file: name,
+                              "two allow entries for \(entry.escapedPath)")
+        }
+        if let previous = previousAllow, !AllowEntry.canonicallyOrdered(previous, entry) {
+            throw PolicyError(.outOfOrder, file: name, "allow entries out of canonical order or duplicated at \(entry.escapedPath)")
+        }
+        guard deniesWritten == 0 else { throw PolicyError(.outOfOrder, file: name, "allow entry after deny entries") }
+        previousAllow = entry
+        allowsWritten += 1
+        try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath)")
+    }
+
+    public func writeDeny(_ entry: DenyEntry) throws(PolicyError) {
+        if let previous = previousDeny, !(previous < entry.digest) {
+            throw PolicyError(.outOfOrder, file: name, "deny entries out of order or duplicated at \(entry.digest)")
+        }
+        previousDeny = entry.digest
+        deniesWritten += 1
+        try line("deny \(entry.digest.hex) \(entry.escapedNote)")
+    }
+
+    /// Writes the signature line when a key is given. Does not sync or close the descriptor.
+    public func finish(signingKey: Ed25519PrivateKey?) throws(PolicyError) {
+        guard let header else { preconditionFailure("finish before writeHeader") }
+        guard allowsWritten == header.allowCount, deniesWritten == header.denyCount else {
+            throw PolicyError(.countMismatch, file: name,
+                              "header announces \(header.allowCount) allow / \(header.denyCount) deny entries, wrote \(allowsWritten) / \(deniesWritten)")
+        }
+        buffer.withUnsafeBytes { digest.update($0) }
+        if let signingKey {
+            precondition(header.keyID == signingKey.publicKey.keyID, "header key-id must name the signing key")
+            let message = signedMessage(contentDigest: digest.finish().sha256)
+            let signature: [UInt8]
+            do { signature = try signingKey.signature(for: message) } catch {
+                throw PolicyError(.io, file: name, "cannot sign: \(error)")
+            }
+            buffer.append(contentsOf: "signature \(hexString(signature))\n".utf8)
+        }
+        try writeOut()
+    }
+}
+
+extension PolicyWriter {
+    /// Writes a complete policy (entries sorted here) to `path` atomically.
+    public static func write(path: String, header: PolicyHeader, allows: [AllowEntry], denies: [DenyEntry],
+                             signingKey: Ed25519PrivateKey?, permissions: mode_t = 0o644) throws(PolicyError) {
+        var header = header
+        header.allowCount = allows.count
+        header.denyCount = denies.count
+        let file: AtomicFileWriter
+        do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
+            throw PolicyError(.io, file: path, "cannot create: \(error)")
+        }
+        let writer = PolicyWriter(output: file.descriptor, name: path)
+        do {
+            try writer.writeHeader(header)
+            for entry in allows.sorted(by: AllowEntry.canonicallyOrdered) { try writer.writeAllow(entry) }
+            for entry in denies.sorted(by: { $0.digest < $1.digest }) { try writer.writeDeny(entry) }
+            try writer.finish(signingKey: signingKey)
+            try file.commit()
+        } catch let error as PolicyError {
+            file.abort()
+            throw error
+        } catch {
+            file.abort()
+            throw PolicyError(.io, file: path, "cannot write: \(error)")
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

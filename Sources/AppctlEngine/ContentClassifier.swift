@@ -1,0 +1,56 @@
+import AppctlCore
+import AppctlKernel
+
+/// Decides what kind of executable content a file holds, by its bytes and mode, never by its name.
+public enum ContentClassifier {
+    /// How many leading bytes `classify` needs: an ELF64 header is 64 bytes.
+    public static let headerLength = 64
+
+    /// - Parameters:
+    ///   - head: the first bytes of the file (up to `headerLength`).
+    ///   - readAt: reads more of the file when the ELF program headers must be inspected.
+    /// - Returns: nil for content that is not executable (data, object files, kernel modules).
+    public static func classify(head: [UInt8], executableBit: Bool,
+                                readAt: (_ offset: Int64, _ count: Int) -> [UInt8]) -> FileKind? {
+        if head.count >= 4, head[0] == 0x7f, head[1] == UInt8(ascii: "E"), head[2] == UInt8(ascii: "L"), head[3] == UInt8(ascii: "F") {
+            return classifyELF(head, readAt: readAt) ?? (executableBit ? .otherExec : nil)
+        }
+        if head.count >= 2, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") { return .script }
+        return executableBit ? .otherExec : nil
+    }
+
+    /// ET_EXEC and ET_DYN with PT_INTERP (PIE programs) are programs; ET_DYN without an
+    /// interpreter is a shared object (libraries and the loader). Relocatable objects (.o, .ko)
+    /// and core files are not run by execve or the loader.
+    static func classifyELF(_ h: [UInt8], readAt: (Int64, Int) -> [UInt8]) -> FileKind? {
+        guard h.count >= 52 else { return nil }
+        let is64 = h[4] == 2
+        let little = h[5] == 1
+        func u16(_ b: [UInt8], _ o: Int) -> UInt64 {
+            guard o + 2 <= b.count else { return 0 }
+            return little ? UInt64(b[o]) | UInt64(b[o + 1]) << 8 : UInt64(b[o]) << 8 | UInt64(b[o + 1])
+        }
+        func u32(_ b: [UInt8], _ o: Int) -> UInt64 {
+            u16(b, little ? o : o + 2) | u16(b, little ? o + 2 : o) << 16
+        }
+        func u64(_ b: [UInt8], _ o: Int) -> UInt64 {
+            u32(b, little ? o : o + 4) | u32(b, little ? o + 4 : o) << 32
+        }
+        let type = u16(h, 16)
+        switch type {
+        case 2: return .elfExec             // ET_EXEC
+        case 3: break                       // ET_DYN: look for PT_INTERP
+        default: return nil                 // ET_REL, ET_CORE, unknown
+        }
+        guard !is64 || h.count >= 64 else { return nil }
+        let phoff = is64 ? u64(h, 32) : u32(h, 28)
+        let phentsize = Int(is64 ? u16(h, 54) : u16(h, 42))
+        let phnum = Int(is64 ? u16(h, 56) : u16(h, 44))
+        guard phentsize >= (is64 ? 56 : 32), phnum > 0, phnum < 4096, phoff < 1 << 32 else { return .elfLib }
+        let table = readAt(Int64(phoff), phentsize * phnum)
+        for i in 0..<phnum where (i + 1) * phentsize <= table.count {
+            if u32(table, i * phentsize) == 3 { return .elfExec }   // PT_INTERP
+        }
+        return .elfLib
+    }
+}

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes a file so that it appears whole or not at all: a temporary file beside the target,
+/// `fsync`, then `rename` over it. On any failure (a full disk included) the temporary file is
+/// removed and the target is untouched.
+public final class AtomicFileWriter {
+    public let path: String
+    private let temporaryPath: String
+    public let descriptor: FileDescriptor
+    private var finished = false
+
+    /// - Parameter overwrite: when false, fails with `EEXIST` if the target exists (checked again at commit).
+    public init(path: String, permissions: mode_t = 0o644, overwrite: Bool = true) throws(Errno) {
+        if !overwrite, (try? linkStatus(path)) != nil { throw Errno.fileExists }
+        self.path = path
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { String(path[..<$0]) } ?? "."
+        let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        var attempt = 0
+        while true {
+            let candidate = "\(directory.isEmpty ? "/" : directory)/.\(base).tmp-\(getpid())-\(attempt)"
+            do {
+                descriptor = try FileDescriptor.open(candidate, [.writeOnly, .create, .exclusive], permissions: permissions)
+                temporaryPath = candidate
+                break
+            } catch let error where error == .fileExists && attempt < 100 {
+                attempt += 1
+            }
+        }
+        // The umask must not widen or narrow what the caller asked for (a private key must be 0600).
+        _ = fchmod(descriptor.rawValue, permissions)
+        self.overwrite = overwrite
+    }
+
+    private let overwrite: Bool
+
+    /// Makes the file visible under its final name.
+    public func commit() throws(Errno) {
+        precondition(!finished)
+        finished = true
+        do {
+            try descriptor.sync()
+            descriptor.close()
+            if overwrite {
+                _ = try retryingOnInterrupt { rename(temporaryPath, path) }
+            } else {
+                // link() fails with EEXIST instead of replacing: no race with another writer.
+                _ = try retryingOnInterrupt { link(temporaryPath, path) }
+                unlink(temporaryPath)
+            }
+        } catch {
+            unlink(temporaryPath)
+            throw error
+        }
+    }
+
+    /// Throws the work away; the target is untouched.
+    public func abort() {
+        guard !finished else { return }
+        finished = true
+        descriptor.close()
+        unlink(temporaryPath)
+    }
+
+    deinit { abort() }
+}

@@ -1,0 +1,142 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A raw file descriptor. It does not close itself: owners call `close()` exactly once.
+public struct FileDescriptor: RawRepresentable, Hashable, Sendable {
+    public var rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    /// Flags for `open(2)`.
+    public struct OpenOptions: OptionSet, Sendable {
+        public var rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        /// `O_RDONLY`
+        public static let readOnly = OpenOptions(rawValue: O_RDONLY)
+        /// `O_WRONLY`
+        public static let writeOnly = OpenOptions(rawValue: O_WRONLY)
+        /// `O_RDWR`
+        public static let readWrite = OpenOptions(rawValue: O_RDWR)
+        /// `O_CREAT`
+        public static let create = OpenOptions(rawValue: O_CREAT)
+        /// `O_EXCL`
+        public static let exclusive = OpenOptions(rawValue: O_EXCL)
+        /// `O_TRUNC`
+        public static let truncate = OpenOptions(rawValue: O_TRUNC)
+        /// `O_APPEND`
+        public static let append = OpenOptions(rawValue: O_APPEND)
+        /// `O_CLOEXEC` — always wanted: the daemon never execs, but libraries might fork.
+        public static let closeOnExec = OpenOptions(rawValue: O_CLOEXEC)
+        /// `O_NOFOLLOW` — refuse a symlink in the last component.
+        public static let noFollow = OpenOptions(rawValue: O_NOFOLLOW)
+        /// `O_NONBLOCK` — so that opening a FIFO that appeared mid-scan cannot hang.
+        public static let nonBlocking = OpenOptions(rawValue: O_NONBLOCK)
+        /// `O_NOCTTY`
+        public static let noControllingTerminal = OpenOptions(rawValue: O_NOCTTY)
+        /// `O_DIRECTORY`
+        public static let directory = OpenOptions(rawValue: O_DIRECTORY)
+        /// `O_NOATIME` — scans must not rewrite every inode's atime (root or owner only).
+        public static let noAccessTime = OpenOptions(rawValue: 0o1000000)
+    }
+
+    public static func open(_ path: String, _ options: OpenOptions, permissions: mode_t = 0o644,
+                            relativeTo directory: FileDescriptor? = nil) throws(Errno) -> FileDescriptor {
+        let base = directory?.rawValue ?? AT_FDCWD
+        let fd = try retryingOnInterrupt { openat(base, path, options.union(.closeOnExec).rawValue, permissions) }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    public static func open(cPath: UnsafePointer<CChar>, _ options: OpenOptions, permissions: mode_t = 0o644,
+                            relativeTo directory: FileDescriptor? = nil) throws(Errno) -> FileDescriptor {
+        let base = directory?.rawValue ?? AT_FDCWD
+        let fd = try retryingOnInterrupt { openat(base, cPath, options.union(.closeOnExec).rawValue, permissions) }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Closes the descriptor. Not retried on `EINTR`: on Linux the descriptor is gone either way.
+    public func close() {
+        _ = Glibc.close(rawValue)
+    }
+
+    public func status() throws(Errno) -> stat {
+        var st = stat()
+        _ = try retryingOnInterrupt { fstat(rawValue, &st) }
+        return st
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`; 0 means end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
+        try retryingOnInterrupt { pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+
+    /// Reads up to `buffer.count` bytes from the current position.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try retryingOnInterrupt { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+    }
+
+    /// Writes all of `bytes`, looping over short writes.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(Errno) {
+        var done = 0
+        while done < bytes.count {
+            let n = try retryingOnInterrupt { Glibc.write(rawValue, bytes.baseAddress! + done, bytes.count - done) }
+            done += n
+        }
+    }
+
+    public func writeAll(_ bytes: [UInt8]) throws(Errno) {
+        var failure: Errno?
+        bytes.withUnsafeBytes { raw in
+            do throws(Errno) { try writeAll(raw) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    public func sync() throws(Errno) {
+        _ = try retryingOnInterrupt { fsync(rawValue) }
+    }
+
+    /// Reads the whole file, refusing anything larger than `limit` bytes (key files, configs).
+    public func readAll(limit: Int) throws(Errno) -> [UInt8] {
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var failure: Errno?
+            let n = chunk.withUnsafeMutableBytes { raw -> Int in
+                do throws(Errno) { return try read(into: raw) } catch { failure = error; return 0 }
+            }
+            if let failure { throw failure }
+            if n == 0 { return result }
+            result.append(contentsOf: chunk[0..<n])
+            if result.count > limit { throw Errno(rawValue: EFBIG) }
+        }
+    }
+}
+
+extension stat {
+    public var isRegularFile: Bool { (st_mode & S_IFMT) == S_IFREG }
+    public var isDirectory: Bool { (st_mode & S_IFMT) == S_IFDIR }
+    public var isSymlink: Bool { (st_mode & S_IFMT) == S_IFLNK }
+    /// Any of the three execute bits.
+    public var isExecutableByMode: Bool { (st_mode & 0o111) != 0 }
+    public var ctimeNanoseconds: Int64 { Int64(st_ctim.tv_sec) * 1_000_000_000 + Int64(st_ctim.tv_nsec) }
+    public var mtimeNanoseconds: Int64 { Int64(st_mtim.tv_sec) * 1_000_000_000 + Int64(st_mtim.tv_nsec) }
+}
+
+/// `lstat` through the wrapper: information about a path without following a final symlink.
+public func linkStatus(_ path: String, relativeTo directory: FileDescriptor? = nil) throws(Errno) -> stat {
+    var st = stat()
+    let base = directory?.rawValue ?? AT_FDCWD
+    _ = try retryingOnInterrupt { fstatat(base, path, &st, AT_SYMLINK_NOFOLLOW) }
+    return st
+}
+
+import _AppctlShims
+
+extension FileDescriptor {
+    /// The filesystem's magic number (`f_type` of `fstatfs(2)`), e.g. `PROC_SUPER_MAGIC`.
+    public func filesystemMagic() throws(Errno) -> Int {
+        var fs = statfs()
+        _ = try retryingOnInterrupt { fstatfs(rawValue, &fs) }
+        return Int(fs.f_type)
+    }
+}

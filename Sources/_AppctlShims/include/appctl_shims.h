@@ -1,0 +1,68 @@
+// C helpers for what does not import into Swift: function-like and variadic macros, and
+// OpenSSL sequences that are clearer written once in C. Every function returns 0 on
+// success and a negative APPCTL_E_* code on failure; none of them keeps state.
+#ifndef APPCTL_SHIMS_H
+#define APPCTL_SHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/fanotify.h>
+#include <linux/fanotify.h>
+#include <fcntl.h>
+#include <sys/vfs.h>
+#include <openssl/evp.h>
+
+#define APPCTL_E_OPENSSL   (-1)  // OpenSSL failed (out of memory, internal error)
+#define APPCTL_E_PARSE     (-2)  // not PEM, or not a key
+#define APPCTL_E_KEYTYPE   (-3)  // a key, but not Ed25519
+#define APPCTL_E_BADSIG    (-4)  // signature does not verify
+#define APPCTL_E_SECCOMP   (-5)  // libseccomp refused
+
+// O_LARGEFILE is not needed for event fds: fanotify_init forces it on 64-bit kernels
+// (force_o_largefile() in fs/notify/fanotify/fanotify_user.c).
+
+// ---- Ed25519 (EVP_PKEY_ED25519, PureEdDSA through EVP_DigestSign/EVP_DigestVerify) ----
+
+/// Generates a key pair; returns freshly malloc'ed PEM texts (PKCS#8 private, SPKI public)
+/// that the caller frees with `free`, and the raw 32-byte public key.
+int appctl_ed25519_generate(char **private_pem, size_t *private_len,
+                            char **public_pem, size_t *public_len,
+                            uint8_t public_raw[32]);
+
+/// Reads a PEM private key; fails with APPCTL_E_KEYTYPE when it is not Ed25519.
+int appctl_ed25519_read_private(const char *pem, size_t len,
+                                uint8_t private_raw[32], uint8_t public_raw[32]);
+
+/// Reads a PEM public key; fails with APPCTL_E_KEYTYPE when it is not Ed25519.
+int appctl_ed25519_read_public(const char *pem, size_t len, uint8_t public_raw[32]);
+
+int appctl_ed25519_sign(const uint8_t private_raw[32], const uint8_t *message, size_t len,
+                        uint8_t signature[64]);
+
+/// 0 when valid, APPCTL_E_BADSIG when not. Clears the OpenSSL error queue either way.
+int appctl_ed25519_verify(const uint8_t public_raw[32], const uint8_t *message, size_t len,
+                          const uint8_t signature[64]);
+
+// ---- Digests (EVP, SHA-NI where the CPU has it) ----
+
+/// A reusable digest context for SHA-256 and, optionally, MD5 over the same bytes
+/// (dpkg records MD5; we trust SHA-256).
+typedef struct appctl_digest appctl_digest;
+appctl_digest *appctl_digest_new(int with_md5);
+void appctl_digest_free(appctl_digest *d);
+int appctl_digest_reset(appctl_digest *d, int with_md5);
+int appctl_digest_update(appctl_digest *d, const void *bytes, size_t len);
+int appctl_digest_final(appctl_digest *d, uint8_t sha256[32], uint8_t md5[16]);
+
+// ---- seccomp ----
+
+/// Builds and loads a filter that kills the process on any syscall not in `allowed`
+/// (and answers `errno_value` for the ones in `refused`, so libraries can fall back).
+int appctl_seccomp_install(const int *allowed, size_t allowed_count,
+                           const int *refused, size_t refused_count, int errno_value);
+
+/// Resolves a syscall name for this architecture; negative when unknown.
+int appctl_seccomp_syscall(const char *name);
+
+#endif

@@ -1,0 +1,181 @@
+#include "appctl_shims.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/bio.h>
+#include <seccomp.h>
+
+static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
+    char *data = NULL;
+    long n = BIO_get_mem_data(bio, &data);
+    if (n <= 0) return APPCTL_E_OPENSSL;
+    *out = malloc((size_t)n);
+    if (*out == NULL) return APPCTL_E_OPENSSL;
+    memcpy(*out, data, (size_t)n);
+    *len = (size_t)n;
+    return 0;
+}
+
+int appctl_ed25519_generate(char **private_pem, size_t *private_len,
+                            char **public_pem, size_t *public_len,
+                            uint8_t public_raw[32]) {
+    int rc = APPCTL_E_OPENSSL;
+    EVP_PKEY *key = NULL;
+    BIO *priv = NULL, *pub = NULL;
+    *private_pem = NULL; *public_pem = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
+    if (!ctx || EVP_PKEY_keygen_init(ctx) <= 0 || EVP_PKEY_keygen(ctx, &key) <= 0) goto out;
+    size_t raw_len = 32;
+    if (EVP_PKEY_get_raw_public_key(key, public_raw, &raw_len) <= 0 || raw_len != 32) goto out;
+    priv = BIO_new(BIO_s_mem());
+    pub = BIO_new(BIO_s_mem());
+    if (!priv || !pub) goto out;
+    if (PEM_write_bio_PrivateKey(priv, key, NULL, NULL, 0, NULL, NULL) <= 0) goto out;
+    if (PEM_write_bio_PUBKEY(pub, key) <= 0) goto out;
+    if (bio_to_malloc(priv, private_pem, private_len) != 0) goto out;
+    if (bio_to_malloc(pub, public_pem, public_len) != 0) { free(*private_pem); *private_pem = NULL; goto out; }
+    rc = 0;
+out:
+    BIO_free(priv); BIO_free(pub); EVP_PKEY_free(key); EVP_PKEY_CTX_free(ctx);
+    ERR_clear_error();
+    return rc;
+}
+
+int appctl_ed25519_read_private(const char *pem, size_t len,
+                                uint8_t private_raw[32], uint8_t public_raw[32]) {
+    int rc = APPCTL_E_PARSE;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    if (!key) goto out;
+    if (EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) { rc = APPCTL_E_KEYTYPE; goto out; }
+    size_t a = 32, b = 32;
+    if (EVP_PKEY_get_raw_private_key(key, private_raw, &a) <= 0 || a != 32) { rc = APPCTL_E_OPENSSL; goto out; }
+    if (EVP_PKEY_get_raw_public_key(key, public_raw, &b) <= 0 || b != 32) { rc = APPCTL_E_OPENSSL; goto out; }
+    rc = 0;
+out:
+    EVP_PKEY_free(key); BIO_free(bio);
+    ERR_clear_error();
+    return rc;
+}
+
+int appctl_ed25519_read_public(const char *pem, size_t len, uint8_t public_raw[32]) {
+    int rc = APPCTL_E_PARSE;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    if (!key) goto out;
+    if (EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) { rc = APPCTL_E_KEYTYPE; goto out; }
+    size_t a = 32;
+    if (EVP_PKEY_get_raw_public_key(key, public_raw, &a) <= 0 || a != 32) { rc = APPCTL_E_OPENSSL; goto out; }
+    rc = 0;
+out:
+    EVP_PKEY_free(key); BIO_free(bio);
+    ERR_clear_error();
+    return rc;
+}
+
+int appctl_ed25519_sign(const uint8_t private_raw[32], const uint8_t *message, size_t len,
+                        uint8_t signature[64]) {
+    int rc = APPCTL_E_OPENSSL;
+    EVP_PKEY *key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, private_raw, 32);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    size_t sig_len = 64;
+    // Ed25519 is PureEdDSA: the digest argument must be NULL and signing is one-shot.
+    if (key && ctx && EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) > 0 &&
+        EVP_DigestSign(ctx, signature, &sig_len, message, len) > 0 && sig_len == 64) rc = 0;
+    EVP_MD_CTX_free(ctx); EVP_PKEY_free(key);
+    ERR_clear_error();
+    return rc;
+}
+
+int appctl_ed25519_verify(const uint8_t public_raw[32], const uint8_t *message, size_t len,
+                          const uint8_t signature[64]) {
+    int rc = APPCTL_E_OPENSSL;
+    EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, public_raw, 32);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (key && ctx && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, key) > 0)
+        rc = EVP_DigestVerify(ctx, signature, 64, message, len) == 1 ? 0 : APPCTL_E_BADSIG;
+    EVP_MD_CTX_free(ctx); EVP_PKEY_free(key);
+    ERR_clear_error();  // a failed verify leaves errors queued that would confuse the next call
+    return rc;
+}
+
+struct appctl_digest {
+    EVP_MD_CTX *sha256;
+    EVP_MD_CTX *md5;
+    int with_md5;
+};
+
+static const EVP_MD *sha256_md(void) {
+    // Fetch once: the implicit fetch in EVP_sha256() costs a lookup per init.
+    static EVP_MD *md = NULL;
+    if (md == NULL) md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    return md;
+}
+
+static const EVP_MD *md5_md(void) {
+    static EVP_MD *md = NULL;
+    if (md == NULL) md = EVP_MD_fetch(NULL, "MD5", NULL);
+    return md;
+}
+
+appctl_digest *appctl_digest_new(int with_md5) {
+    appctl_digest *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->sha256 = EVP_MD_CTX_new();
+    d->md5 = EVP_MD_CTX_new();
+    if (!d->sha256 || !d->md5 || appctl_digest_reset(d, with_md5) != 0) {
+        appctl_digest_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void appctl_digest_free(appctl_digest *d) {
+    if (!d) return;
+    EVP_MD_CTX_free(d->sha256);
+    EVP_MD_CTX_free(d->md5);
+    free(d);
+}
+
+int appctl_digest_reset(appctl_digest *d, int with_md5) {
+    d->with_md5 = with_md5;
+    if (EVP_DigestInit_ex(d->sha256, sha256_md(), NULL) <= 0) return APPCTL_E_OPENSSL;
+    if (with_md5 && EVP_DigestInit_ex(d->md5, md5_md(), NULL) <= 0) return APPCTL_E_OPENSSL;
+    return 0;
+}
+
+int appctl_digest_update(appctl_digest *d, const void *bytes, size_t len) {
+    if (EVP_DigestUpdate(d->sha256, bytes, len) <= 0) return APPCTL_E_OPENSSL;
+    if (d->with_md5 && EVP_DigestUpdate(d->md5, bytes, len) <= 0) return APPCTL_E_OPENSSL;
+    return 0;
+}
+
+int appctl_digest_final(appctl_digest *d, uint8_t sha256[32], uint8_t md5[16]) {
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(d->sha256, sha256, &n) <= 0 || n != 32) return APPCTL_E_OPENSSL;
+    if (d->with_md5) {
+        if (EVP_DigestFinal_ex(d->md5, md5, &n) <= 0 || n != 16) return APPCTL_E_OPENSSL;
+    }
+    return 0;
+}
+
+int appctl_seccomp_install(const int *allowed, size_t allowed_count,
+                           const int *refused, size_t refused_count, int errno_value) {
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+    if (!ctx) return APPCTL_E_SECCOMP;
+    int rc = 0;
+    for (size_t i = 0; i < allowed_count && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
+    for (size_t i = 0; i < refused_count && rc == 0; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(errno_value), refused[i], 0);
+    if (rc == 0) rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+    return rc == 0 ? 0 : APPCTL_E_SECCOMP;
+}
+
+int appctl_seccomp_syscall(const char *name) {
+    int nr = seccomp_syscall_resolve_name(name);
+    return nr == __NR_SCMP_ERROR ? -1 : nr;
+}

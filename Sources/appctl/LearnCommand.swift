@@ -1,0 +1,190 @@
+import AppctlCore
+import AppctlEngine
+import AppctlKernel
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options every command that writes a signed policy shares.
+struct SigningOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Expiry, e.g. 2027-06-30 or 2027-06-30T12:00:00Z; hosts refuse the policy afterwards.", valueName: "iso8601"))
+    var expires: ExpiryTime?
+
+    @Option(help: ArgumentHelp("Comma-separated hostname globs the policy is for, e.g. 'web-*,db-0?'.", valueName: "selector"))
+    var scope: String?
+
+    @Option(help: ArgumentHelp("Free text stored in the header (who, why, ticket).", valueName: "text"))
+    var description: String?
+
+    func scopeGlobs() throws(CommandFailure) -> [String] {
+        guard let scope else { return [] }
+        let globs = scope.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard globs.allSatisfy({ !$0.isEmpty && $0.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f } }) else {
+            throw CommandFailure("--scope must be a comma-separated list of hostname globs without spaces", exitCode: 2)
+        }
+        return globs
+    }
+}
+
+extension Appctl {
+    struct Learn: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Build an inventory of the executable content on this machine.",
+            discussion: """
+                Finds executable content by its bytes (ELF programs and shared objects, the loader, '#!'
+                scripts) and by execute bits, never by file name; hashes it with SHA-256 on every core.
+                Files owned by a Debian package are checked against the MD5 that dpkg recorded: a file
+                whose content no longer matches its package is left out and reported (a tampered
+                binary must not be learned as trusted), unless --include-modified.
+
+                Default roots: \(LearnOptions.defaultRoots.joined(separator: " "))
+                (/bin, /sbin and /lib* only where they are real directories, not usr-merge symlinks).
+                /tmp, /var/tmp, /dev/shm and /run are never learned by default: whatever sits there stays unknown.
+                Symlinks are never followed, FIFOs, sockets and devices never opened, pseudo filesystems
+                (proc, sysfs, ...) never entered.
+
+                The output is an unsigned inventory; review it, then 'appctl policy sign' it, or pass
+                --sign-with and --serial to sign at once.
+                """
+        )
+
+        @Option(name: .customLong("root"), help: ArgumentHelp("A directory to scan (repeatable). Default: the list below.", valueName: "dir"))
+        var roots: [String] = []
+
+        @Option(name: .customLong("exclude"), help: ArgumentHelp("A directory to leave out (repeatable).", valueName: "dir"))
+        var excludes: [String] = []
+
+        @Option(help: ArgumentHelp("dpkg's admin directory, for package verification.", valueName: "dir"))
+        var dpkgAdmindir: String = "/var/lib/dpkg"
+
+        @Flag(help: "Learn files that differ from their package too (origin 'local'); they are still reported.")
+        var includeModified = false
+
+        @Option(help: ArgumentHelp("Sign the result with this private key (needs --serial).", valueName: "private-key"))
+        var signWith: String?
+
+        @Option(help: ArgumentHelp("Serial of the signed policy (with --sign-with); must exceed the hosts' last one.", valueName: "n"))
+        var serial: SerialNumber?
+
+        @OptionGroup var signing: SigningOptions
+
+        @Option(help: ArgumentHelp("Hashing threads. Default: one per core.", valueName: "n"))
+        var threads: Int?
+
+        @Option(help: ArgumentHelp("Where to write the inventory (written whole or not at all).", valueName: "file"))
+        var out: String
+
+        func validate() throws {
+            if (signWith == nil) != (serial == nil) { throw ValidationError("--sign-with and --serial go together") }
+            if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        }
+
+        func run() throws {
+            let key = try signWith.map { path throws(CommandFailure) in try loadPrivateKey(path) }
+            let scope = try signing.scopeGlobs()
+            var dpkg: DpkgDatabase? = nil
+            var dpkgNote = "no dpkg database at \(dpkgAdmindir): files not verified against packages"
+            if (try? linkStatus(dpkgAdmindir + "/info")) != nil {
+                do {
+                    dpkg = try DpkgDatabase(adminDir: dpkgAdmindir)
+                    dpkgNote = "verified against \(dpkg!.packageCount) packages' MD5 records in \(dpkgAdmindir)"
+                } catch {
+                    throw CommandFailure("\(dpkgAdmindir)/info: cannot read the dpkg database: \(error)")
+                }
+            }
+            var options = LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, excludes: excludes,
+                                       dpkg: dpkg, includeModified: includeModified)
+            if let threads { options.threads = threads }
+            for root in roots where (try? linkStatus(root))?.isDirectory != true {
+                throw CommandFailure("\(root): not a directory")
+            }
+
+            let progress = isatty(2) == 1 ? ProgressLine() : nil
+            let report = Scanner(options: options).run(progress: progress.map { p in { p.show($0) } })
+            progress?.clear()
+
+            var header = PolicyHeader(issued: .now, description: signing.description ?? "learned on \(hostName()) from \(report.rootsScanned.joined(separator: " "))")
+            header.expires = signing.expires?.value
+            header.scope = scope
+            if let key, let serial {
+                header.serial = serial.value
+                header.keyID = key.publicKey.keyID
+            }
+            do {
+                try PolicyWriter.write(path: out, header: header, allows: report.entries, denies: [], signingKey: key)
+            } catch {
+                throw CommandFailure(error)
+            }
+            printSummary(report, dpkgNote: dpkgNote, signed: key != nil)
+        }
+
+        private func printSummary(_ r: LearnReport, dpkgNote: String, signed: Bool) {
+            let gb = Double(r.bytesHashed) / 1e9
+            print("learned \(r.entries.count) executable files from \(r.rootsScanned.joined(separator: " "))")
+            print("  examined \(r.filesExamined) regular files; hashed \(formatBytes(r.bytesHashed)) in \(format(r.seconds, 2)) s (\(format(r.seconds > 0 ? gb / r.seconds : 0, 2)) GB/s)")
+            let kinds = FileKind.allCases.map { k in "\(k.rawValue) \(r.entries.count { $0.kind == k })" }
+            print("  by kind:   \(kinds.joined(separator: ", "))")
+            var origins: [String: Int] = [:]
+            for e in r.entries { origins[e.origin.category, default: 0] += 1 }
+            print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
+            print("  packages:  \(dpkgNote)")
+            if r.specialFilesSkipped + r.vanished > 0 {
+                print("  skipped:   \(r.specialFilesSkipped) symlinks/FIFOs/sockets/devices (not opened), \(r.vanished) files vanished during the scan")
+            }
+            if !r.pseudoMountsSkipped.isEmpty {
+                print("  not entered (pseudo filesystems): \(r.pseudoMountsSkipped.joined(separator: " "))")
+            }
+            var byCategory: [String: [Exclusion]] = [:]
+            for e in r.exclusions { byCategory[e.reason.category, default: []].append(e) }
+            print("  excluded:  \(r.exclusions.count)" + (byCategory.isEmpty ? "" : " (" + byCategory.keys.sorted().map { "\($0) \(byCategory[$0]!.count)" }.joined(separator: ", ") + ")"))
+            for category in byCategory.keys.sorted() {
+                let list = byCategory[category]!
+                let shown = category == "modified-from-package" ? 200 : 20
+                for e in list.prefix(shown) { print("    \(e.path): \(e.reason)\(includeModified && category == "modified-from-package" ? " (included: --include-modified)" : "")") }
+                if list.count > shown { print("    ... and \(list.count - shown) more \(category)") }
+            }
+            print(signed ? "wrote signed policy \(out)" : "wrote unsigned inventory \(out); review it, then: appctl policy sign --key KEY --serial N --out POLICY \(out)")
+        }
+    }
+}
+
+/// A one-line progress display on stderr, only when stderr is a terminal.
+final class ProgressLine {
+    func show(_ p: ScanProgress) {
+        let text = p.walking
+            ? "\rappctl learn: listing… \(p.filesFound) files"
+            : "\rappctl learn: \(p.filesExamined)/\(p.filesFound) files examined, \(formatBytes(p.bytesHashed)) hashed"
+        try? FileDescriptor(rawValue: 2).writeAll(Array((text + "\u{1B}[K").utf8))
+    }
+
+    func clear() {
+        try? FileDescriptor(rawValue: 2).writeAll(Array("\r\u{1B}[K".utf8))
+    }
+}
+
+func hostName() -> String {
+    var buf = [CChar](repeating: 0, count: 256)
+    gethostname(&buf, 255)
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+func format(_ value: Double, _ decimals: Int) -> String {
+    var p = 1.0
+    for _ in 0..<decimals { p *= 10 }
+    let rounded = (value * p).rounded() / p
+    var s = String(rounded)
+    if let dot = s.firstIndex(of: ".") {
+        let have = s.distance(from: dot, to: s.endIndex) - 1
+        if have < decimals { s += String(repeating: "0", count: decimals - have) }
+    }
+    return s
+}
+
+func formatBytes(_ bytes: Int64) -> String {
+    let b = Double(bytes)
+    if b >= 1e9 { return "\(format(b / 1e9, 2)) GB" }
+    if b >= 1e6 { return "\(format(b / 1e6, 1)) MB" }
+    if b >= 1e3 { return "\(format(b / 1e3, 1)) kB" }
+    return "\(bytes) B"
+}

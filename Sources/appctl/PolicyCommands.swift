@@ -1,0 +1,261 @@
+import AppctlCore
+import AppctlEngine
+import AppctlKernel
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Appctl {
+    struct Policy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Sign, verify, inspect and compare policies (offline; no daemon needed).",
+            subcommands: [Sign.self, Verify.self, Show.self, Diff.self]
+        )
+
+        struct Sign: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Sign an inventory (or re-sign a policy) with a new serial.",
+                discussion: """
+                    The serial must be higher than the last one a host applied, or the host refuses the
+                    policy as a rollback. Entries are copied as they are; an old signature is dropped.
+                    The output is written whole or not at all.
+                    """
+            )
+
+            @Option(help: ArgumentHelp("The Ed25519 private key (PEM).", valueName: "private-key"))
+            var key: String
+
+            @Option(help: ArgumentHelp("The new policy's serial.", valueName: "n"))
+            var serial: SerialNumber
+
+            @OptionGroup var signing: SigningOptions
+
+            @Option(help: ArgumentHelp("Where to write the signed policy.", valueName: "file"))
+            var out: String
+
+            @Argument(help: ArgumentHelp("The inventory to sign.", valueName: "inventory"))
+            var inventory: String
+
+            func run() throws {
+                let privateKey = try loadPrivateKey(key)
+                let scope = try signing.scopeGlobs()
+                let file: AtomicFileWriter
+                do { file = try AtomicFileWriter(path: out) } catch {
+                    throw CommandFailure("\(out): cannot create: \(error)")
+                }
+                let writer = PolicyWriter(output: file.descriptor, name: out)
+                do {
+                    var headerError: PolicyError?
+                    _ = try PolicyReader(path: inventory).read(
+                        onHeader: { old in
+                            var header = old
+                            header.serial = serial.value
+                            header.keyID = privateKey.publicKey.keyID
+                            header.issued = .now
+                            if let expires = signing.expires { header.expires = expires.value }
+                            if !scope.isEmpty { header.scope = scope }
+                            if let description = signing.description {
+                                header.escapedDescription = PolicyHeader(issued: .now, description: description).escapedDescription
+                            }
+                            do throws(PolicyError) { try writer.writeHeader(header) } catch { headerError = error }
+                        },
+                        onAllow: { (line) throws(PolicyError) in
+                            if let headerError { throw headerError }
+                            try writer.writeAllow(line.entry())
+                        },
+                        onDeny: { (entry, _) throws(PolicyError) in try writer.writeDeny(entry) })
+                    if let headerError { throw headerError }
+                    try writer.finish(signingKey: privateKey)
+                    try file.commit()
+                } catch let error as PolicyError {
+                    file.abort()
+                    throw CommandFailure(error)
+                } catch {
+                    file.abort()
+                    throw CommandFailure("\(out): cannot write: \(error)")
+                }
+                print("signed \(out): serial \(serial.value), key \(privateKey.publicKey.keyID)")
+            }
+        }
+
+        struct Verify: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Check a policy's format, signature and expiry. Exit 0 when valid, 1 otherwise.",
+                discussion: "The same checks a host runs before it applies a policy (except the host's own anti-rollback serial)."
+            )
+
+            @Option(help: ArgumentHelp("The Ed25519 public key (PEM).", valueName: "public-key"))
+            var key: String
+
+            @Argument(help: ArgumentHelp("The policy.", valueName: "file"))
+            var file: String
+
+            func run() throws {
+                let publicKey = try loadPublicKey(key)
+                do {
+                    let policy = try LoadedPolicy.load(path: file, key: publicKey)
+                    let h = policy.header
+                    print("valid: \(file): serial \(h.serial!), key \(h.keyID!), \(h.allowCount) allow / \(h.denyCount) deny entries, expires \(h.expires.map(\.description) ?? "never")")
+                } catch {
+                    throw CommandFailure(error)
+                }
+            }
+        }
+
+        struct Show: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Print a policy's header and counts by kind and origin (does not verify the signature).",
+                discussion: "Use 'appctl policy verify' to check the signature."
+            )
+
+            @Argument(help: ArgumentHelp("The policy or inventory.", valueName: "file"))
+            var file: String
+
+            func run() throws {
+                var kinds: [FileKind: Int] = [:]
+                var origins: [String: Int] = [:]
+                var bytes: UInt64 = 0
+                let result: PolicyReadResult
+                do {
+                    result = try PolicyReader(path: file).read(onAllow: { line in
+                        kinds[line.kind, default: 0] += 1
+                        bytes += line.size
+                        let origin = line.originBytes
+                        let category = origin.starts(with: "dpkg:".utf8) ? "dpkg" : String(decoding: origin, as: UTF8.self)
+                        origins[category, default: 0] += 1
+                    })
+                } catch {
+                    throw CommandFailure(error)
+                }
+                let h = result.header
+                print("file:        \(file)")
+                print("format:      appctl-policy \(PolicyHeader.formatVersion)")
+                print("signed:      \(result.signature == nil ? "no (an inventory; sign it with 'appctl policy sign')" : "yes, key \(h.keyID ?? "?") (not verified here; use 'appctl policy verify')")")
+                print("serial:      \(h.serial.map(String.init) ?? "-")")
+                print("issued:      \(h.issued)")
+                let expired = h.expires.map { $0 <= .now } ?? false
+                print("expires:     \(h.expires.map(\.description) ?? "never")\(expired ? " (EXPIRED)" : "")")
+                print("scope:       \(h.scope.isEmpty ? "every host" : h.scope.joined(separator: ","))")
+                print("description: \(h.description ?? "-")")
+                print("allow:       \(h.allowCount) entries, \(formatBytes(Int64(bytes))) of content")
+                print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")
+                print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
+                print("deny:        \(h.denyCount) entries")
+            }
+        }
+
+        struct Diff: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Show what changes from one policy to another: header, entries added, removed, changed.",
+                discussion: """
+                    Lines: '+ allow' added, '- allow' removed, '~ allow' same path with new content,
+                    '+ deny' / '- deny' blocklist changes. Signatures are not checked.
+                    """
+            )
+
+            @Argument(help: ArgumentHelp("The old policy.", valueName: "old"))
+            var old: String
+
+            @Argument(help: ArgumentHelp("The new policy.", valueName: "new"))
+            var new: String
+
+            func run() throws {
+                let (oldHeader, oldAllows, oldDenies) = try readAll(old)
+                let (newHeader, newAllows, newDenies) = try readAll(new)
+                var changes = 0
+                func field(_ name: String, _ a: String, _ b: String) {
+                    if a != b { print("~ \(name): \(a) -> \(b)"); changes += 1 }
+                }
+                field("serial", oldHeader.serial.map(String.init) ?? "-", newHeader.serial.map(String.init) ?? "-")
+                field("key-id", oldHeader.keyID ?? "-", newHeader.keyID ?? "-")
+                field("expires", oldHeader.expires.map(\.description) ?? "never", newHeader.expires.map(\.description) ?? "never")
+                field("scope", oldHeader.scope.joined(separator: ","), newHeader.scope.joined(separator: ","))
+                field("description", oldHeader.description ?? "-", newHeader.description ?? "-")
+                var added = 0, removed = 0, changed = 0
+                for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {
+                    switch (oldAllows[path], newAllows[path]) {
+                    case (nil, let n?):
+                        print("+ allow \(n.digest) \(n.kind.rawValue) \(n.origin) \(path)"); added += 1
+                    case (let o?, nil):
+                        print("- allow \(o.digest) \(o.kind.rawValue) \(o.origin) \(path)"); removed += 1
+                    case (let o?, let n?) where o != n:
+                        print("~ allow \(path): \(o.digest) -> \(n.digest)\(o.origin != n.origin ? " (\(o.origin) -> \(n.origin))" : "")"); changed += 1
+                    default: break
+                    }
+                }
+                for d in newDenies.subtracting(oldDenies).sorted() { print("+ deny \(d)"); changes += 1 }
+                for d in oldDenies.subtracting(newDenies).sorted() { print("- deny \(d)"); changes += 1 }
+                print("\(added) added, \(removed) removed, \(changed) changed allow entries; \(changes) header/deny changes")
+            }
+
+            private func readAll(_ path: String) throws(CommandFailure) -> (PolicyHeader, [String: AllowEntry], Set<SHA256Digest>) {
+                var allows: [String: AllowEntry] = [:]
+                var denies = Set<SHA256Digest>()
+                do {
+                    let result = try PolicyReader(path: path).read(
+                        onAllow: { line in let e = line.entry(); allows[e.escapedPath] = e },
+                        onDeny: { entry, _ in denies.insert(entry.digest) })
+                    return (result.header, allows, denies)
+                } catch {
+                    throw CommandFailure(error)
+                }
+            }
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Say what an enforcing host would decide for each file (offline).",
+            discussion: """
+                Prints one line per path: allow|deny, the reason (known, unknown, blocklisted, unreadable),
+                the SHA-256 and the path. Exit 0 when every path is allowed, 1 otherwise.
+                The policy is verified first, exactly as a host would.
+                """
+        )
+
+        @Option(help: ArgumentHelp("The signed policy.", valueName: "file"))
+        var policy: String
+
+        @Option(help: ArgumentHelp("The Ed25519 public key (PEM) the policy must be signed with.", valueName: "public-key"))
+        var key: String
+
+        @Argument(help: ArgumentHelp("Files to check.", valueName: "path"))
+        var paths: [String]
+
+        func validate() throws {
+            if paths.isEmpty { throw ValidationError("name at least one file to check") }
+        }
+
+        func run() throws {
+            let publicKey = try loadPublicKey(key)
+            let loaded: LoadedPolicy
+            do { loaded = try LoadedPolicy.load(path: policy, key: publicKey) } catch { throw CommandFailure(error) }
+            let hasher = FileHasher()
+            var allAllowed = true
+            for path in paths {
+                do {
+                    let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking, .noControllingTerminal])
+                    defer { fd.close() }
+                    guard try fd.status().isRegularFile else {
+                        print("deny  unreadable  -  \(path): not a regular file")
+                        allAllowed = false
+                        continue
+                    }
+                    let digest = try hasher.hash(fd).sha256
+                    let decision = Decision.decide(loaded.lookup(digest), mode: .enforce)
+                    allAllowed = allAllowed && decision.allow
+                    print("\(decision.allow ? "allow" : "deny ")  \(decision.reason.rawValue.padding(11))  \(digest)  \(path)")
+                } catch {
+                    print("deny   unreadable   -  \(path): \(error)")
+                    allAllowed = false
+                }
+            }
+            if !allAllowed { throw ExitCode(1) }
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
