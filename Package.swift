@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "AppctlTestSupport", dependencies: ["AppctlCore", "AppctlKernel"], path: "Tests/Support"),
         .testTarget(name: "AppctlCoreTests", dependencies: ["AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         .testTarget(name: "AppctlEngineTests", dependencies: ["AppctlEngine", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        // Real-kernel tests of the daemon: root, fanotify, tmpfs mounts of their own.
+        .testTarget(name: "AppctlDaemonTests", dependencies: ["AppctlEngine", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,7 @@
+#define _GNU_SOURCE 1   // struct ucred
 #include "appctl_shims.h"
+
+#include <pthread.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -178,4 +181,19 @@ int appctl_seccomp_install(const int *allowed, size_t allowed_count,
 int appctl_seccomp_syscall(const char *name) {
     int nr = seccomp_syscall_resolve_name(name);
     return nr == __NR_SCMP_ERROR ? -1 : nr;
+}
+
+void appctl_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+int appctl_block_signals(const int *signals, int count, sigset_t *out) {
+    sigemptyset(out);
+    for (int i = 0; i < count; i++) sigaddset(out, signals[i]);
+    return pthread_sigmask(SIG_BLOCK, out, NULL);
+}
+
+long appctl_peer_uid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.uid;
 }

@@ -11,6 +11,13 @@
 #include <linux/fanotify.h>
 #include <fcntl.h>
 #include <sys/vfs.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/prctl.h>
+#include <signal.h>
+#include <fnmatch.h>
 #include <openssl/evp.h>
 
 #define APPCTL_E_OPENSSL   (-1)  // OpenSSL failed (out of memory, internal error)
@@ -54,6 +61,16 @@ void appctl_digest_free(appctl_digest *d);
 int appctl_digest_reset(appctl_digest *d, int with_md5);
 int appctl_digest_update(appctl_digest *d, const void *bytes, size_t len);
 int appctl_digest_final(appctl_digest *d, uint8_t sha256[32], uint8_t md5[16]);
+
+/// Names the calling thread (`prctl(PR_SET_NAME)`), visible in `top -H` and /proc.
+void appctl_set_thread_name(const char *name);
+
+/// Blocks `signals` in the calling thread; threads created afterwards inherit the mask, so only
+/// the signalfd sees them.
+int appctl_block_signals(const int *signals, int count, sigset_t *out);
+
+/// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
+long appctl_peer_uid(int fd);
 
 // ---- seccomp ----
 

@@ -1,0 +1,448 @@
+import AppctlCore
+import AppctlKernel
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why the daemon could not start. One line.
+public struct DaemonStartError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// The identity of a file's content as far as the kernel can tell without reading it: a write
+/// (through `write()` or a shared mapping) changes ctime, and a restored mtime does not hide it.
+struct FileKey: Hashable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+    var changeTime: Int64
+    var size: Int64
+
+    /// `fstat` of the descriptor; nil when it fails.
+    static func of(_ fd: Int32) -> FileKey? {
+        guard let st = try? FileDescriptor(rawValue: fd).status() else { return nil }
+        return FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), changeTime: st.ctimeNanoseconds, size: Int64(st.st_size))
+    }
+}
+
+/// A permission event waiting for its file to be hashed.
+struct PendingEvent: Sendable {
+    var event: FanotifyEvent
+    var key: FileKey
+    var receivedAt: UInt64
+}
+
+/// The enforcement daemon: answers every exec permission event on the marked filesystems from
+/// the signed inventory.
+///
+/// Threads: the event loop (reads events, answers cache hits at once, queues misses), hash
+/// workers (hash misses from the event's own descriptor, answer every event waiting on that file),
+/// the control socket, the event-log writer, and the main thread (signals, mount changes, learn
+/// flushes). A slow hash never delays an answer that the cache can give.
+public final class Daemon: Sendable {
+    public let configuration: DaemonConfiguration
+    let group: FanotifyGroup
+    let policy: PolicyState
+    let statistics = Statistics()
+    let eventLog: EventLog
+    let learned: LearnRecorder
+    let ownPID = getpid()
+    let startedAt = monotonicSeconds()
+    let stopping = Atomic<Bool>(false)
+    let ready = Atomic<Bool>(false)
+    let shutdownNotifier: EventNotifier
+    let eventLoopFinished = DispatchSemaphore(value: 0)
+
+    /// File identity → digest. Decisions are not cached, only digests: a reload or mode switch
+    /// takes effect on the very next event without flushing anything.
+    let digestCache = Mutex<[FileKey: SHA256Digest]>([:])
+    static let digestCacheLimit = 200_000
+    /// Files being hashed → every event waiting for that hash.
+    let pending = Mutex<[FileKey: [PendingEvent]]>([:])
+    let jobs = Mutex<[FileKey]>([])
+    let jobsAvailable = DispatchSemaphore(value: 0)
+    /// Marked superblocks ("major:minor") → mount point used to mark them.
+    let marked = Mutex<[String: String]>([:])
+    let markFailures = Mutex<[String]>([])
+
+    static let watchedEvents: FanotifyGroup.Events = [.openExecPermission]
+
+    public init(configuration: DaemonConfiguration, hostname: String) throws(DaemonStartError) {
+        self.configuration = configuration
+        policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
+        eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
+        learned = LearnRecorder(hostname: hostname)
+        do {
+            group = try FanotifyGroup.create()
+            shutdownNotifier = try EventNotifier()
+        } catch {
+            throw DaemonStartError(description: "cannot create the fanotify group: \(error) (appctl daemon must run as root, on a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")
+        }
+    }
+
+    // MARK: - Life cycle
+
+    /// Runs until SIGTERM or SIGINT. Returns the process exit code.
+    public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
+        eventLog.start()
+        for i in 0..<configuration.hashThreads {
+            startThread(name: "appctl-hash-\(i)") { [self] in hashWorker() }
+        }
+        startThread(name: "appctl-events") { [self] in eventLoop() }
+        control?.start(daemon: self)
+
+        let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
+        updateMarks(mountinfo: mountinfo)
+        ready.store(true, ordering: .releasing)
+        notifyServiceManager("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
+        log("appctl: ready, mode \(policy.mode.rawValue), \(marked.withLock { $0.count }) filesystems marked")
+
+        var nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
+        var exitCode: Int32 = 0
+        loop: while true {
+            var entries: [(FileDescriptor, Int16)] = [(signals.descriptor, Int16(POLLIN))]
+            if let mountinfo { entries.append((mountinfo, Int16(POLLPRI))) }
+            let revents = (try? pollDescriptors(entries, timeoutMilliseconds: 1000)) ?? []
+            if revents.count > 1, revents[1] & Int16(POLLPRI | POLLERR) != 0 {
+                updateMarks(mountinfo: mountinfo)
+            }
+            while let signal = signals.next() {
+                switch signal {
+                case SIGHUP:
+                    reload(reason: "SIGHUP")
+                    eventLog.reopen()
+                case SIGTERM, SIGINT:
+                    break loop
+                default:
+                    break
+                }
+            }
+            if monotonicSeconds() >= nextLearnFlush {
+                flushLearned()
+                nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
+            }
+            if stopping.load(ordering: .relaxed) { exitCode = 1; break }
+        }
+        shutdown()
+        return exitCode
+    }
+
+    /// Answers everything pending, closes the group (the kernel allows what may still arrive),
+    /// writes the learn fragment and the event log.
+    func shutdown() {
+        stopping.store(true, ordering: .relaxed)
+        shutdownNotifier.signal()
+        _ = eventLoopFinished.wait(timeout: .now() + 5)
+        for _ in 0..<configuration.hashThreads { jobsAvailable.signal() }
+        // Events still waiting for a hash: answer them now rather than leave them to the close.
+        let waiting = pending.withLock { p -> [PendingEvent] in
+            let all = p.values.flatMap { $0 }
+            p.removeAll()
+            return all
+        }
+        for p in waiting {
+            try? group.respond(to: p.event.fd, .allow)
+            Glibc.close(p.event.fd)
+        }
+        group.close()
+        flushLearned()
+        eventLog.stop()
+        log("appctl: stopped")
+    }
+
+    @discardableResult
+    public func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal> {
+        guard let path = configuration.policyPath, let key = configuration.publicKeyPath else {
+            return .failure(PolicyRefusal("no policy or key configured"))
+        }
+        let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
+        switch result {
+        case .success(let header): log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
+        case .failure(let refusal): log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
+        }
+        return result
+    }
+
+    func flushLearned() {
+        guard learned.isDirty else { return }
+        do { try learned.write(to: configuration.learnOutput) } catch {
+            log("appctl: cannot write the learned fragment: \(error)")
+        }
+    }
+
+    // MARK: - Marks
+
+    func updateMarks(mountinfo: FileDescriptor?) {
+        guard let mountinfo else { return }
+        var text = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var offset: Int64 = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { (try? mountinfo.read(into: $0, at: offset)) ?? 0 }
+            if n <= 0 { break }
+            text += buffer[0..<n]
+            offset += Int64(n)
+        }
+        let mounts = MountTable.parse(String(decoding: text, as: UTF8.self))
+        let wanted = MountTable.selectMarkable(mounts, paths: configuration.paths,
+                                               excludedTypes: configuration.excludedFilesystemTypes,
+                                               excludedMountPoints: configuration.excludedMountPoints)
+        let present = Set(mounts.map(\.device))
+        var added: [String] = []
+        var failed: [String] = []
+        marked.withLock { marked in
+            // Unmounted filesystems: the kernel dropped their marks with the superblock.
+            for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
+            for m in wanted where marked[m.device] == nil {
+                do {
+                    try group.markFilesystem(of: m.mountPoint, events: Self.watchedEvents)
+                    marked[m.device] = m.mountPoint
+                    added.append("\(m.mountPoint) (\(m.filesystemType))")
+                } catch {
+                    failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
+                }
+            }
+        }
+        if !failed.isEmpty { markFailures.withLock { $0 = failed } }
+        for a in added where ready.load(ordering: .relaxed) { log("appctl: marked new filesystem \(a)") }
+        for f in failed { log("appctl: cannot mark \(f)") }
+    }
+
+    // MARK: - Event loop
+
+    func eventLoop() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
+        defer { buffer.deallocate(); eventLoopFinished.signal() }
+        while !stopping.load(ordering: .relaxed) {
+            let revents = (try? pollDescriptors([(group.descriptor, Int16(POLLIN)), (shutdownNotifier.descriptor, Int16(POLLIN))],
+                                                timeoutMilliseconds: -1)) ?? [0, 0]
+            if revents[0] & Int16(POLLIN) != 0 {
+                guard let events = try? group.readEvents(into: buffer) else { continue }
+                for event in events { handle(event) }
+            }
+        }
+        // Answer what arrived before the stop was noticed.
+        while let events = try? group.readEvents(into: buffer), !events.isEmpty {
+            for event in events { handle(event, shuttingDown: true) }
+        }
+    }
+
+    func handle(_ event: FanotifyEvent, shuttingDown: Bool = false) {
+        guard event.fd >= 0 else { return }   // FAN_NOFD: a queue overflow notice
+        guard event.isPermissionEvent else { Glibc.close(event.fd); return }
+        let receivedAt = monotonicNanoseconds()
+        if event.pid == ownPID {
+            // Never wait on ourselves.
+            statistics.ownProcessEvents.wrappingAdd(1, ordering: .relaxed)
+            answer(event, Decision(allow: true, reason: .ownProcess), digest: nil, key: nil, receivedAt: receivedAt)
+            return
+        }
+        guard let key = FileKey.of(event.fd) else {
+            answer(event, Decision.unreadable(mode: policy.mode), digest: nil, key: nil, receivedAt: receivedAt)
+            return
+        }
+        if let digest = digestCache.withLock({ $0[key] }) {
+            statistics.cacheHits.wrappingAdd(1, ordering: .relaxed)
+            let (decision, _, _) = policy.decide(digest)
+            answer(event, decision, digest: digest, key: key, receivedAt: receivedAt)
+            return
+        }
+        if shuttingDown {
+            answer(event, Decision(allow: true, reason: .unknown), digest: nil, key: key, receivedAt: receivedAt)
+            return
+        }
+        statistics.cacheMisses.wrappingAdd(1, ordering: .relaxed)
+        let isNewJob = pending.withLock { p -> Bool in
+            let isNew = p[key] == nil
+            p[key, default: []].append(PendingEvent(event: event, key: key, receivedAt: receivedAt))
+            return isNew
+        }
+        if isNewJob {
+            jobs.withLock { $0.append(key) }
+            jobsAvailable.signal()
+        }
+    }
+
+    // MARK: - Hashing
+
+    func hashWorker() {
+        let hasher = FileHasher()
+        while true {
+            jobsAvailable.wait()
+            if stopping.load(ordering: .relaxed) { return }
+            guard let key = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+            guard let first = pending.withLock({ $0[key]?.first }) else { continue }
+            statistics.hashesInFlight.wrappingAdd(1, ordering: .relaxed)
+            let digest: SHA256Digest?
+            do {
+                let result = try hasher.hash(FileDescriptor(rawValue: first.event.fd), sizeHint: key.size)
+                statistics.hashesComputed.wrappingAdd(1, ordering: .relaxed)
+                statistics.bytesHashed.wrappingAdd(Int(result.bytesRead), ordering: .relaxed)
+                // Cache only what was hashed whole and unchanged meanwhile.
+                if FileKey.of(first.event.fd) == key, result.bytesRead == key.size {
+                    digestCache.withLock { cache in
+                        if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
+                        cache[key] = result.sha256
+                    }
+                }
+                digest = result.sha256
+            } catch {
+                digest = nil
+            }
+            statistics.hashesInFlight.wrappingAdd(-1, ordering: .relaxed)
+            let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
+            for waiter in waiters {
+                if let digest {
+                    let (decision, _, _) = policy.decide(digest)
+                    answer(waiter.event, decision, digest: digest, key: key, receivedAt: waiter.receivedAt)
+                } else {
+                    answer(waiter.event, Decision.unreadable(mode: policy.mode), digest: nil, key: key, receivedAt: waiter.receivedAt)
+                }
+            }
+        }
+    }
+
+    // MARK: - Answering
+
+    /// Answers the event and records it. For denies, would-denies and learned files the process
+    /// details are read from /proc *before* answering: the process is blocked in execve then, so
+    /// what we read is certainly it (a denied child often exits within microseconds of the answer).
+    /// Allows, the hot path, are answered at once; a logged allow reads /proc afterwards.
+    func answer(_ event: FanotifyEvent, _ decision: Decision, digest: SHA256Digest?, key: FileKey?, receivedAt: UInt64) {
+        let label: String?
+        if !decision.allow { label = "deny" }
+        else if decision.wouldDeny { label = "would-deny" }
+        else if decision.record, let digest {
+            // Learn mode: record each new file once (not every exec of it).
+            label = learned.record(digest: digest, size: key?.size ?? 0, fd: event.fd) ? "learned" : nil
+        }
+        else { label = configuration.logAllows && decision.reason != .ownProcess ? "allow" : nil }
+        let notable = label != nil && label != "allow"
+        let process = notable ? ProcessInfo(pid: event.pid) : nil
+        let path = notable ? pathOfDescriptor(event.fd) : nil
+
+        do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch {
+            log("appctl: cannot answer an event: \(error)")
+        }
+        statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
+        if decision.allow { statistics.allowed.wrappingAdd(1, ordering: .relaxed) } else { statistics.denied.wrappingAdd(1, ordering: .relaxed) }
+        if decision.wouldDeny { statistics.wouldDeny.wrappingAdd(1, ordering: .relaxed) }
+        if let label {
+            let (_, serial, mode) = digest.map { policy.decide($0) } ?? (decision, policy.snapshot.policy?.serial, policy.mode)
+            eventLog.submit(EventRecord(
+                time: rfc3339Now(), decision: label, reason: decision.reason, path: path ?? pathOfDescriptor(event.fd),
+                digest: digest, size: key?.size ?? -1, device: key?.device ?? 0, inode: key?.inode ?? 0,
+                pid: event.pid, process: process ?? ProcessInfo(pid: event.pid), serial: serial, mode: mode))
+        }
+        Glibc.close(event.fd)
+    }
+
+    // MARK: - Status
+
+    /// `(ready, JSON object, human-readable lines)` for `appctl status`.
+    public func status() -> (ready: Bool, json: String, text: String) {
+        let fields = statusFields()
+        let json = "{" + fields.map { "\(jsonString($0.0)):\($0.1)" }.joined(separator: ",") + "}"
+        let text = fields.map { "\($0.0.split(separator: "_").joined(separator: " ")): \(String($0.1.filter { $0 != "\"" }))" }
+            .joined(separator: "\n")
+        return (ready.load(ordering: .relaxed), json, text)
+    }
+
+    func statusFields() -> [(String, String)] {
+        let s = policy.snapshot
+        let hits = statistics.cacheHits.load(ordering: .relaxed), misses = statistics.cacheMisses.load(ordering: .relaxed)
+        let hitRate = hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses)
+        func number(_ v: Double?) -> String { v.map { String(format3($0)) } ?? "null" }
+        let marks = marked.withLock { $0.values.sorted() }
+        let failures = markFailures.withLock { $0 }
+        let fields: [(String, String)] = [
+            ("ready", ready.load(ordering: .relaxed) ? "true" : "false"),
+            ("mode", jsonString(s.mode.rawValue)),
+            ("pid", String(ownPID)),
+            ("uptime_seconds", String(format3(monotonicSeconds() - startedAt))),
+            ("policy_path", s.path.map(jsonString) ?? "null"),
+            ("policy_serial", s.policy?.serial.map(String.init) ?? "null"),
+            ("policy_key_id", s.policy?.keyID.map(jsonString) ?? "null"),
+            ("policy_expires", s.policy?.expires.map { jsonString($0.description) } ?? "null"),
+            ("policy_allow_entries", String(s.allowCount)),
+            ("policy_deny_entries", String(s.denyCount)),
+            ("last_policy_error", s.lastError.map(jsonString) ?? "null"),
+            ("allowed", String(statistics.allowed.load(ordering: .relaxed))),
+            ("denied", String(statistics.denied.load(ordering: .relaxed))),
+            ("would_deny", String(statistics.wouldDeny.load(ordering: .relaxed))),
+            ("learned_files", String(learned.count)),
+            ("cache_hits", String(hits)),
+            ("cache_misses", String(misses)),
+            ("cache_hit_rate", String(format3(hitRate))),
+            ("hashes_computed", String(statistics.hashesComputed.load(ordering: .relaxed))),
+            ("bytes_hashed", String(statistics.bytesHashed.load(ordering: .relaxed))),
+            ("hashes_in_flight", String(statistics.hashesInFlight.load(ordering: .relaxed))),
+            ("own_process_events", String(statistics.ownProcessEvents.load(ordering: .relaxed))),
+            ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
+            ("latency_p99_us", number(statistics.latencyQuantile(0.99))),
+            ("events_queued", String(eventLog.queuedCount)),
+            ("events_dropped", String(statistics.eventsDropped.load(ordering: .relaxed))),
+            ("event_write_errors", String(statistics.eventWriteErrors.load(ordering: .relaxed))),
+            ("marked_filesystems", "[" + marks.map(jsonString).joined(separator: ",") + "]"),
+            ("mark_failures", "[" + failures.map(jsonString).joined(separator: ",") + "]"),
+        ]
+        return fields
+    }
+
+    func log(_ line: String) {
+        try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8))
+    }
+}
+
+func format3(_ v: Double) -> String {
+    let scaled = (v * 1000).rounded() / 1000
+    return String(scaled)
+}
+
+/// Learn mode: files that ran and that the inventory lacks, written as an unsigned inventory fragment.
+final class LearnRecorder: Sendable {
+    private struct State {
+        var entries: [String: AllowEntry] = [:]
+        var digests = Set<SHA256Digest>()
+        var dirty = false
+    }
+    private let state = Mutex(State())
+    let hostname: String
+
+    init(hostname: String) { self.hostname = hostname }
+
+    var isDirty: Bool { state.withLock { $0.dirty } }
+    var count: Int { state.withLock { $0.entries.count } }
+
+    /// Records a file; false when this content was recorded already.
+    func record(digest: SHA256Digest, size: Int64, fd: Int32) -> Bool {
+        if state.withLock({ $0.digests.contains(digest) }) { return false }
+        let path = pathOfDescriptor(fd)
+        let descriptor = FileDescriptor(rawValue: fd)
+        var head = [UInt8](repeating: 0, count: ContentClassifier.headerLength)
+        let n = head.withUnsafeMutableBytes { (try? descriptor.read(into: $0, at: 0)) ?? 0 }
+        head.removeLast(head.count - n)
+        let kind = ContentClassifier.classify(head: head, executableBit: true) { offset, count in
+            var buf = [UInt8](repeating: 0, count: count)
+            let n = buf.withUnsafeMutableBytes { (try? descriptor.read(into: $0, at: offset)) ?? 0 }
+            return Array(buf[0..<n])
+        } ?? .otherExec
+        let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8))
+        return state.withLock { s in
+            guard s.digests.insert(digest).inserted else { return false }
+            s.entries[entry.escapedPath] = entry   // the newest content seen at a path wins
+            s.dirty = true
+            return true
+        }
+    }
+
+    func write(to path: String) throws(PolicyError) {
+        let entries = state.withLock { s -> [AllowEntry] in
+            s.dirty = false
+            return Array(s.entries.values)
+        }
+        let header = PolicyHeader(issued: .now, description: "learned at run time on \(hostname) by appctl daemon (learn mode); review, then sign")
+        try PolicyWriter.write(path: path, header: header, allows: entries, denies: [], signingKey: nil, permissions: 0o600)
+    }
+}

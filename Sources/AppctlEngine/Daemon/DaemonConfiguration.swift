@@ -1,0 +1,112 @@
+import AppctlCore
+import AppctlKernel
+
+/// Everything the daemon is told: the config file's `key = value` lines, overridden by flags.
+public struct DaemonConfiguration: Sendable, Equatable {
+    public static let defaultPath = "/etc/appctl/appctl.conf"
+
+    public var mode: Mode = .monitor
+    public var policyPath: String? = "/etc/appctl/policy.txt"
+    public var publicKeyPath: String? = "/etc/appctl/signing.pub"
+    /// Mount points whose filesystems (and filesystems mounted below them later) are marked.
+    /// Empty: every local filesystem.
+    public var paths: [String] = []
+    public var eventsPath = "/var/log/appctl/events.jsonl"
+    public var socketPath = "/run/appctl/appctl.sock"
+    public var stateDirectory = "/var/lib/appctl"
+    public var learnOutput = "/var/lib/appctl/learned.txt"
+    /// Filesystem types never marked, on top of the pseudo filesystems.
+    public var excludedFilesystemTypes: [String] = []
+    /// Mount points never marked (and nothing below them).
+    public var excludedMountPoints: [String] = []
+    /// Also write an event per allowed exec (verbose; off by default).
+    public var logAllows = false
+    public var allowRollback = false
+    public var hashThreads = 2
+    /// How often learn mode rewrites its fragment, in seconds.
+    public var learnFlushSeconds = 30
+
+    public init() {}
+
+    public struct ParseError: Error, CustomStringConvertible {
+        public var file: String
+        public var line: Int
+        public var message: String
+        public var description: String { "\(file):\(line): \(message)" }
+    }
+
+    /// Reads a config file: `key = value` per line, `#` comments, `path` and the exclude keys repeatable.
+    public mutating func apply(file: String, text: String) throws(ParseError) {
+        var lineNumber = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let trimmed = line.trimmingSpaces()
+            if trimmed.isEmpty { continue }
+            guard let eq = trimmed.firstIndex(of: "=") else {
+                throw ParseError(file: file, line: lineNumber, message: "expected 'key = value'")
+            }
+            let key = String(trimmed[..<eq]).trimmingSpaces()
+            let value = String(trimmed[trimmed.index(after: eq)...]).trimmingSpaces()
+            func bool() throws(ParseError) -> Bool {
+                switch value { case "yes", "true", "on", "1": return true
+                case "no", "false", "off", "0": return false
+                default: throw ParseError(file: file, line: lineNumber, message: "\(key) must be yes or no") }
+            }
+            switch key {
+            case "mode":
+                guard let m = Mode(rawValue: value) else { throw ParseError(file: file, line: lineNumber, message: "mode must be enforce, monitor or learn") }
+                mode = m
+            case "policy": policyPath = value.isEmpty ? nil : value
+            case "key": publicKeyPath = value.isEmpty ? nil : value
+            case "path": paths.append(value)
+            case "events": eventsPath = value
+            case "socket": socketPath = value
+            case "state-dir": stateDirectory = value
+            case "learn-out": learnOutput = value
+            case "exclude-fs-type": excludedFilesystemTypes.append(value)
+            case "exclude-mount": excludedMountPoints.append(value)
+            case "log-allows": logAllows = try bool()
+            case "hash-threads":
+                guard let n = Int(value), (1...64).contains(n) else { throw ParseError(file: file, line: lineNumber, message: "hash-threads must be 1 to 64") }
+                hashThreads = n
+            case "learn-flush-seconds":
+                guard let n = Int(value), n >= 1 else { throw ParseError(file: file, line: lineNumber, message: "learn-flush-seconds must be a positive number") }
+                learnFlushSeconds = n
+            default:
+                throw ParseError(file: file, line: lineNumber, message: "unknown setting '\(key)'")
+            }
+        }
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// JSON string literal with escaping (events, status).
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if scalar.value < 0x20 {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out + "\""
+}

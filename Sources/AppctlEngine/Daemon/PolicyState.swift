@@ -1,0 +1,117 @@
+import AppctlCore
+import AppctlKernel
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a policy was not applied. One line; the daemon keeps its last good policy.
+public struct PolicyRefusal: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The policy life cycle on one host: verify, refuse rollbacks and out-of-scope policies,
+/// remember the highest serial applied (in the state directory), swap atomically.
+public final class PolicyState: Sendable {
+    private struct Current: Sendable {
+        var policy: LoadedPolicy?
+        var mode: Mode
+        var lastError: String?
+        var generation: UInt64 = 0
+    }
+
+    private let current: Mutex<Current>
+    public let stateDirectory: String
+    public let hostname: String
+
+    public init(mode: Mode, stateDirectory: String, hostname: String) {
+        current = Mutex(Current(policy: nil, mode: mode))
+        self.stateDirectory = stateDirectory
+        self.hostname = hostname
+    }
+
+    /// The mode and the policy's verdict for a digest, read together under one lock.
+    public func decide(_ digest: SHA256Digest) -> (Decision, serial: UInt64?, mode: Mode) {
+        current.withLock { c in
+            (Decision.decide(c.policy?.lookup(digest), mode: c.mode), c.policy?.header.serial, c.mode)
+        }
+    }
+
+    public var mode: Mode { current.withLock { $0.mode } }
+    public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode; $0.generation &+= 1 } }
+
+    public var snapshot: (policy: PolicyHeader?, path: String?, mode: Mode, lastError: String?, allowCount: Int, denyCount: Int) {
+        current.withLock { c in
+            (c.policy?.header, c.policy?.path, c.mode, c.lastError, c.policy?.allowed.count ?? 0, c.policy?.denied.count ?? 0)
+        }
+    }
+
+    /// Loads, verifies and applies a policy; on any failure the current policy stays and the reason is kept.
+    @discardableResult
+    public func apply(path: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
+        let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
+        current.withLock { c in
+            switch result {
+            case .success(let policy):
+                c.policy = policy
+                c.lastError = nil
+                c.generation &+= 1
+            case .failure(let refusal):
+                c.lastError = refusal.description
+            }
+        }
+        return result.map(\.header)
+    }
+
+    private func load(path: String, keyPath: String, allowRollback: Bool) -> Result<LoadedPolicy, PolicyRefusal> {
+        let key: Ed25519PublicKey
+        do {
+            let fd = try FileDescriptor.open(keyPath, [.readOnly, .nonBlocking])
+            defer { fd.close() }
+            key = try Ed25519PublicKey(pem: try fd.readAll(limit: 64 * 1024))
+        } catch {
+            return .failure(PolicyRefusal("\(keyPath): cannot use public key: \(error)"))
+        }
+        let policy: LoadedPolicy
+        do { policy = try LoadedPolicy.load(path: path, key: key) } catch {
+            return .failure(PolicyRefusal(error.description))
+        }
+        let header = policy.header
+        if !header.scope.isEmpty && !header.scope.contains(where: { globMatches($0, hostname) }) {
+            return .failure(PolicyRefusal("\(path): policy is for hosts \(header.scope.joined(separator: ",")), not \(hostname)"))
+        }
+        let serial = header.serial!
+        let last = lastAppliedSerial()
+        if let last, serial < last, !allowRollback {
+            return .failure(PolicyRefusal("\(path): serial \(serial) is lower than \(last), the last applied on this host (rollback refused; --allow-rollback overrides)"))
+        }
+        if last == nil || serial > last! || allowRollback {
+            do { try recordSerial(serial) } catch {
+                return .failure(PolicyRefusal("\(stateDirectory)/last-serial: cannot record the serial: \(error)"))
+            }
+        }
+        return .success(policy)
+    }
+
+    private var serialFile: String { stateDirectory + "/last-serial" }
+
+    public func lastAppliedSerial() -> UInt64? {
+        guard let fd = try? FileDescriptor.open(serialFile, [.readOnly]) else { return nil }
+        defer { fd.close() }
+        guard let bytes = try? fd.readAll(limit: 4096) else { return nil }
+        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingSpaces().split(separator: "\n").first ?? "")
+    }
+
+    private func recordSerial(_ serial: UInt64) throws(Errno) {
+        mkdir(stateDirectory, 0o700)
+        let file = try AtomicFileWriter(path: serialFile, permissions: 0o600)
+        do throws(Errno) {
+            try file.descriptor.writeAll(Array("\(serial)\n".utf8))
+            try file.commit()
+        } catch {
+            file.abort()
+            throw error
+        }
+    }
+}

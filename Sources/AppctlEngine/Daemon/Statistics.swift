@@ -1,0 +1,56 @@
+import Synchronization
+
+/// Counters and a latency histogram, updated from the decision threads without blocking them.
+public final class Statistics: Sendable {
+    public let allowed = Atomic<Int>(0)
+    public let denied = Atomic<Int>(0)
+    public let wouldDeny = Atomic<Int>(0)
+    public let learned = Atomic<Int>(0)
+    public let cacheHits = Atomic<Int>(0)
+    public let cacheMisses = Atomic<Int>(0)
+    public let hashesComputed = Atomic<Int>(0)
+    public let bytesHashed = Atomic<Int>(0)
+    public let ownProcessEvents = Atomic<Int>(0)
+    public let eventsDropped = Atomic<Int>(0)
+    public let eventWriteErrors = Atomic<Int>(0)
+    public let hashesInFlight = Atomic<Int>(0)
+
+    /// Four buckets per power of two of nanoseconds: about 19% resolution from 1 ns to 2^64.
+    private let buckets = Mutex<[UInt64]>([UInt64](repeating: 0, count: 256))
+
+    public init() {}
+
+    public func recordLatency(nanoseconds: UInt64) {
+        let index = Self.bucket(nanoseconds)
+        buckets.withLock { $0[index] &+= 1 }
+    }
+
+    static func bucket(_ ns: UInt64) -> Int {
+        guard ns > 1 else { return 0 }
+        let log2 = 63 - ns.leadingZeroBitCount
+        // The two bits below the leading one pick the quarter-octave.
+        let fraction = log2 >= 2 ? Int((ns >> UInt64(log2 - 2)) & 3) : 0
+        return min(255, log2 * 4 + fraction)
+    }
+
+    /// The upper edge of a bucket, in nanoseconds.
+    static func upperBound(_ index: Int) -> UInt64 {
+        let log2 = index / 4, fraction = index % 4
+        guard log2 >= 2 else { return UInt64(1) << UInt64(log2 + 1) }
+        return (UInt64(4 + fraction + 1) << UInt64(log2 - 2))
+    }
+
+    /// Quantile `q` (0...1) of the recorded latencies, in microseconds (bucket upper edge); nil when empty.
+    public func latencyQuantile(_ q: Double) -> Double? {
+        let counts = buckets.withLock { $0 }
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return nil }
+        let target = UInt64((Double(total) * q).rounded(.up))
+        var seen: UInt64 = 0
+        for (i, c) in counts.enumerated() {
+            seen += c
+            if seen >= max(target, 1) { return Double(Self.upperBound(i)) / 1000 }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,166 @@
+import _AppctlShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fanotify notification group (`fanotify_init(2)`): the daemon's one connection to the kernel's
+/// permission checks. Every permission event read from it must be answered, or the process that
+/// caused it waits; closing the group makes the kernel allow whatever is pending.
+public struct FanotifyGroup: Sendable {
+    public let descriptor: FileDescriptor
+
+    /// Events of interest, `mask` bits of `fanotify_mark(2)`.
+    public struct Events: OptionSet, Sendable {
+        public var rawValue: UInt64
+        public init(rawValue: UInt64) { self.rawValue = rawValue }
+        /// `FAN_OPEN_EXEC_PERM` — a file is opened to be executed (execve, uselib, the loader's `PROT_EXEC` maps of the program).
+        public static let openExecPermission = Events(rawValue: UInt64(FAN_OPEN_EXEC_PERM))
+        /// `FAN_OPEN_PERM` — any open.
+        public static let openPermission = Events(rawValue: UInt64(FAN_OPEN_PERM))
+        /// `FAN_Q_OVERFLOW` — the event queue overflowed (never for permission events, which are not queued-and-dropped).
+        public static let queueOverflow = Events(rawValue: UInt64(FAN_Q_OVERFLOW))
+    }
+
+    /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_CLOEXEC)`.
+    /// `FAN_CLASS_CONTENT` is the class for permission decisions based on file content.
+    /// (`O_LARGEFILE` is forced by the kernel on 64-bit.)
+    public static func create() throws(Errno) -> FanotifyGroup {
+        let fd = try retryingOnInterrupt {
+            fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY | O_CLOEXEC))
+        }
+        return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
+    /// Marks the whole filesystem (superblock) that `path` is on, in every mount namespace:
+    /// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM, events, AT_FDCWD, path)`.
+    public func markFilesystem(of path: String, events: Events) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), events.rawValue, AT_FDCWD, path)
+        }
+    }
+
+    /// Removes the filesystem mark again.
+    public func unmarkFilesystem(of path: String, events: Events) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM), events.rawValue, AT_FDCWD, path)
+        }
+    }
+
+    /// The answer to a permission event (`FAN_ALLOW` / `FAN_DENY`).
+    public enum Verdict: UInt32, Sendable {
+        /// `FAN_ALLOW`
+        case allow = 0x01
+        /// `FAN_DENY` — the caller's open/execve fails with `EPERM`.
+        case deny = 0x02
+    }
+
+    /// Writes a `struct fanotify_response`. Safe from any thread: each write is one whole response.
+    public func respond(to eventDescriptor: Int32, _ verdict: Verdict) throws(Errno) {
+        var response = fanotify_response(fd: eventDescriptor, response: verdict.rawValue)
+        _ = try retryingOnInterrupt { write(descriptor.rawValue, &response, MemoryLayout<fanotify_response>.size) }
+    }
+
+    /// Reads as many events as fit. Returns an empty array when none are waiting (non-blocking group).
+    public func readEvents(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> [FanotifyEvent] {
+        let n: Int
+        do throws(Errno) {
+            n = try descriptor.read(into: buffer)
+        } catch where error == .wouldBlock {
+            return []
+        }
+        return FanotifyEvent.parse(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+    }
+
+    public func close() { descriptor.close() }
+}
+
+/// One event from the group. `fd` is an open, read-only descriptor of the file the event is about;
+/// the receiver closes it after answering.
+public struct FanotifyEvent: Sendable {
+    public var mask: UInt64
+    public var fd: Int32
+    public var pid: Int32
+
+    public var isPermissionEvent: Bool {
+        mask & (UInt64(FAN_OPEN_EXEC_PERM) | UInt64(FAN_OPEN_PERM) | UInt64(FAN_ACCESS_PERM)) != 0
+    }
+
+    /// Walks `struct fanotify_event_metadata` records by `event_len` (the FAN_EVENT_OK /
+    /// FAN_EVENT_NEXT macros, which do not import into Swift), checking the version.
+    static func parse(_ bytes: UnsafeRawBufferPointer) -> [FanotifyEvent] {
+        var events: [FanotifyEvent] = []
+        var offset = 0
+        let headerSize = MemoryLayout<fanotify_event_metadata>.size   // 24
+        while offset + headerSize <= bytes.count {
+            let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+            let version = bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt8.self)
+            guard length >= headerSize, offset + length <= bytes.count, version == UInt8(FANOTIFY_METADATA_VERSION) else { break }
+            events.append(FanotifyEvent(
+                mask: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self),
+                fd: bytes.loadUnaligned(fromByteOffset: offset + 16, as: Int32.self),
+                pid: bytes.loadUnaligned(fromByteOffset: offset + 20, as: Int32.self)))
+            offset += length
+        }
+        return events
+    }
+}
+
+/// An eventfd used to wake a thread blocked in `poll` (shutdown, new work).
+public struct EventNotifier: Sendable {
+    public let descriptor: FileDescriptor
+
+    public init() throws(Errno) {
+        let fd = try retryingOnInterrupt { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
+        descriptor = FileDescriptor(rawValue: fd)
+    }
+
+    public func signal() {
+        var one: UInt64 = 1
+        _ = write(descriptor.rawValue, &one, 8)
+    }
+
+    public func drain() {
+        var value: UInt64 = 0
+        _ = read(descriptor.rawValue, &value, 8)
+    }
+}
+
+/// `poll(2)` through the wrapper. Returns the `revents` of each descriptor, in order.
+public func pollDescriptors(_ entries: [(FileDescriptor, Int16)], timeoutMilliseconds: Int32) throws(Errno) -> [Int16] {
+    var fds = entries.map { pollfd(fd: $0.0.rawValue, events: $0.1, revents: 0) }
+    _ = try retryingOnInterrupt { poll(&fds, nfds_t(fds.count), timeoutMilliseconds) }
+    return fds.map(\.revents)
+}
+
+/// The path a descriptor refers to, as `/proc/self/fd/N` shows it (`(deleted)` suffix included).
+public func pathOfDescriptor(_ fd: Int32) -> String {
+    readLink("/proc/self/fd/\(fd)") ?? "?"
+}
+
+public func readLink(_ path: String) -> String? {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let n = buffer.withUnsafeMutableBufferPointer { b in
+        b.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, 4095) }
+    }
+    guard n >= 0 else { return nil }
+    return String(decoding: buffer[0..<n], as: UTF8.self)
+}
+
+/// Starts a dedicated OS thread (blocking kernel loops must not run on Swift's cooperative pool).
+public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable {   // handed across pthread_create exactly once
+        let body: @Sendable () -> Void
+        let name: String
+        init(_ body: @escaping @Sendable () -> Void, _ name: String) { self.body = body; self.name = name }
+    }
+    let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { raw in
+        let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+        appctl_set_thread_name(String(box.name.prefix(15)))
+        box.body()
+        return nil
+    }, box)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    pthread_detach(thread)
+}

@@ -1,0 +1,164 @@
+import _AppctlShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Signals delivered through a `signalfd`, so that no handler runs at an arbitrary point of a
+/// decision. Create it on the main thread before starting any other thread: threads inherit
+/// the blocked mask, and only this descriptor sees the signals.
+public struct SignalReceiver: Sendable {
+    public let descriptor: FileDescriptor
+
+    public init(_ signals: [Int32]) throws(Errno) {
+        var set = sigset_t()
+        guard signals.withUnsafeBufferPointer({ appctl_block_signals($0.baseAddress, Int32($0.count), &set) }) == 0 else {
+            throw Errno.current
+        }
+        let fd = try retryingOnInterrupt { signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) }
+        descriptor = FileDescriptor(rawValue: fd)
+    }
+
+    /// The next pending signal, or nil.
+    public func next() -> Int32? {
+        var info = signalfd_siginfo()
+        let n = read(descriptor.rawValue, &info, MemoryLayout<signalfd_siginfo>.size)
+        return n == MemoryLayout<signalfd_siginfo>.size ? Int32(info.ssi_signo) : nil
+    }
+}
+
+/// A listening Unix stream socket.
+public struct UnixListener: Sendable {
+    public let descriptor: FileDescriptor
+    public let path: String
+
+    /// Binds `path` (a stale socket file is replaced) with the given mode.
+    public init(path: String, mode: mode_t) throws(Errno) {
+        let fd = try retryingOnInterrupt { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var address = try unixAddress(path)
+        if let st = try? linkStatus(path), (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        do throws(Errno) {
+            _ = try retryingOnInterrupt {
+                withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+            }
+            _ = try retryingOnInterrupt { chmod(path, mode) }
+            _ = try retryingOnInterrupt { listen(fd, 16) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        descriptor = FileDescriptor(rawValue: fd)
+        self.path = path
+    }
+
+    /// Accepts one connection and reports the peer's uid (`SO_PEERCRED`: the credentials at connect time).
+    public func accept() throws(Errno) -> (FileDescriptor, peerUID: Int) {
+        // accept4 needs _GNU_SOURCE; the daemon never execs, so setting FD_CLOEXEC right after is enough.
+        let fd = try retryingOnInterrupt { Glibc.accept(descriptor.rawValue, nil, nil) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return (FileDescriptor(rawValue: fd), appctl_peer_uid(fd))
+    }
+}
+
+/// Connects to a Unix stream socket.
+public func connectUnix(_ path: String) throws(Errno) -> FileDescriptor {
+    let fd = try retryingOnInterrupt { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    var address = try unixAddress(path)
+    do throws(Errno) {
+        _ = try retryingOnInterrupt {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+    } catch {
+        Glibc.close(fd)
+        throw error
+    }
+    return FileDescriptor(rawValue: fd)
+}
+
+private func unixAddress(_ path: String) throws(Errno) -> sockaddr_un {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw Errno(rawValue: ENAMETOOLONG) }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return address
+}
+
+/// Tells systemd about the service state (`Type=notify`): sends `state` to `$NOTIFY_SOCKET`.
+/// Does nothing when not started by systemd.
+public func notifyServiceManager(_ state: String) {
+    guard let socketPath = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !socketPath.isEmpty else { return }
+    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return }
+    defer { Glibc.close(fd) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    var bytes = Array(socketPath.utf8)
+    if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+    let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+    let message = Array(state.utf8)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, message, message.count, Int32(MSG_NOSIGNAL), $0, length) }
+    }
+}
+
+/// `fnmatch(3)` for hostname globs in policy scopes.
+public func globMatches(_ pattern: String, _ text: String) -> Bool {
+    fnmatch(pattern, text, 0) == 0
+}
+
+/// What /proc says about a process, for event records. Missing fields stay empty (the process may be gone).
+public struct ProcessInfo: Sendable {
+    public var exe = ""
+    public var comm = ""
+    public var ppid: Int32 = 0
+    public var uid: Int64 = -1
+
+    public init(pid: Int32) {
+        exe = readLink("/proc/\(pid)/exe") ?? ""
+        if let fd = try? FileDescriptor.open("/proc/\(pid)/status", [.readOnly]) {
+            defer { fd.close() }
+            if let bytes = try? fd.readAll(limit: 1 << 16) {
+                for line in bytes.split(separator: UInt8(ascii: "\n")) {
+                    let text = String(decoding: line, as: UTF8.self)
+                    if text.hasPrefix("Name:") { comm = text.dropFirst(5).trimmingWhitespace() }
+                    if text.hasPrefix("PPid:") { ppid = Int32(text.dropFirst(5).trimmingWhitespace()) ?? 0 }
+                    if text.hasPrefix("Uid:") { uid = Int64(text.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).first ?? "") ?? -1 }
+                }
+            }
+        }
+    }
+}
+
+extension Substring {
+    func trimmingWhitespace() -> String {
+        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
+
+/// Nanoseconds on the monotonic clock.
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Wall-clock time as RFC 3339 with nanoseconds, UTC: `2026-11-26T16:21:18.123456789Z`.
+public func rfc3339Now() -> String {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var tmValue = tm()
+    var seconds = ts.tv_sec
+    gmtime_r(&seconds, &tmValue)
+    func pad(_ v: Int32, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
+    let ns = String(ts.tv_nsec)
+    return "\(pad(tmValue.tm_year + 1900, 4))-\(pad(tmValue.tm_mon + 1, 2))-\(pad(tmValue.tm_mday, 2))T\(pad(tmValue.tm_hour, 2)):\(pad(tmValue.tm_min, 2)):\(pad(tmValue.tm_sec, 2)).\(String(repeating: "0", count: 9 - ns.count) + ns)Z"
+}
