@@ -7,13 +7,25 @@ import Glibc
 /// removed and the target is untouched.
 public final class AtomicFileWriter {
     public let path: String
-    private let temporaryPath: String
+    /// Nil when writing straight into a device or FIFO.
+    private let temporaryPath: String?
     public let descriptor: FileDescriptor
     private var finished = false
 
     /// - Parameter overwrite: when false, fails with `EEXIST` if the target exists (checked again at commit).
     public init(path: String, permissions: mode_t = 0o644, overwrite: Bool = true) throws(Errno) {
-        if !overwrite, (try? linkStatus(path)) != nil { throw Errno.fileExists }
+        let existing = try? linkStatus(path)
+        if !overwrite, existing != nil { throw Errno.fileExists }
+        if let existing, existing.isDirectory { throw Errno(rawValue: EISDIR) }
+        if let existing, (existing.st_mode & S_IFMT) == S_IFCHR || (existing.st_mode & S_IFMT) == S_IFIFO {
+            // /dev/stdout, /dev/null, a pipe: write straight into it. Renaming over it would replace
+            // the device node with a regular file.
+            descriptor = try FileDescriptor.open(path, [.writeOnly])
+            self.path = path
+            temporaryPath = nil
+            self.overwrite = true
+            return
+        }
         self.path = path
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { String(path[..<$0]) } ?? "."
@@ -40,6 +52,10 @@ public final class AtomicFileWriter {
     public func commit() throws(Errno) {
         precondition(!finished)
         finished = true
+        guard let temporaryPath else {
+            descriptor.close()
+            return
+        }
         do {
             try descriptor.sync()
             descriptor.close()
@@ -61,7 +77,7 @@ public final class AtomicFileWriter {
         guard !finished else { return }
         finished = true
         descriptor.close()
-        unlink(temporaryPath)
+        if let temporaryPath { unlink(temporaryPath) }
     }
 
     deinit { abort() }

@@ -140,3 +140,10 @@ extension FileDescriptor {
         return Int(fs.f_type)
     }
 }
+
+/// `stat` through the wrapper: follows symlinks (and /proc magic links) without opening anything.
+public func fileStatus(_ path: String) throws(Errno) -> stat {
+    var st = stat()
+    _ = try retryingOnInterrupt { stat(path, &st) }
+    return st
+}

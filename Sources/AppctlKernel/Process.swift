@@ -90,23 +90,34 @@ private func unixAddress(_ path: String) throws(Errno) -> sockaddr_un {
     return address
 }
 
-/// Tells systemd about the service state (`Type=notify`): sends `state` to `$NOTIFY_SOCKET`.
+/// Tells systemd about the service state (`Type=notify`) through `$NOTIFY_SOCKET`. The socket is
+/// opened at construction, so that later messages need no `socket(2)` (forbidden once confined).
 /// Does nothing when not started by systemd.
-public func notifyServiceManager(_ state: String) {
-    guard let socketPath = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !socketPath.isEmpty else { return }
-    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return }
-    defer { Glibc.close(fd) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    var bytes = Array(socketPath.utf8)
-    if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
-    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
-    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-    let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
-    let message = Array(state.utf8)
-    _ = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, message, message.count, Int32(MSG_NOSIGNAL), $0, length) }
+public final class ServiceNotifier: Sendable {
+    private let fd: Int32
+    private let address: [UInt8]
+
+    public init() {
+        guard let socketPath = getenv("NOTIFY_SOCKET").map({ String(cString: $0) }), !socketPath.isEmpty,
+              socketPath.utf8.count < 108 else {
+            fd = -1; address = []; return
+        }
+        var bytes = Array(socketPath.utf8)
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }   // abstract namespace
+        address = bytes
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
+    public func notify(_ state: String) {
+        guard fd >= 0 else { return }
+        var sa = sockaddr_un()
+        sa.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sa.sun_path) { $0.copyBytes(from: address) }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
+        let message = Array(state.utf8)
+        _ = withUnsafePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, message, message.count, Int32(MSG_NOSIGNAL), $0, length) }
+        }
     }
 }
 

@@ -4,11 +4,14 @@
 #include <pthread.h>
 
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/bio.h>
 #include <seccomp.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 
 static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
     char *data = NULL;
@@ -168,7 +171,8 @@ int appctl_seccomp_install(const int *allowed, size_t allowed_count,
                            const int *refused, size_t refused_count, int errno_value) {
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
     if (!ctx) return APPCTL_E_SECCOMP;
-    int rc = 0;
+    // Every thread, including any started before the filter.
+    int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
     for (size_t i = 0; i < allowed_count && rc == 0; i++)
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
     for (size_t i = 0; i < refused_count && rc == 0; i++)
@@ -176,6 +180,22 @@ int appctl_seccomp_install(const int *allowed, size_t allowed_count,
     if (rc == 0) rc = seccomp_load(ctx);
     seccomp_release(ctx);
     return rc == 0 ? 0 : APPCTL_E_SECCOMP;
+}
+
+int appctl_drop_capabilities(const int *keep, size_t keep_count) {
+    uint32_t mask[2] = {0, 0};
+    for (size_t i = 0; i < keep_count; i++) mask[keep[i] / 32] |= 1u << (keep[i] % 32);
+    for (int cap = 0; cap <= CAP_LAST_CAP; cap++) {
+        if (mask[cap / 32] & (1u << (cap % 32))) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    }
+    struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    for (int i = 0; i < 2; i++) { data[i].effective = mask[i]; data[i].permitted = mask[i]; }
+    if (syscall(SYS_capset, &header, data) != 0) return -1;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return 0;
 }
 
 int appctl_seccomp_syscall(const char *name) {

@@ -86,6 +86,9 @@ extension Appctl {
         @Flag(help: "Also log every allowed exec (verbose).")
         var logAllows = false
 
+        @Flag(help: .hidden)
+        var debugSelftest = false
+
         func run() throws {
             var configuration = DaemonConfiguration()
             let configPath = config ?? DaemonConfiguration.defaultPath
@@ -115,6 +118,7 @@ extension Appctl {
             if let learnOut { configuration.learnOutput = learnOut }
             if allowRollback { configuration.allowRollback = true }
             if logAllows { configuration.logAllows = true }
+            if debugSelftest { configuration.debugSelftest = true }
             for path in configuration.paths where (try? linkStatus(path))?.isDirectory != true {
                 throw CommandFailure("--path \(path): not a directory")
             }

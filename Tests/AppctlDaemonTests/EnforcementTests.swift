@@ -80,6 +80,7 @@ struct EnforcementTests {
     @Test func monitorAllowsAndLogsWouldDenyWithEveryField() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
+        let unknownDigest = try h.digest(unknown)
         try h.start(mode: "monitor")
         #expect(try h.exec(unknown) == 0)
         #expect(try h.waitUntil { !h.eventRecords().isEmpty })
@@ -88,7 +89,7 @@ struct EnforcementTests {
             #expect(record[field] != nil, "missing \(field)")
         }
         #expect(record["path"] as? String == unknown)
-        #expect(record["sha256"] as? String == (try h.digest(unknown)).hex)
+        #expect(record["sha256"] as? String == unknownDigest.hex)
         #expect(record["reason"] as? String == "unknown")
         #expect(record["mode"] as? String == "monitor")
         #expect(record["uid"] as? Int == 0)
@@ -129,6 +130,7 @@ struct EnforcementTests {
     @Test func modeSwitchAndReloadOverTheSocket() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
+        _ = try h.digest(unknown)   // an unknown ELF cannot even be read once enforced
         try h.start(mode: "monitor")
         #expect(try h.exec(unknown) == 0)
         #expect(try appctl("enforce", "--socket", h.socket).status == 0)
@@ -146,6 +148,7 @@ struct EnforcementTests {
     @Test func badReloadsKeepTheCurrentPolicy() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
+        _ = try h.digest(unknown)
         try h.writePolicy(serial: 20, expires: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch + 3600))
         try h.start(mode: "enforce")
         let good = try Data(contentsOf: URL(fileURLWithPath: h.policyPath))

@@ -177,3 +177,21 @@ import Testing
         #expect(inventory.status == 0, "\(inventory.stderr)")
     }
 }
+
+@Suite struct OutputTargetTests {
+    @Test(.enabled(if: rootTestsEnabled, "needs root: mknod"))
+    func writingToADeviceNodeNeverReplacesIt() throws {
+        #expect(isRoot, "root-only test running without root")
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        let null = dir.file("null")
+        #expect(mknod(null, S_IFCHR | 0o666, dev_t((1 << 8) | 3)) == 0)   // makedev(1, 3): /dev/null
+        try dir.write("root/run.sh", "#!/bin/sh\n", mode: 0o755)
+        let r = try appctl("learn", "--root", dir.file("root"), "--dpkg-admindir", "/nonexistent", "--out", null)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect((try linkStatus(null).st_mode & S_IFMT) == S_IFCHR, "--out /dev/null must not turn /dev/null into a file")
+        try FileManager.default.createDirectory(atPath: dir.file("d"), withIntermediateDirectories: true)
+        let intoDirectory = try appctl("learn", "--root", dir.file("root"), "--dpkg-admindir", "/nonexistent", "--out", dir.file("d"))
+        #expect(intoDirectory.status == 1)
+        #expect(intoDirectory.stderr.contains("Is a directory"))
+    }
+}

@@ -60,9 +60,15 @@ public final class DaemonHarness: @unchecked Sendable {
         try copyExecutable("/usr/bin/true", to: name, appending: Array("\n\(name)-\(UUID().uuidString)".utf8))
     }
 
+    /// The file's SHA-256, remembered per path: once the daemon enforces, an unknown ELF file cannot
+    /// even be read (by design), so take digests of files that will be allowed later before `start`.
     public func digest(_ path: String) throws -> SHA256Digest {
-        SHA256Digest(hex: try sha256sum(path))!
+        if let known = digests[path] { return known }
+        guard let digest = SHA256Digest(hex: try sha256sum(path)) else { throw HarnessError("cannot hash \(path)") }
+        digests[path] = digest
+        return digest
     }
+    private var digests: [String: SHA256Digest] = [:]
 
     /// Signs a policy allowing the given files (by content) and blocklisting `deny`.
     public func writePolicy(allow: [String]? = nil, deny: [String] = [], serial: UInt64 = 10, expires: Timestamp? = nil,
@@ -79,11 +85,16 @@ public final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Starts the daemon on the tmpfs and waits until `appctl status` says it is ready.
-    public func start(mode: String, extra: [String] = [], writeDefaultPolicy: Bool = true) throws {
+    /// `config` lines go into the config file; by default vm.memfd_noexec is left alone, because a test
+    /// that kills an enforcing daemon could not restore it (only the memfd test turns it on).
+    public func start(mode: String, extra: [String] = [], config: [String] = ["memfd-noexec = no"],
+                      writeDefaultPolicy: Bool = true) throws {
         if writeDefaultPolicy && (try? linkStatus(policyPath)) == nil { try writePolicy() }
+        let configPath = dir.file("appctl.conf")
+        try (config.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: false, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: appctlBinary)
-        process.arguments = ["daemon", "--config", "/dev/null", "--mode", mode, "--policy", policyPath, "--key", keys.publicPath,
+        process.arguments = ["daemon", "--config", configPath, "--mode", mode, "--policy", policyPath, "--key", keys.publicPath,
                              "--path", mount, "--events", events, "--socket", socket, "--state-dir", stateDir,
                              "--learn-out", learnOut] + extra
         let output = dir.file("daemon-\(daemonStarts).log")

@@ -68,14 +68,25 @@ public final class ControlServer: Sendable {
                 return "error no valid policy is loaded; refusing to enforce (fix the policy, then reload)"
             }
             daemon.policy.setMode(mode)
+            daemon.applyMemfdSetting(for: mode)
             daemon.log("appctl: mode switched to \(mode.rawValue) over the control socket")
-            notifyServiceManager("STATUS=enforcing \(mode.rawValue)")
+            daemon.serviceNotifier.notify("STATUS=enforcing \(mode.rawValue)")
             return "ok mode \(mode.rawValue)"
         case "reload":
             switch daemon.reload(reason: "reload over the control socket") {
             case .success(let header): return "ok applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny entries)"
             case .failure(let refusal): return "error policy not applied, the current one stays: \(refusal)"
             }
+        case "debug-forbidden-syscall" where daemon.configuration.debugSelftest:
+            // Test hook (hidden --debug-selftest): make a call the seccomp filter forbids.
+            daemon.log("appctl: self-test: calling \(words.count > 1 ? words[1] : "execve"), which confinement forbids")
+            if words.count > 1 && words[1] == "socket" {
+                _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            } else {
+                let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+                _ = execve("/bin/true", argv, argv)
+            }
+            return "ok self-test call returned: not confined"
         default:
             return "error unknown command '\(command)' (status, mode enforce|monitor|learn, reload)"
         }

@@ -53,6 +53,34 @@ public final class Daemon: Sendable {
     let ready = Atomic<Bool>(false)
     let shutdownNotifier: EventNotifier
     let eventLoopFinished = DispatchSemaphore(value: 0)
+    let confined = Atomic<Bool>(false)
+    let serviceNotifier = ServiceNotifier()
+    /// vm.memfd_noexec as found at start-up, when appctl raised it; restored on exit.
+    let memfdOriginal = Mutex<String?>(nil)
+
+    /// What the daemon still needs once running (see README, "Confinement").
+    static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch]
+
+    /// Every syscall the confined daemon makes, found with `strace -f -c` over the integration tests;
+    /// anything else kills it (SIGSYS). Notably absent: execve/execveat, socket, connect, ptrace, mount.
+    static let allowedSyscalls = [
+        // memory and threads (Swift runtime, Dispatch, pthreads)
+        "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "clone", "clone3", "set_robust_list", "rseq",
+        "futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "exit", "exit_group", "membarrier",
+        "rt_sigprocmask", "rt_sigaction", "rt_sigreturn", "sigaltstack", "tgkill", "getrandom", "prctl", "restart_syscall",
+        "prlimit64", "set_tid_address", "arch_prctl",
+        // time
+        "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday", "clock_getres",
+        // files: policy and key reads, event log, state, learn fragment, /proc reads, event descriptors
+        "read", "write", "pread64", "readv", "writev", "openat", "open", "close", "fstat", "newfstatat", "stat", "lstat",
+        "statx", "lseek", "fcntl", "ioctl", "readlink", "readlinkat", "getdents64", "fsync", "fdatasync", "fadvise64",
+        "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "mkdir", "mkdirat", "chmod", "fchmod",
+        "fchmodat", "fstatfs", "statfs", "uname", "getcwd", "access", "faccessat", "faccessat2", "getuid", "geteuid",
+        "getgid", "getegid",
+        // event loop, signals, control socket (already listening), systemd notification (socket already open)
+        "poll", "ppoll", "eventfd2", "signalfd4", "accept", "accept4", "setsockopt", "getsockopt", "sendto", "recvfrom",
+        "shutdown", "fanotify_mark",
+    ]
 
     /// File identity → digest. Decisions are not cached, only digests: a reload or mode switch
     /// takes effect on the very next event without flushing anything.
@@ -66,13 +94,25 @@ public final class Daemon: Sendable {
     let marked = Mutex<[String: String]>([:])
     let markFailures = Mutex<[String]>([])
 
-    static let watchedEvents: FanotifyGroup.Events = [.openExecPermission]
+    /// Exec events always; open events unless `open-events = no` (they close the loader, library
+    /// and interpreter bypasses, see Policies/INTERPRETERS.md).
+    var watchedEvents: FanotifyGroup.Events {
+        configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
+    }
+    let interpreters: InterpreterRule
+    /// File identity → content class, so an open of a file seen before costs one fstat and one lookup.
+    let contentClasses = Mutex<[FileKey: ContentClass]>([:])
+    /// The kernel follows every exec permission event with an open permission event for the same
+    /// file (fsnotify_open_perm). That second event repeats the decision silently instead of
+    /// counting and logging the same exec twice.
+    let lastExec = Mutex<[Int32: FileKey]>([:])
 
     public init(configuration: DaemonConfiguration, hostname: String) throws(DaemonStartError) {
         self.configuration = configuration
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
         learned = LearnRecorder(hostname: hostname)
+        interpreters = InterpreterRule(configured: configuration.interpreters)
         do {
             group = try FanotifyGroup.create()
             shutdownNotifier = try EventNotifier()
@@ -85,6 +125,20 @@ public final class Daemon: Sendable {
 
     /// Runs until SIGTERM or SIGINT. Returns the process exit code.
     public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
+        let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
+        applyMemfdSetting(for: policy.mode)
+        // From the first mark until the event thread runs, nothing may open a file on a marked
+        // filesystem (nobody would answer): marking, confining and starting threads open nothing.
+        updateMarks(mountinfo: mountinfo)
+        if configuration.confine {
+            do {
+                try Confinement.apply(keeping: Self.keptCapabilities, allowedSyscalls: Self.allowedSyscalls)
+                confined.store(true, ordering: .relaxed)
+            } catch {
+                log("appctl: WARNING: running unconfined: \(error)")
+            }
+        }
+        // Threads start after confinement, so they inherit the reduced capabilities.
         eventLog.start()
         for i in 0..<configuration.hashThreads {
             startThread(name: "appctl-hash-\(i)") { [self] in hashWorker() }
@@ -92,10 +146,8 @@ public final class Daemon: Sendable {
         startThread(name: "appctl-events") { [self] in eventLoop() }
         control?.start(daemon: self)
 
-        let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
-        updateMarks(mountinfo: mountinfo)
         ready.store(true, ordering: .releasing)
-        notifyServiceManager("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
+        serviceNotifier.notify("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
         log("appctl: ready, mode \(policy.mode.rawValue), \(marked.withLock { $0.count }) filesystems marked")
 
         var nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
@@ -146,9 +198,59 @@ public final class Daemon: Sendable {
             Glibc.close(p.event.fd)
         }
         group.close()
+        restoreMemfdSetting()
         flushLearned()
         eventLog.stop()
         log("appctl: stopped")
+    }
+
+    /// In enforce mode (when configured), vm.memfd_noexec=2: executable memfds are refused machine-wide,
+    /// because fanotify cannot mark the kernel-internal memfd filesystem (fanotify_mark answers EINVAL).
+    func applyMemfdSetting(for mode: Mode) {
+        guard configuration.memfdNoexec else { return }
+        let path = "/proc/sys/vm/memfd_noexec"
+        if mode == .enforce {
+            memfdOriginal.withLock { original in
+                guard original == nil, let current = readSmall(path) else { return }
+                // A previous run that died while enforcing left 2 behind: its record holds the real original.
+                let recorded = readSmall(memfdRecordPath)
+                let restoreTo = recorded ?? current
+                if restoreTo == "2" { return }   // the admin chose 2: nothing to restore
+                if current == "2" || writeSmall(path, "2") {
+                    if recorded == nil { _ = writeSmall(memfdRecordPath, restoreTo) }
+                    original = restoreTo
+                    log("appctl: vm.memfd_noexec \(restoreTo) -> 2 (executable memfds refused while enforcing)")
+                }
+            }
+        } else {
+            restoreMemfdSetting()
+        }
+    }
+
+    func restoreMemfdSetting() {
+        memfdOriginal.withLock { original in
+            guard let value = original else { return }
+            if writeSmall("/proc/sys/vm/memfd_noexec", value) {
+                log("appctl: vm.memfd_noexec restored to \(value)")
+                unlink(memfdRecordPath)
+            }
+            original = nil
+        }
+    }
+
+    private var memfdRecordPath: String { configuration.stateDirectory + "/memfd_noexec.orig" }
+
+    private func readSmall(_ path: String) -> String? {
+        guard let fd = try? FileDescriptor.open(path, [.readOnly]) else { return nil }
+        defer { fd.close() }
+        return (try? fd.readAll(limit: 64)).map { String(decoding: $0, as: UTF8.self).trimmingSpaces().split(separator: "\n").first.map(String.init) ?? "" }
+    }
+
+    private func writeSmall(_ path: String, _ value: String) -> Bool {
+        if path.hasPrefix(configuration.stateDirectory) { mkdir(configuration.stateDirectory, 0o700) }
+        guard let fd = try? FileDescriptor.open(path, [.writeOnly, .create, .truncate], permissions: 0o600) else { return false }
+        defer { fd.close() }
+        return (try? fd.writeAll(Array((value + "\n").utf8))) != nil
     }
 
     @discardableResult
@@ -196,7 +298,7 @@ public final class Daemon: Sendable {
             for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
             for m in wanted where marked[m.device] == nil {
                 do {
-                    try group.markFilesystem(of: m.mountPoint, events: Self.watchedEvents)
+                    try group.markFilesystem(of: m.mountPoint, events: watchedEvents)
                     marked[m.device] = m.mountPoint
                     added.append("\(m.mountPoint) (\(m.filesystemType))")
                 } catch {
@@ -242,6 +344,27 @@ public final class Daemon: Sendable {
             answer(event, Decision.unreadable(mode: policy.mode), digest: nil, key: nil, receivedAt: receivedAt)
             return
         }
+        let isExec = event.mask & FanotifyGroup.Events.openExecPermission.rawValue != 0
+        if isExec {
+            lastExec.withLock { recent in
+                if recent.count > 4096 { recent.removeAll(keepingCapacity: true) }
+                recent[event.pid] = key
+            }
+        } else if lastExec.withLock({ $0[event.pid] == key ? $0.removeValue(forKey: event.pid) : nil }) != nil,
+                  let digest = digestCache.withLock({ $0[key] }) {
+            // The open that completes an exec just decided: same answer, not counted again.
+            let (decision, _, _) = policy.decide(digest)
+            do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch { log("appctl: cannot answer an event: \(error)") }
+            Glibc.close(event.fd)
+            return
+        }
+        if !isExec && !isProgramOpen(event, key) {
+            // A plain open of data: allowed at once, no hashing, no logging.
+            statistics.inertOpens.wrappingAdd(1, ordering: .relaxed)
+            do { try group.respond(to: event.fd, .allow) } catch { log("appctl: cannot answer an event: \(error)") }
+            Glibc.close(event.fd)
+            return
+        }
         if let digest = digestCache.withLock({ $0[key] }) {
             statistics.cacheHits.wrappingAdd(1, ordering: .relaxed)
             let (decision, _, _) = policy.decide(digest)
@@ -261,6 +384,28 @@ public final class Daemon: Sendable {
         if isNewJob {
             jobs.withLock { $0.append(key) }
             jobsAvailable.signal()
+        }
+    }
+
+    /// Whether a plain open (not an exec) needs a decision: an ELF object (whoever opens it may map
+    /// it as code), or a script an interpreter opens as its program.
+    func isProgramOpen(_ event: FanotifyEvent, _ key: FileKey) -> Bool {
+        let cls: ContentClass
+        if let cached = contentClasses.withLock({ $0[key] }) {
+            cls = cached
+        } else {
+            cls = contentClass(of: event.fd)
+            contentClasses.withLock { cache in
+                if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
+                cache[key] = cls
+            }
+        }
+        switch cls {
+        case .elf:
+            return true
+        case .shebang, .other:
+            guard interpreters.isInterpreter(pid: event.pid, digestOf: { k in digestCache.withLock { $0[k] } }) else { return false }
+            return cls == .shebang || interpreters.isNamedOnCommandLine(pid: event.pid, device: key.device, inode: key.inode)
         }
     }
 
@@ -358,6 +503,8 @@ public final class Daemon: Sendable {
         let failures = markFailures.withLock { $0 }
         let fields: [(String, String)] = [
             ("ready", ready.load(ordering: .relaxed) ? "true" : "false"),
+            ("confined", confined.load(ordering: .relaxed) ? "true" : "false"),
+            ("open_events", configuration.openEvents ? "true" : "false"),
             ("mode", jsonString(s.mode.rawValue)),
             ("pid", String(ownPID)),
             ("uptime_seconds", String(format3(monotonicSeconds() - startedAt))),
@@ -379,6 +526,7 @@ public final class Daemon: Sendable {
             ("bytes_hashed", String(statistics.bytesHashed.load(ordering: .relaxed))),
             ("hashes_in_flight", String(statistics.hashesInFlight.load(ordering: .relaxed))),
             ("own_process_events", String(statistics.ownProcessEvents.load(ordering: .relaxed))),
+            ("inert_opens", String(statistics.inertOpens.load(ordering: .relaxed))),
             ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
             ("latency_p99_us", number(statistics.latencyQuantile(0.99))),
             ("events_queued", String(eventLog.queuedCount)),

@@ -25,6 +25,16 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var hashThreads = 2
     /// How often learn mode rewrites its fragment, in seconds.
     public var learnFlushSeconds = 30
+    /// Also watch opens (`FAN_OPEN_PERM`): closes the loader, library and interpreter bypasses.
+    public var openEvents = true
+    /// Programs whose opens of scripts count as running them.
+    public var interpreters: [String] = InterpreterRule.defaultCandidates
+    /// In enforce mode, set vm.memfd_noexec=2 (executable memfds refused machine-wide), restored on exit.
+    public var memfdNoexec = true
+    /// Confine the daemon with seccomp, no_new_privs and a reduced capability set once its marks exist.
+    public var confine = true
+    /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
+    public var debugSelftest = false
 
     public init() {}
 
@@ -38,6 +48,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Reads a config file: `key = value` per line, `#` comments, `path` and the exclude keys repeatable.
     public mutating func apply(file: String, text: String) throws(ParseError) {
         var lineNumber = 0
+        var configuredInterpreters = false   // the first `interpreter` line replaces the default list
         for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
             let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
@@ -70,6 +81,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "hash-threads":
                 guard let n = Int(value), (1...64).contains(n) else { throw ParseError(file: file, line: lineNumber, message: "hash-threads must be 1 to 64") }
                 hashThreads = n
+            case "open-events": openEvents = try bool()
+            case "memfd-noexec": memfdNoexec = try bool()
+            case "confine": confine = try bool()
+            case "interpreter":
+                if !configuredInterpreters { interpreters = []; configuredInterpreters = true }
+                interpreters.append(value)
             case "learn-flush-seconds":
                 guard let n = Int(value), n >= 1 else { throw ParseError(file: file, line: lineNumber, message: "learn-flush-seconds must be a positive number") }
                 learnFlushSeconds = n

@@ -79,6 +79,10 @@ long appctl_peer_uid(int fd);
 int appctl_seccomp_install(const int *allowed, size_t allowed_count,
                            const int *refused, size_t refused_count, int errno_value);
 
+/// Keeps only the capabilities in `keep` (bounding, permitted, effective and inheritable sets of the
+/// calling thread; threads created later inherit them) and sets no_new_privs.
+int appctl_drop_capabilities(const int *keep, size_t keep_count);
+
 /// Resolves a syscall name for this architecture; negative when unknown.
 int appctl_seccomp_syscall(const char *name);
 

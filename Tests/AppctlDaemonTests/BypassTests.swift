@@ -1,0 +1,208 @@
+import AppctlCore
+import AppctlEngine
+import AppctlKernel
+import AppctlTestSupport
+import Foundation
+import Testing
+
+/// The threat model's techniques against the real kernel (README, SECURITY.md): every row of
+/// `tools/bypass-suite` is a test here. A marker file written by the payload proves whether code ran.
+@Suite(.serialized, .enabled(if: rootTestsEnabled, "needs root: fanotify and mounts"))
+struct BypassTests {
+    init() {
+        #expect(isRoot, "root-only tests running without root (CI=true): run tools/test as root")
+    }
+
+    /// A shared object whose constructor writes `marker`, compiled at test time.
+    static func buildEvilLibrary(_ h: DaemonHarness, marker: String) throws -> String {
+        let source = h.dir.file("evil.c")
+        try """
+            #include <stdio.h>
+            __attribute__((constructor)) static void evil(void) { FILE *f = fopen("\(marker)", "w"); if (f) fclose(f); }
+            unsigned int la_version(unsigned int v) { return v; }
+            """.write(toFile: source, atomically: true, encoding: .utf8)
+        let out = h.mount + "/evil.so"
+        let r = try run("/usr/bin/cc", ["-shared", "-fPIC", "-o", out, source])
+        guard r.status == 0 else { throw HarnessError("cc: \(r.stderr)") }
+        return out
+    }
+
+    func markerExists(_ path: String) -> Bool { (try? linkStatus(path)) != nil }
+
+    @Test func loaderRunAsAProgramCannotLoadAnUnknownBinary() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let unknown = try h.makeUnknown("unknown")
+        let evil = try Self.buildEvilLibrary(h, marker: h.dir.file("marker"))
+        try h.start(mode: "enforce")
+        let loader = "/lib64/ld-linux-x86-64.so.2"
+        #expect(try h.exec("\(loader) \(h.mount)/known") == 0, "the loader itself and known programs keep working")
+        let plain = try h.execResult("\(loader) \(unknown)")
+        #expect(plain.status != 0)
+        #expect(plain.stderr.contains("Operation not permitted"), "\(plain.stderr)")
+        #expect(try h.exec("\(loader) --library-path \(h.mount) \(unknown)") != 0)
+        _ = try h.execResult("\(loader) --preload \(evil) /usr/bin/true")
+        #expect(!markerExists(h.dir.file("marker")), "an unknown library preloaded through the loader ran")
+    }
+
+    @Test func unknownSharedObjectsAreNotLoaded() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let marker = h.dir.file("marker")
+        let evil = try Self.buildEvilLibrary(h, marker: marker)
+        _ = try h.digest(evil)   // for the policy that allows it later: unreadable once enforced
+        try h.start(mode: "enforce")
+        let preload = try h.execResult("LD_PRELOAD=\(evil) /usr/bin/true")
+        #expect(preload.stderr.contains("cannot be preloaded"), "\(preload.stderr)")
+        #expect(!markerExists(marker), "LD_PRELOAD ran an unknown library")
+        _ = try h.execResult("LD_AUDIT=\(evil) /usr/bin/true")
+        #expect(!markerExists(marker), "LD_AUDIT ran an unknown library")
+        let ctypes = try h.execResult("/usr/bin/python3 -c 'import ctypes; ctypes.CDLL(\"\(evil)\")'")
+        #expect(ctypes.status != 0)
+        #expect(ctypes.stderr.contains("Operation not permitted"), "\(ctypes.stderr)")
+        #expect(!markerExists(marker), "dlopen ran an unknown library")
+        // Known libraries still load: the same library, once it is in the policy.
+        try h.writePolicy(allow: [h.mount + "/known", evil], serial: 11)
+        #expect(try appctl("reload", "--socket", h.socket).status == 0)
+        _ = try h.execResult("LD_PRELOAD=\(evil) /usr/bin/true")
+        #expect(markerExists(marker), "an allowed library must load")
+    }
+
+    @Test func scriptsHandedToInterpretersAreDecidedByContent() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let marker = h.dir.file("marker")
+        func script(_ name: String, _ text: String) throws -> String {
+            let path = h.mount + "/" + name
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            chmod(path, 0o755)
+            return path
+        }
+        let allowedShell = try script("allowed.sh", "#!/bin/sh\necho allowed-ran\n")
+        let allowedPython = try script("allowed.py", "import helper\nprint('allowed-py-ran', helper.VALUE)\n")
+        _ = try script("helper.py", "VALUE = 42\n")    // an import, not on the command line: data
+        let rc = try script("bashrc", "echo rc-ran\n")
+        try h.writePolicy(allow: [h.mount + "/known", allowedShell, allowedPython])
+        let cases: [(String, String)] = [
+            ("sh", "#!/bin/sh\ntouch \(marker)\n"), ("bash", "touch \(marker)\n"), ("dash", "touch \(marker)\n"),
+            ("python3", "open('\(marker)', 'w')\n"), ("perl", "open(F, '>', '\(marker)');\n"),
+        ]
+        var unknown: [(String, String)] = []
+        for (interpreter, body) in cases { unknown.append((interpreter, try script("evil-\(interpreter)", body))) }
+        let shebang = try script("evil-shebang.sh", "#!/bin/sh\ntouch \(marker)\n")
+        try h.start(mode: "enforce")
+
+        for (interpreter, path) in unknown {
+            let r = try h.execResult("/usr/bin/\(interpreter) \(path)")
+            #expect(r.status != 0, "\(interpreter) ran an unknown script")
+            #expect(!markerExists(marker), "\(interpreter) ran an unknown script")
+        }
+        #expect(try h.exec(shebang) == 126, "./x.sh through its shebang")
+        #expect(try h.exec("/bin/sh -x \(shebang)") != 0, "options before the script")
+        #expect(!markerExists(marker))
+
+        // Allowed scripts run, by name and through an interpreter; start-up files and imports keep working.
+        #expect(try h.execResult(allowedShell).stdout == "allowed-ran\n")
+        #expect(try h.execResult("/bin/sh \(allowedShell)").stdout == "allowed-ran\n")
+        #expect(try h.execResult("cd \(h.mount) && /usr/bin/python3 allowed.py").stdout == "allowed-py-ran 42\n")
+        #expect(try h.execResult("/bin/bash --rcfile \(rc) -i -c 'echo shell-ok' 2>/dev/null").stdout.contains("shell-ok"))
+        #expect(try h.execResult("/usr/bin/python3 -c 'import json, email; print(1)'").stdout == "1\n")
+        #expect(try h.execResult("cat \(unknown[0].1)").status == 0, "reading a script is not running it")
+    }
+
+    @Test func memfdExecIsRefusedWhileEnforcingAndTheSettingIsRestored() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let before = try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8)
+        try h.start(mode: "enforce", config: ["memfd-noexec = yes"])
+        let program = """
+            import os
+            fd = os.memfd_create('payload')
+            os.write(fd, open('/usr/bin/true', 'rb').read())
+            os.execv(f'/proc/self/fd/{fd}', ['payload'])
+            """
+        let r = try h.execResult("/usr/bin/python3 -c \"\(program)\"")
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("Permission denied") || r.stderr.contains("Operation not permitted"), "\(r.stderr)")
+        #expect(try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8) == "2\n")
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        #expect(try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8) == before, "restored on exit")
+    }
+
+    @Test func writesThroughASharedMappingAndLaterModifiedHardLinksAreCaught() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let mapped = try h.copyExecutable("/usr/bin/true", to: "mapped")
+        let original = try h.copyExecutable("/usr/bin/true", to: "original")
+        try h.writePolicy(allow: [h.mount + "/known"])
+        try h.start(mode: "enforce")
+        #expect(try h.exec(mapped) == 0)
+        // Modify one byte through MAP_SHARED (no write() call), restore mtime.
+        let poke = """
+            import mmap, os
+            st = os.stat('\(mapped)')
+            with open('\(mapped)', 'r+b') as f:
+                m = mmap.mmap(f.fileno(), 0)
+                m[300] = (m[300] + 1) % 256
+                m.flush(); m.close()
+            os.utime('\(mapped)', ns=(st.st_atime_ns, st.st_mtime_ns))
+            """
+        #expect(try run("/usr/bin/python3", ["-c", poke]).status == 0)
+        #expect(try h.exec(mapped) == 126, "a MAP_SHARED write must not reuse the old verdict")
+        // A hard link made while the file was allowed, then the file modified: both names denied.
+        #expect(try h.exec(original) == 0)
+        #expect(link(original, h.mount + "/linked") == 0)
+        let a = try FileHandle(forWritingTo: URL(fileURLWithPath: original))
+        a.seekToEndOfFile(); a.write(Data([1])); try a.close()
+        #expect(try h.exec(h.mount + "/linked") == 126)
+        #expect(try h.exec(original) == 126)
+        // Truncate an allowed file and rewrite it with other content: denied.
+        let rewritten = try h.copyExecutable("/usr/bin/true", to: "rewritten")
+        #expect(try h.exec(rewritten) == 0)
+        let w = try FileDescriptor.open(rewritten, [.writeOnly, .truncate])
+        try w.writeAll(Array(try Data(contentsOf: URL(fileURLWithPath: "/usr/bin/true"))) + [0x0a])
+        w.close()
+        #expect(try h.exec(rewritten) == 126)
+    }
+
+    @Test func bindMountsAndOtherMountNamespacesAreCovered() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let unknown = try h.makeUnknown("unknown")
+        try h.start(mode: "enforce")
+        let bind = h.dir.file("bind")
+        try FileManager.default.createDirectory(atPath: bind, withIntermediateDirectories: true)
+        #expect(try run("/bin/mount", ["--bind", h.mount, bind]).status == 0)
+        defer { _ = try? run("/bin/umount", [bind]) }
+        #expect(try h.exec(bind + "/unknown") == 126, "through a bind mount")
+        let ns = try run("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", unknown])
+        #expect(ns.status == 126, "from another mount namespace: \(ns.stderr)")
+        #expect(try h.exec(h.mount + "/known") == 0)
+    }
+
+    @Test func confinedDaemonKeepsWorkingAndDiesOnAForbiddenCall() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let unknown = try h.makeUnknown("unknown")
+        try h.start(mode: "enforce", extra: ["--debug-selftest"])
+        #expect(try h.status()["confined"] as? Bool == true)
+        let capabilities = try String(contentsOfFile: "/proc/\(h.daemonPID)/status", encoding: .utf8)
+        #expect(capabilities.contains("NoNewPrivs:\t1"))
+        #expect(capabilities.contains("Seccomp:\t2"))
+        #expect(capabilities.contains("CapEff:\t0000000000280006"), "SYS_ADMIN, SYS_PTRACE, DAC_OVERRIDE, DAC_READ_SEARCH only")
+        // Normal operation under the filter: decisions, reload, log rotation, status.
+        #expect(try h.exec(unknown) == 126)
+        #expect(try appctl("reload", "--socket", h.socket).status == 0)
+        h.signalDaemon(SIGHUP, wait: false)
+        #expect(try h.exec(h.mount + "/known") == 0)
+        // execve is forbidden: the kernel kills the daemon with SIGSYS.
+        let fd = try connectUnix(h.socket)
+        try fd.writeAll(Array("debug-forbidden-syscall execve\n".utf8))
+        _ = try? fd.readAll(limit: 4096)
+        fd.close()
+        #expect(h.signalDaemon(0) == 128 + SIGSYS, "a confined daemon must die on execve")
+    }
+
+    @Test func socketCallsAreForbiddenToo() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        try h.start(mode: "monitor", extra: ["--debug-selftest"])
+        let fd = try connectUnix(h.socket)
+        try fd.writeAll(Array("debug-forbidden-syscall socket\n".utf8))
+        _ = try? fd.readAll(limit: 4096)
+        fd.close()
+        #expect(h.signalDaemon(0) == 128 + SIGSYS, "socket(AF_INET) must kill a confined daemon")
+    }
+}
