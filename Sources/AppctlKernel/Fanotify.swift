@@ -46,6 +46,25 @@ public struct FanotifyGroup: Sendable {
         }
     }
 
+    /// Kernel-side verdict cache: later `events` on the inode behind `eventDescriptor` are not sent to
+    /// the group any more, until the inode is modified through write()/truncate (the kernel clears the
+    /// ignore mask on modify events) or evicted from memory (`FAN_MARK_EVICTABLE`: the mark does not pin
+    /// it). Not cleared by a write through a shared mapping: callers use it only for files no
+    /// untrusted user can write.
+    /// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_EVICTABLE, events, fd, NULL)`.
+    public func ignoreInode(of eventDescriptor: Int32, events: Events) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_EVICTABLE), events.rawValue,
+                          eventDescriptor, nil)
+        }
+    }
+
+    /// Removes every inode mark of the group — all the ignore marks — and keeps the filesystem marks:
+    /// `fanotify_mark(FAN_MARK_FLUSH)` without `FAN_MARK_FILESYSTEM`/`FAN_MARK_MOUNT` flushes inode marks only.
+    public func flushInodeMarks() throws(Errno) {
+        _ = try retryingOnInterrupt { fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil) }
+    }
+
     /// The answer to a permission event (`FAN_ALLOW` / `FAN_DENY`).
     public enum Verdict: UInt32, Sendable {
         /// `FAN_ALLOW`

@@ -128,11 +128,14 @@ struct BypassTests {
     @Test func writesThroughASharedMappingAndLaterModifiedHardLinksAreCaught() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let mapped = try h.copyExecutable("/usr/bin/true", to: "mapped")
+        chmod(h.mount, 0o777)   // the attacker can reach the file
         let original = try h.copyExecutable("/usr/bin/true", to: "original")
         try h.writePolicy(allow: [h.mount + "/known"])
         try h.start(mode: "enforce")
+        // The attacker's file: writable by them, so never given a kernel-side verdict.
+        chown(mapped, 65534, 65534)
         #expect(try h.exec(mapped) == 0)
-        // Modify one byte through MAP_SHARED (no write() call), restore mtime.
+        // Modify one byte through MAP_SHARED as that user (no write() call), restore mtime.
         let poke = """
             import mmap, os
             st = os.stat('\(mapped)')
@@ -142,7 +145,8 @@ struct BypassTests {
                 m.flush(); m.close()
             os.utime('\(mapped)', ns=(st.st_atime_ns, st.st_mtime_ns))
             """
-        #expect(try run("/usr/bin/python3", ["-c", poke]).status == 0)
+        let poked = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", poke])
+        #expect(poked.status == 0, "\(poked.stderr)")
         #expect(try h.exec(mapped) == 126, "a MAP_SHARED write must not reuse the old verdict")
         // A hard link made while the file was allowed, then the file modified: both names denied.
         #expect(try h.exec(original) == 0)
@@ -158,6 +162,26 @@ struct BypassTests {
         try w.writeAll(Array(try Data(contentsOf: URL(fileURLWithPath: "/usr/bin/true"))) + [0x0a])
         w.close()
         #expect(try h.exec(rewritten) == 126)
+        #expect((try h.status()["ignore_marks_placed"] as? Int ?? 0) > 0, "the kernel cache was on for the root-owned files")
+    }
+
+    @Test func kernelCacheIsUsedAndFlushedOnReload() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        // Root-owned, 0755: eligible for the kernel cache. Content of its own, so revoking it revokes only it.
+        let tool = try h.copyExecutable("/usr/bin/true", to: "tool", appending: Array("tool".utf8))
+        try h.writePolicy(allow: [h.mount + "/known", tool])
+        try h.start(mode: "enforce")
+        #expect(try h.exec(tool) == 0)
+        let before = try h.status()
+        for _ in 0..<20 { #expect(try h.exec(tool) == 0) }
+        let after = try h.status()
+        #expect((after["ignore_marks_placed"] as? Int ?? 0) >= 1)
+        #expect(after["cache_hits"] as? Int == before["cache_hits"] as? Int, "repeat execs were answered in the kernel")
+        // Revoke it: the very next exec is denied.
+        try h.writePolicy(allow: [h.mount + "/known"], serial: 11)
+        #expect(try appctl("reload", "--socket", h.socket).status == 0)
+        #expect(try h.exec(tool) == 126, "a revoked hash must be denied right after reload")
+        #expect((try h.status()["kernel_cache_flushes"] as? Int ?? 0) >= 1)
     }
 
     @Test func bindMountsAndOtherMountNamespacesAreCovered() throws {

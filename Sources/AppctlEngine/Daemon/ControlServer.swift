@@ -68,6 +68,7 @@ public final class ControlServer: Sendable {
                 return "error no valid policy is loaded; refusing to enforce (fix the policy, then reload)"
             }
             daemon.policy.setMode(mode)
+            daemon.flushKernelCache(reason: "mode \(mode.rawValue)")
             daemon.applyMemfdSetting(for: mode)
             daemon.log("appctl: mode switched to \(mode.rawValue) over the control socket")
             daemon.serviceNotifier.notify("STATUS=enforcing \(mode.rawValue)")

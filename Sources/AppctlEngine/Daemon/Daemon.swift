@@ -18,11 +18,16 @@ struct FileKey: Hashable, Sendable {
     var inode: UInt64
     var changeTime: Int64
     var size: Int64
+    /// Owned by root and writable by nobody else (mode, and so the ACL mask, without group/other
+    /// write): only such files may get a kernel-side verdict, which a write through a shared
+    /// mapping would not clear.
+    var onlyRootCanWrite = false
 
     /// `fstat` of the descriptor; nil when it fails.
     static func of(_ fd: Int32) -> FileKey? {
         guard let st = try? FileDescriptor(rawValue: fd).status() else { return nil }
-        return FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), changeTime: st.ctimeNanoseconds, size: Int64(st.st_size))
+        return FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), changeTime: st.ctimeNanoseconds, size: Int64(st.st_size),
+                       onlyRootCanWrite: st.st_uid == 0 && st.st_mode & 0o022 == 0 && st.isRegularFile)
     }
 }
 
@@ -259,6 +264,7 @@ public final class Daemon: Sendable {
             return .failure(PolicyRefusal("no policy or key configured"))
         }
         let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
+        if case .success = result { flushKernelCache(reason: reason) }
         switch result {
         case .success(let header): log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
         case .failure(let refusal): log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
@@ -362,6 +368,10 @@ public final class Daemon: Sendable {
             // A plain open of data: allowed at once, no hashing, no logging.
             statistics.inertOpens.wrappingAdd(1, ordering: .relaxed)
             do { try group.respond(to: event.fd, .allow) } catch { log("appctl: cannot answer an event: \(error)") }
+            if configuration.kernelCache && key.onlyRootCanWrite && contentClasses.withLock({ $0[key] }) == .other {
+                // Later opens of this unchanged root-owned data file stay in the kernel.
+                placeIgnoreMark(event.fd, [.openPermission])
+            }
             Glibc.close(event.fd)
             return
         }
@@ -384,6 +394,26 @@ public final class Daemon: Sendable {
         if isNewJob {
             jobs.withLock { $0.append(key) }
             jobsAvailable.signal()
+        }
+    }
+
+    func placeIgnoreMark(_ fd: Int32, _ events: FanotifyGroup.Events) {
+        do {
+            try group.ignoreInode(of: fd, events: events.intersection(watchedEvents))
+            statistics.ignoreMarksPlaced.wrappingAdd(1, ordering: .relaxed)
+        } catch {
+            statistics.ignoreMarkErrors.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+
+    /// Drops every kernel-side verdict: after a reload or mode change, everything is asked again.
+    func flushKernelCache(reason: String) {
+        guard configuration.kernelCache else { return }
+        do {
+            try group.flushInodeMarks()
+            statistics.kernelCacheFlushes.wrappingAdd(1, ordering: .relaxed)
+        } catch {
+            log("appctl: cannot flush the kernel verdict cache (\(reason)): \(error)")
         }
     }
 
@@ -470,6 +500,10 @@ public final class Daemon: Sendable {
         do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch {
             log("appctl: cannot answer an event: \(error)")
         }
+        if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite {
+            // Known content that only root can change: later execs and opens stay in the kernel.
+            placeIgnoreMark(event.fd, [.openExecPermission, .openPermission])
+        }
         statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
         if decision.allow { statistics.allowed.wrappingAdd(1, ordering: .relaxed) } else { statistics.denied.wrappingAdd(1, ordering: .relaxed) }
         if decision.wouldDeny { statistics.wouldDeny.wrappingAdd(1, ordering: .relaxed) }
@@ -527,6 +561,10 @@ public final class Daemon: Sendable {
             ("hashes_in_flight", String(statistics.hashesInFlight.load(ordering: .relaxed))),
             ("own_process_events", String(statistics.ownProcessEvents.load(ordering: .relaxed))),
             ("inert_opens", String(statistics.inertOpens.load(ordering: .relaxed))),
+            ("kernel_cache", configuration.kernelCache ? "true" : "false"),
+            ("ignore_marks_placed", String(statistics.ignoreMarksPlaced.load(ordering: .relaxed))),
+            ("ignore_mark_errors", String(statistics.ignoreMarkErrors.load(ordering: .relaxed))),
+            ("kernel_cache_flushes", String(statistics.kernelCacheFlushes.load(ordering: .relaxed))),
             ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
             ("latency_p99_us", number(statistics.latencyQuantile(0.99))),
             ("events_queued", String(eventLog.queuedCount)),

@@ -33,6 +33,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var memfdNoexec = true
     /// Confine the daemon with seccomp, no_new_privs and a reduced capability set once its marks exist.
     public var confine = true
+    /// Kernel-side verdict cache: ignore marks on allowed files that only root can write.
+    public var kernelCache = true
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
 
@@ -84,6 +86,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "open-events": openEvents = try bool()
             case "memfd-noexec": memfdNoexec = try bool()
             case "confine": confine = try bool()
+            case "kernel-cache": kernelCache = try bool()
             case "interpreter":
                 if !configuredInterpreters { interpreters = []; configuredInterpreters = true }
                 interpreters.append(value)

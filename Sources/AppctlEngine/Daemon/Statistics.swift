@@ -16,6 +16,9 @@ public final class Statistics: Sendable {
     public let hashesInFlight = Atomic<Int>(0)
     /// Plain opens of data files, allowed without hashing.
     public let inertOpens = Atomic<Int>(0)
+    public let ignoreMarksPlaced = Atomic<Int>(0)
+    public let ignoreMarkErrors = Atomic<Int>(0)
+    public let kernelCacheFlushes = Atomic<Int>(0)
 
     /// Four buckets per power of two of nanoseconds: about 19% resolution from 1 ns to 2^64.
     private let buckets = Mutex<[UInt64]>([UInt64](repeating: 0, count: 256))
