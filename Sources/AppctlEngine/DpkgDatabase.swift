@@ -82,12 +82,6 @@ public struct DpkgDatabase: Sendable {
     public func lookup(_ path: String) -> [Record]? { records[path] }
 }
 
-func readSmallFile(_ path: String, limit: Int) throws(Errno) -> [UInt8] {
-    let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking])
-    defer { fd.close() }
-    return try fd.readAll(limit: limit)
-}
-
 private func decodeHex16(_ hex: some Collection<UInt8>) -> [UInt8]? {
     var out = [UInt8]()
     out.reserveCapacity(16)

@@ -17,6 +17,8 @@ public struct FanotifyGroup: Sendable {
         public static let openExecPermission = Events(rawValue: UInt64(FAN_OPEN_EXEC_PERM))
         /// `FAN_OPEN_PERM` — any open.
         public static let openPermission = Events(rawValue: UInt64(FAN_OPEN_PERM))
+        /// `FAN_CLOSE_WRITE` — a file opened for writing was closed (a notification, not a question).
+        public static let closeWrite = Events(rawValue: UInt64(FAN_CLOSE_WRITE))
         /// `FAN_Q_OVERFLOW` — the event queue overflowed (never for permission events, which are not queued-and-dropped).
         public static let queueOverflow = Events(rawValue: UInt64(FAN_Q_OVERFLOW))
     }
@@ -99,6 +101,8 @@ public struct FanotifyEvent: Sendable {
     public var mask: UInt64
     public var fd: Int32
     public var pid: Int32
+
+    public var isCloseWrite: Bool { mask & UInt64(FAN_CLOSE_WRITE) != 0 }
 
     public var isPermissionEvent: Bool {
         mask & (UInt64(FAN_OPEN_EXEC_PERM) | UInt64(FAN_OPEN_PERM) | UInt64(FAN_ACCESS_PERM)) != 0

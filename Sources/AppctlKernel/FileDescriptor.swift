@@ -122,6 +122,14 @@ extension stat {
     public var mtimeNanoseconds: Int64 { Int64(st_mtim.tv_sec) * 1_000_000_000 + Int64(st_mtim.tv_nsec) }
 }
 
+/// Reads a whole small file (keys, configs, /proc entries), refusing anything over `limit` bytes and
+/// never blocking on a FIFO put in its place.
+public func readSmallFile(_ path: String, limit: Int) throws(Errno) -> [UInt8] {
+    let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking])
+    defer { fd.close() }
+    return try fd.readAll(limit: limit)
+}
+
 /// `lstat` through the wrapper: information about a path without following a final symlink.
 public func linkStatus(_ path: String, relativeTo directory: FileDescriptor? = nil) throws(Errno) -> stat {
     var st = stat()

@@ -135,9 +135,8 @@ public struct ProcessInfo: Sendable {
 
     public init(pid: Int32) {
         exe = readLink("/proc/\(pid)/exe") ?? ""
-        if let fd = try? FileDescriptor.open("/proc/\(pid)/status", [.readOnly]) {
-            defer { fd.close() }
-            if let bytes = try? fd.readAll(limit: 1 << 16) {
+        do {
+            if let bytes = try? readSmallFile("/proc/\(pid)/status", limit: 1 << 16) {
                 for line in bytes.split(separator: UInt8(ascii: "\n")) {
                     let text = String(decoding: line, as: UTF8.self)
                     if text.hasPrefix("Name:") { comm = text.dropFirst(5).trimmingWhitespace() }
@@ -153,6 +152,12 @@ extension Substring {
     func trimmingWhitespace() -> String {
         String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
+}
+
+/// Lowers the calling thread to the lowest CPU priority (nice 19): background work must not compete
+/// with the decisions. (On Linux, PRIO_PROCESS with a thread id applies to that thread only.)
+public func lowerThreadPriority() {
+    appctl_lower_thread_priority()
 }
 
 /// Nanoseconds on the monotonic clock.

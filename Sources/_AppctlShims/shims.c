@@ -12,6 +12,8 @@
 #include <seccomp.h>
 #include <linux/capability.h>
 #include <sys/syscall.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
     char *data = NULL;
@@ -204,6 +206,8 @@ int appctl_seccomp_syscall(const char *name) {
 }
 
 void appctl_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+void appctl_lower_thread_priority(void) { setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
 
 int appctl_block_signals(const int *signals, int count, sigset_t *out) {
     sigemptyset(out);

@@ -66,17 +66,8 @@ func printError(_ text: String) {
 
 /// Reads a small file (a key) or fails with a one-line message naming it.
 func readKeyFile(_ path: String) throws(CommandFailure) -> [UInt8] {
-    do {
-        let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking])
-        defer { fd.close() }
-        guard try fd.status().isRegularFile else { throw CommandFailure("\(path): not a regular file") }
-        return try fd.readAll(limit: 64 * 1024)
-    } catch let error as Errno {
+    do { return try readSmallFile(path, limit: 64 * 1024) } catch {
         throw CommandFailure("\(path): cannot read key: \(error)")
-    } catch let error as CommandFailure {
-        throw error
-    } catch {
-        throw CommandFailure("\(path): \(error)")
     }
 }
 

@@ -94,11 +94,7 @@ extension Appctl {
             let configPath = config ?? DaemonConfiguration.defaultPath
             if config != nil || (try? linkStatus(configPath)) != nil {
                 let text: [UInt8]
-                do {
-                    let fd = try FileDescriptor.open(configPath, [.readOnly, .nonBlocking])
-                    defer { fd.close() }
-                    text = try fd.readAll(limit: 1 << 20)
-                } catch {
+                do { text = try readSmallFile(configPath, limit: 1 << 20) } catch {
                     throw CommandFailure("\(configPath): cannot read config: \(error)")
                 }
                 do { try configuration.apply(file: configPath, text: String(decoding: text, as: UTF8.self)) } catch {

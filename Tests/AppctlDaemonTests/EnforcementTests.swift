@@ -280,6 +280,41 @@ struct EnforcementTests {
         #expect(try h.status()["would_deny"] as? Int == 20)
     }
 
+    @Test func freshlyWrittenProgramsArePrehashedAndChangesStillCount() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        try h.start(mode: "monitor")
+        // Written after the daemon started: 64 MiB of program, hashed in the background after close.
+        let fresh = try h.copyExecutable("/usr/bin/true", to: "fresh", appending: [UInt8](repeating: 0, count: 64 << 20))
+        #expect(try h.waitUntil(10) { (try h.status()["prehashed"] as? Int ?? 0) >= 1 })
+        let before = try h.status()
+        #expect(try h.exec(fresh) == 0)
+        let after = try h.status()
+        #expect(after["cache_misses"] as? Int == before["cache_misses"] as? Int, "the first exec must be a cache hit")
+        #expect((after["cache_hits"] as? Int ?? 0) > (before["cache_hits"] as? Int ?? 0))
+        // Changed after the pre-hash: the stale digest does not match the new (ctime, size) key.
+        let f = try FileHandle(forWritingTo: URL(fileURLWithPath: fresh))
+        f.seekToEndOfFile(); f.write(Data([7])); try f.close()
+        try h.writePolicy(allow: [h.mount + "/known"], serial: 11)   // unchanged policy, new serial
+        #expect(try appctl("enforce", "--socket", h.socket).status == 0)
+        #expect(try h.exec(fresh) == 126)
+    }
+
+    @Test func prometheusTextFileCarriesTheFigures() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let unknown = try h.makeUnknown("unknown")
+        let metrics = h.dir.file("appctl.prom")
+        try h.start(mode: "monitor", config: ["memfd-noexec = no", "metrics-file = \(metrics)"])
+        #expect(try h.exec(unknown) == 0)
+        #expect(try h.waitUntil(20) {
+            ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").contains("appctl_decisions_total{decision=\"would_deny\"} 1")
+        })
+        let text = try String(contentsOfFile: metrics, encoding: .utf8)
+        for line in ["# TYPE appctl_cache_misses_total counter", "appctl_mode{mode=\"monitor\"} 1", "appctl_policy_serial 10",
+                     "appctl_ready 1", "appctl_decision_latency_seconds{quantile=\"0.99\"}"] {
+            #expect(text.contains(line), "\(line)")
+        }
+    }
+
     @Test func sighupReopensTheEventLog() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")

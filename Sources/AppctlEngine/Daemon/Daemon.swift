@@ -73,7 +73,7 @@ public final class Daemon: Sendable {
         "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "clone", "clone3", "set_robust_list", "rseq",
         "futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "exit", "exit_group", "membarrier",
         "rt_sigprocmask", "rt_sigaction", "rt_sigreturn", "sigaltstack", "tgkill", "getrandom", "prctl", "restart_syscall",
-        "prlimit64", "set_tid_address", "arch_prctl",
+        "prlimit64", "set_tid_address", "arch_prctl", "setpriority",
         // time
         "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday", "clock_getres",
         // files: policy and key reads, event log, state, learn fragment, /proc reads, event descriptors
@@ -102,8 +102,18 @@ public final class Daemon: Sendable {
     /// Exec events always; open events unless `open-events = no` (they close the loader, library
     /// and interpreter bypasses, see Policies/INTERPRETERS.md).
     var watchedEvents: FanotifyGroup.Events {
-        configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
+        var events: FanotifyGroup.Events = configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
+        if configuration.prehash { events.insert(.closeWrite) }
+        return events
     }
+    /// Descriptors of freshly written files waiting to be pre-hashed (bounded: a full queue drops,
+    /// and the first exec hashes on demand as it would anyway).
+    let prehashQueue = Mutex<[(fd: Int32, closedAt: UInt64)]>([])
+    /// Installers set the mode and times right after closing (tar, install): wait this long after the
+    /// close before hashing, so the digest is stored under the file's final (ctime, size) key.
+    static let prehashSettleNanoseconds: UInt64 = 100_000_000
+    let prehashAvailable = DispatchSemaphore(value: 0)
+    static let prehashQueueLimit = 256
     let interpreters: InterpreterRule
     /// File identity → content class, so an open of a file seen before costs one fstat and one lookup.
     let contentClasses = Mutex<[FileKey: ContentClass]>([:])
@@ -149,6 +159,7 @@ public final class Daemon: Sendable {
             startThread(name: "appctl-hash-\(i)") { [self] in hashWorker() }
         }
         startThread(name: "appctl-events") { [self] in eventLoop() }
+        if configuration.prehash { startThread(name: "appctl-prehash") { [self] in prehashWorker() } }
         control?.start(daemon: self)
 
         ready.store(true, ordering: .releasing)
@@ -156,6 +167,7 @@ public final class Daemon: Sendable {
         log("appctl: ready, mode \(policy.mode.rawValue), \(marked.withLock { $0.count }) filesystems marked")
 
         var nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
+        var nextMetrics = monotonicSeconds()
         var exitCode: Int32 = 0
         loop: while true {
             var entries: [(FileDescriptor, Int16)] = [(signals.descriptor, Int16(POLLIN))]
@@ -175,6 +187,10 @@ public final class Daemon: Sendable {
                     break
                 }
             }
+            if let metricsFile = configuration.metricsFile, monotonicSeconds() >= nextMetrics {
+                writeMetrics(to: metricsFile)
+                nextMetrics = monotonicSeconds() + 15
+            }
             if monotonicSeconds() >= nextLearnFlush {
                 flushLearned()
                 nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
@@ -192,6 +208,13 @@ public final class Daemon: Sendable {
         shutdownNotifier.signal()
         _ = eventLoopFinished.wait(timeout: .now() + 5)
         for _ in 0..<configuration.hashThreads { jobsAvailable.signal() }
+        prehashAvailable.signal()
+        let unhashed = prehashQueue.withLock { q -> [Int32] in
+            let fds = q.map(\.fd)
+            q.removeAll()
+            return fds
+        }
+        for fd in unhashed { Glibc.close(fd) }
         // Events still waiting for a hash: answer them now rather than leave them to the close.
         let waiting = pending.withLock { p -> [PendingEvent] in
             let all = p.values.flatMap { $0 }
@@ -246,9 +269,7 @@ public final class Daemon: Sendable {
     private var memfdRecordPath: String { configuration.stateDirectory + "/memfd_noexec.orig" }
 
     private func readSmall(_ path: String) -> String? {
-        guard let fd = try? FileDescriptor.open(path, [.readOnly]) else { return nil }
-        defer { fd.close() }
-        return (try? fd.readAll(limit: 64)).map { String(decoding: $0, as: UTF8.self).trimmingSpaces().split(separator: "\n").first.map(String.init) ?? "" }
+        return (try? readSmallFile(path, limit: 64)).map { String(decoding: $0, as: UTF8.self).trimmingSpaces().split(separator: "\n").first.map(String.init) ?? "" }
     }
 
     private func writeSmall(_ path: String, _ value: String) -> Bool {
@@ -338,7 +359,19 @@ public final class Daemon: Sendable {
 
     func handle(_ event: FanotifyEvent, shuttingDown: Bool = false) {
         guard event.fd >= 0 else { return }   // FAN_NOFD: a queue overflow notice
-        guard event.isPermissionEvent else { Glibc.close(event.fd); return }
+        guard event.isPermissionEvent else {
+            if event.isCloseWrite && event.pid != ownPID && !shuttingDown {
+                let queued = prehashQueue.withLock { q -> Bool in
+                    guard q.count < Self.prehashQueueLimit else { return false }
+                    q.append((event.fd, monotonicNanoseconds()))
+                    return true
+                }
+                if queued { prehashAvailable.signal(); return }
+                statistics.prehashDropped.wrappingAdd(1, ordering: .relaxed)
+            }
+            Glibc.close(event.fd)
+            return
+        }
         let receivedAt = monotonicNanoseconds()
         if event.pid == ownPID {
             // Never wait on ourselves.
@@ -478,6 +511,37 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// Hashes freshly written files that hold executable content (ELF, `#!`, an execute bit) at the
+    /// lowest priority. The digest goes into the same cache as any other, keyed by (dev, ino, ctime,
+    /// size): if the file changes again before it runs, the key no longer matches and the exec hashes.
+    func prehashWorker() {
+        lowerThreadPriority()
+        let hasher = FileHasher()
+        while true {
+            prehashAvailable.wait()
+            guard let (fd, closedAt) = prehashQueue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
+                if stopping.load(ordering: .relaxed) { return }
+                continue
+            }
+            defer { Glibc.close(fd) }
+            if stopping.load(ordering: .relaxed) { continue }
+            let settled = closedAt + Self.prehashSettleNanoseconds
+            let now = monotonicNanoseconds()
+            if now < settled { usleep(UInt32((settled - now) / 1000)) }
+            guard let key = FileKey.of(fd), digestCache.withLock({ $0[key] }) == nil,
+                  let st = try? FileDescriptor(rawValue: fd).status() else { continue }
+            guard contentClass(of: fd) != .other || st.isExecutableByMode else { continue }
+            guard let result = try? hasher.hash(FileDescriptor(rawValue: fd), sizeHint: key.size),
+                  FileKey.of(fd) == key, result.bytesRead == key.size else { continue }
+            digestCache.withLock { cache in
+                if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
+                cache[key] = result.sha256
+            }
+            statistics.prehashed.wrappingAdd(1, ordering: .relaxed)
+            statistics.bytesHashed.wrappingAdd(Int(result.bytesRead), ordering: .relaxed)
+        }
+    }
+
     // MARK: - Answering
 
     /// Answers the event and records it. For denies, would-denies and learned files the process
@@ -518,6 +582,55 @@ public final class Daemon: Sendable {
     }
 
     // MARK: - Status
+
+    /// The Prometheus text exposition format, for node_exporter's textfile collector (written whole,
+    /// atomically, so the collector never reads half a file).
+    public func metricsText() -> String {
+        let s = policy.snapshot
+        func counter(_ name: String, _ help: String, _ value: Int, _ labels: String = "") -> String {
+            "# HELP appctl_\(name) \(help)\n# TYPE appctl_\(name) counter\nappctl_\(name)\(labels) \(value)\n"
+        }
+        func gauge(_ name: String, _ help: String, _ lines: [(String, String)]) -> String {
+            "# HELP appctl_\(name) \(help)\n# TYPE appctl_\(name) gauge\n" + lines.map { "appctl_\(name)\($0.0) \($0.1)\n" }.joined()
+        }
+        let st = statistics
+        var text = ""
+        text += "# HELP appctl_decisions_total Permission events answered by the daemon, by outcome.\n# TYPE appctl_decisions_total counter\n"
+        text += "appctl_decisions_total{decision=\"allow\"} \(st.allowed.load(ordering: .relaxed))\n"
+        text += "appctl_decisions_total{decision=\"deny\"} \(st.denied.load(ordering: .relaxed))\n"
+        text += "appctl_decisions_total{decision=\"would_deny\"} \(st.wouldDeny.load(ordering: .relaxed))\n"
+        text += counter("cache_hits_total", "Events answered from the userspace digest cache.", st.cacheHits.load(ordering: .relaxed))
+        text += counter("cache_misses_total", "Events that needed a hash.", st.cacheMisses.load(ordering: .relaxed))
+        text += counter("inert_opens_total", "Plain opens of data answered without hashing.", st.inertOpens.load(ordering: .relaxed))
+        text += counter("hashes_total", "Files hashed.", st.hashesComputed.load(ordering: .relaxed))
+        text += counter("hashed_bytes_total", "Bytes hashed.", st.bytesHashed.load(ordering: .relaxed))
+        text += counter("ignore_marks_total", "Kernel-side verdicts placed (ignore marks).", st.ignoreMarksPlaced.load(ordering: .relaxed))
+        text += counter("kernel_cache_flushes_total", "Flushes of the kernel-side verdicts.", st.kernelCacheFlushes.load(ordering: .relaxed))
+        text += counter("events_dropped_total", "Event records dropped (queue full, log unwritable).", st.eventsDropped.load(ordering: .relaxed))
+        text += gauge("decision_latency_seconds", "Decision latency of daemon-answered events.", [
+            ("{quantile=\"0.5\"}", String((st.latencyQuantile(0.5) ?? 0) / 1e6)),
+            ("{quantile=\"0.99\"}", String((st.latencyQuantile(0.99) ?? 0) / 1e6)),
+        ])
+        text += gauge("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))])
+        text += gauge("mode", "1 for the current mode.", Mode.allCases.map { ("{mode=\"\($0.rawValue)\"}", $0 == s.mode ? "1" : "0") })
+        text += gauge("ready", "1 once every filesystem mark is placed.", [("", ready.load(ordering: .relaxed) ? "1" : "0")])
+        return text
+    }
+
+    func writeMetrics(to path: String) {
+        do {
+            let file = try AtomicFileWriter(path: path, permissions: 0o644)
+            do throws(Errno) {
+                try file.descriptor.writeAll(Array(metricsText().utf8))
+                try file.commit()
+            } catch {
+                file.abort()
+                throw error
+            }
+        } catch {
+            log("appctl: cannot write metrics to \(path): \(error)")
+        }
+    }
 
     /// `(ready, JSON object, human-readable lines)` for `appctl status`.
     public func status() -> (ready: Bool, json: String, text: String) {
@@ -561,6 +674,8 @@ public final class Daemon: Sendable {
             ("hashes_in_flight", String(statistics.hashesInFlight.load(ordering: .relaxed))),
             ("own_process_events", String(statistics.ownProcessEvents.load(ordering: .relaxed))),
             ("inert_opens", String(statistics.inertOpens.load(ordering: .relaxed))),
+            ("prehashed", String(statistics.prehashed.load(ordering: .relaxed))),
+            ("prehash_dropped", String(statistics.prehashDropped.load(ordering: .relaxed))),
             ("kernel_cache", configuration.kernelCache ? "true" : "false"),
             ("ignore_marks_placed", String(statistics.ignoreMarksPlaced.load(ordering: .relaxed))),
             ("ignore_mark_errors", String(statistics.ignoreMarkErrors.load(ordering: .relaxed))),

@@ -33,6 +33,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var memfdNoexec = true
     /// Confine the daemon with seccomp, no_new_privs and a reduced capability set once its marks exist.
     public var confine = true
+    /// Prometheus text file (node_exporter textfile-collector convention), rewritten every 15 s; nil: off.
+    public var metricsFile: String? = nil
+    /// Hash newly written executable content in the background (FAN_CLOSE_WRITE), so its first exec is a cache hit.
+    public var prehash = true
     /// Kernel-side verdict cache: ignore marks on allowed files that only root can write.
     public var kernelCache = true
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
@@ -87,6 +91,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "memfd-noexec": memfdNoexec = try bool()
             case "confine": confine = try bool()
             case "kernel-cache": kernelCache = try bool()
+            case "prehash": prehash = try bool()
+            case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":
                 if !configuredInterpreters { interpreters = []; configuredInterpreters = true }
                 interpreters.append(value)

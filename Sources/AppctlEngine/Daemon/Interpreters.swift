@@ -65,9 +65,7 @@ struct InterpreterRule: Sendable {
     /// Arguments are resolved in the process's own view: relative ones against /proc/PID/cwd,
     /// absolute ones under /proc/PID/root (containers, chroots).
     func isNamedOnCommandLine(pid: Int32, device: UInt64, inode: UInt64) -> Bool {
-        guard let fd = try? FileDescriptor.open("/proc/\(pid)/cmdline", [.readOnly]) else { return false }
-        defer { fd.close() }
-        guard let bytes = try? fd.readAll(limit: 1 << 16) else { return false }
+        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 1 << 16) else { return false }
         let arguments = bytes.split(separator: 0, omittingEmptySubsequences: true).dropFirst()
         for argument in arguments.prefix(64) {
             guard let first = argument.first, first != UInt8(ascii: "-") else { continue }

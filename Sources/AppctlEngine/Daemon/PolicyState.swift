@@ -67,9 +67,7 @@ public final class PolicyState: Sendable {
     private func load(path: String, keyPath: String, allowRollback: Bool) -> Result<LoadedPolicy, PolicyRefusal> {
         let key: Ed25519PublicKey
         do {
-            let fd = try FileDescriptor.open(keyPath, [.readOnly, .nonBlocking])
-            defer { fd.close() }
-            key = try Ed25519PublicKey(pem: try fd.readAll(limit: 64 * 1024))
+            key = try Ed25519PublicKey(pem: try readSmallFile(keyPath, limit: 64 * 1024))
         } catch {
             return .failure(PolicyRefusal("\(keyPath): cannot use public key: \(error)"))
         }
@@ -97,9 +95,7 @@ public final class PolicyState: Sendable {
     private var serialFile: String { stateDirectory + "/last-serial" }
 
     public func lastAppliedSerial() -> UInt64? {
-        guard let fd = try? FileDescriptor.open(serialFile, [.readOnly]) else { return nil }
-        defer { fd.close() }
-        guard let bytes = try? fd.readAll(limit: 4096) else { return nil }
+        guard let bytes = try? readSmallFile(serialFile, limit: 4096) else { return nil }
         return UInt64(String(decoding: bytes, as: UTF8.self).trimmingSpaces().split(separator: "\n").first ?? "")
     }
 

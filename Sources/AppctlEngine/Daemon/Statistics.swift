@@ -17,6 +17,8 @@ public final class Statistics: Sendable {
     /// Plain opens of data files, allowed without hashing.
     public let inertOpens = Atomic<Int>(0)
     public let ignoreMarksPlaced = Atomic<Int>(0)
+    public let prehashed = Atomic<Int>(0)
+    public let prehashDropped = Atomic<Int>(0)
     public let ignoreMarkErrors = Atomic<Int>(0)
     public let kernelCacheFlushes = Atomic<Int>(0)
 
