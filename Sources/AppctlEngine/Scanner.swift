@@ -319,8 +319,9 @@ public final class Scanner: Sendable {
         }
     }
 
+    /// Absolute and free of symlinks, so that `--exclude` matches however either was spelled.
     private func normalized(_ path: String) -> String {
-        var p = path
+        var p = realPath(path) ?? path
         while p.count > 1 && p.hasSuffix("/") { p.removeLast() }
         return p
     }

@@ -155,3 +155,10 @@ public func fileStatus(_ path: String) throws(Errno) -> stat {
     _ = try retryingOnInterrupt { stat(path, &st) }
     return st
 }
+
+/// `realpath(3)`: absolute, without symlinks, `.` or `..`; nil when the path does not resolve.
+public func realPath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}

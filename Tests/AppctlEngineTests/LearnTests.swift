@@ -77,6 +77,17 @@ struct Fixture {
         #expect(report.exclusions.isEmpty, "\(report.exclusions)")
     }
 
+    @Test func excludesMatchHoweverRootsAreSpelled() throws {
+        let fixture = try Fixture(); defer { fixture.dir.remove() }
+        unlink(fixture.dir.file("root/data/fifo"))
+        // The root spelled with "..", the exclude spelled plainly: still the same directory.
+        let options = LearnOptions(roots: [fixture.root + "/bin/../"], excludes: [fixture.root + "/data"])
+        let report = Scanner(options: options).run()
+        #expect(!report.entries.isEmpty)
+        #expect(report.entries.allSatisfy { !$0.escapedPath.contains("/data/") }, "the excluded directory was scanned")
+        #expect(report.entries.allSatisfy { $0.escapedPath.hasPrefix(fixture.root + "/") }, "paths are absolute and clean")
+    }
+
     @Test func fileChangingWhileHashedIsExcluded() throws {
         let dir = TemporaryDirectory(); defer { dir.remove() }
         try FileManager.default.createDirectory(atPath: dir.file("root"), withIntermediateDirectories: true)

@@ -90,7 +90,9 @@ public final class Daemon: Sendable {
     /// File identity → digest. Decisions are not cached, only digests: a reload or mode switch
     /// takes effect on the very next event without flushing anything.
     let digestCache = Mutex<[FileKey: SHA256Digest]>([:])
-    static let digestCacheLimit = 200_000
+    /// Bounds on the userspace caches (about 80 and 64 bytes an entry): past them a cache is emptied
+    /// and refills from the next events. Files only root can write stay in the kernel-side cache.
+    static let digestCacheLimit = 65_536
     /// Files being hashed → every event waiting for that hash.
     let pending = Mutex<[FileKey: [PendingEvent]]>([:])
     let jobs = Mutex<[FileKey]>([])
@@ -561,6 +563,9 @@ public final class Daemon: Sendable {
         let process = notable ? ProcessInfo(pid: event.pid) : nil
         let path = notable ? pathOfDescriptor(event.fd) : nil
 
+        // Latency ends when the answer is ready: the write that follows can hand the CPU straight to
+        // the woken process, which is not time the decision took.
+        statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
         do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch {
             log("appctl: cannot answer an event: \(error)")
         }
@@ -568,7 +573,6 @@ public final class Daemon: Sendable {
             // Known content that only root can change: later execs and opens stay in the kernel.
             placeIgnoreMark(event.fd, [.openExecPermission, .openPermission])
         }
-        statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
         if decision.allow { statistics.allowed.wrappingAdd(1, ordering: .relaxed) } else { statistics.denied.wrappingAdd(1, ordering: .relaxed) }
         if decision.wouldDeny { statistics.wouldDeny.wrappingAdd(1, ordering: .relaxed) }
         if let label {

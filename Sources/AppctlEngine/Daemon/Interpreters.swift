@@ -78,12 +78,6 @@ struct InterpreterRule: Sendable {
     }
 }
 
-func realPath(_ path: String) -> String? {
-    guard let resolved = realpath(path, nil) else { return nil }
-    defer { free(resolved) }
-    return String(cString: resolved)
-}
-
 /// The content class of a file, by its first bytes, read from the event's descriptor.
 func contentClass(of fd: Int32) -> ContentClass {
     var head: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
