@@ -303,7 +303,7 @@ struct EnforcementTests {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
         let metrics = h.dir.file("appctl.prom")
-        try h.start(mode: "monitor", config: ["memfd-noexec = no", "metrics-file = \(metrics)"])
+        try h.start(mode: "monitor", config: ["metrics-file = \(metrics)"])
         #expect(try h.exec(unknown) == 0)
         #expect(try h.waitUntil(20) {
             ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").contains("appctl_decisions_total{decision=\"would_deny\"} 1")

@@ -85,13 +85,14 @@ public final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Starts the daemon on the tmpfs and waits until `appctl status` says it is ready.
-    /// `config` lines go into the config file; by default vm.memfd_noexec is left alone, because a test
-    /// that kills an enforcing daemon could not restore it (only the memfd test turns it on).
-    public func start(mode: String, extra: [String] = [], config: [String] = ["memfd-noexec = no"],
-                      writeDefaultPolicy: Bool = true) throws {
+    /// `config` lines go into the config file after these defaults: the machine-wide sysctls
+    /// (vm.memfd_noexec, user.max_user_namespaces) are left alone, because a test that kills an
+    /// enforcing daemon could not restore them; the tests of those features turn them on.
+    public func start(mode: String, extra: [String] = [], config: [String] = [], writeDefaultPolicy: Bool = true) throws {
         if writeDefaultPolicy && (try? linkStatus(policyPath)) == nil { try writePolicy() }
         let configPath = dir.file("appctl.conf")
-        try (config.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: false, encoding: .utf8)
+        let lines = ["memfd-noexec = no", "userns-restrict = no"] + config
+        try (lines.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: false, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: appctlBinary)
         process.arguments = ["daemon", "--config", configPath, "--mode", mode, "--policy", policyPath, "--key", keys.publicPath,

@@ -69,7 +69,7 @@ public final class ControlServer: Sendable {
             }
             daemon.policy.setMode(mode)
             daemon.flushKernelCache(reason: "mode \(mode.rawValue)")
-            daemon.applyMemfdSetting(for: mode)
+            daemon.applyHardening(for: mode)
             daemon.log("appctl: mode switched to \(mode.rawValue) over the control socket")
             daemon.serviceNotifier.notify("STATUS=enforcing \(mode.rawValue)")
             return "ok mode \(mode.rawValue)"

@@ -60,8 +60,9 @@ public final class Daemon: Sendable {
     let eventLoopFinished = DispatchSemaphore(value: 0)
     let confined = Atomic<Bool>(false)
     let serviceNotifier = ServiceNotifier()
-    /// vm.memfd_noexec as found at start-up, when appctl raised it; restored on exit.
-    let memfdOriginal = Mutex<String?>(nil)
+    /// Sysctls raised while enforcing: vm.memfd_noexec (fanotify cannot see memfds) and
+    /// user.max_user_namespaces (fanotify cannot see a filesystem mounted in a namespace it has never seen).
+    let sysctlGuards: [SysctlGuard]
 
     /// What the daemon still needs once running (see README, "Confinement").
     static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch]
@@ -130,6 +131,16 @@ public final class Daemon: Sendable {
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
         learned = LearnRecorder(hostname: hostname)
         interpreters = InterpreterRule(configured: configuration.interpreters)
+        var guards: [SysctlGuard] = []
+        if configuration.memfdNoexec {
+            guards.append(SysctlGuard(name: "vm.memfd_noexec", enforcedValue: "2", stateDirectory: configuration.stateDirectory,
+                                      why: "executable memfds refused while enforcing"))
+        }
+        if configuration.usernsRestrict {
+            guards.append(SysctlGuard(name: "user.max_user_namespaces", enforcedValue: "0", stateDirectory: configuration.stateDirectory,
+                                      why: "no new user namespaces, so no unmarked filesystems mounted in them, while enforcing"))
+        }
+        sysctlGuards = guards
         do {
             group = try FanotifyGroup.create()
             shutdownNotifier = try EventNotifier()
@@ -143,7 +154,7 @@ public final class Daemon: Sendable {
     /// Runs until SIGTERM or SIGINT. Returns the process exit code.
     public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
         let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
-        applyMemfdSetting(for: policy.mode)
+        applyHardening(for: policy.mode)
         // From the first mark until the event thread runs, nothing may open a file on a marked
         // filesystem (nobody would answer): marking, confining and starting threads open nothing.
         updateMarks(mountinfo: mountinfo)
@@ -228,57 +239,17 @@ public final class Daemon: Sendable {
             Glibc.close(p.event.fd)
         }
         group.close()
-        restoreMemfdSetting()
+        applyHardening(for: .monitor)   // restore what enforcing changed
         flushLearned()
         eventLog.stop()
         log("appctl: stopped")
     }
 
-    /// In enforce mode (when configured), vm.memfd_noexec=2: executable memfds are refused machine-wide,
-    /// because fanotify cannot mark the kernel-internal memfd filesystem (fanotify_mark answers EINVAL).
-    func applyMemfdSetting(for mode: Mode) {
-        guard configuration.memfdNoexec else { return }
-        let path = "/proc/sys/vm/memfd_noexec"
-        if mode == .enforce {
-            memfdOriginal.withLock { original in
-                guard original == nil, let current = readSmall(path) else { return }
-                // A previous run that died while enforcing left 2 behind: its record holds the real original.
-                let recorded = readSmall(memfdRecordPath)
-                let restoreTo = recorded ?? current
-                if restoreTo == "2" { return }   // the admin chose 2: nothing to restore
-                if current == "2" || writeSmall(path, "2") {
-                    if recorded == nil { _ = writeSmall(memfdRecordPath, restoreTo) }
-                    original = restoreTo
-                    log("appctl: vm.memfd_noexec \(restoreTo) -> 2 (executable memfds refused while enforcing)")
-                }
-            }
-        } else {
-            restoreMemfdSetting()
+    /// Machine-wide hardening that holds only while enforcing (see `SysctlGuard`).
+    func applyHardening(for mode: Mode) {
+        for guardian in sysctlGuards {
+            if mode == .enforce { guardian.engage(log: log) } else { guardian.release(log: log) }
         }
-    }
-
-    func restoreMemfdSetting() {
-        memfdOriginal.withLock { original in
-            guard let value = original else { return }
-            if writeSmall("/proc/sys/vm/memfd_noexec", value) {
-                log("appctl: vm.memfd_noexec restored to \(value)")
-                unlink(memfdRecordPath)
-            }
-            original = nil
-        }
-    }
-
-    private var memfdRecordPath: String { configuration.stateDirectory + "/memfd_noexec.orig" }
-
-    private func readSmall(_ path: String) -> String? {
-        return (try? readSmallFile(path, limit: 64)).map { String(decoding: $0, as: UTF8.self).trimmingSpaces().split(separator: "\n").first.map(String.init) ?? "" }
-    }
-
-    private func writeSmall(_ path: String, _ value: String) -> Bool {
-        if path.hasPrefix(configuration.stateDirectory) { mkdir(configuration.stateDirectory, 0o700) }
-        guard let fd = try? FileDescriptor.open(path, [.writeOnly, .create, .truncate], permissions: 0o600) else { return false }
-        defer { fd.close() }
-        return (try? fd.writeAll(Array((value + "\n").utf8))) != nil
     }
 
     @discardableResult
@@ -656,6 +627,8 @@ public final class Daemon: Sendable {
             ("ready", ready.load(ordering: .relaxed) ? "true" : "false"),
             ("confined", confined.load(ordering: .relaxed) ? "true" : "false"),
             ("open_events", configuration.openEvents ? "true" : "false"),
+            ("hardening", "[" + sysctlGuards.compactMap(\.active).map(jsonString).joined(separator: ",") + "]"),
+            ("hardening_failures", "[" + sysctlGuards.compactMap { $0.failure.withLock { $0 } }.map(jsonString).joined(separator: ",") + "]"),
             ("mode", jsonString(s.mode.rawValue)),
             ("pid", String(ownPID)),
             ("uptime_seconds", String(format3(monotonicSeconds() - startedAt))),

@@ -31,6 +31,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var interpreters: [String] = InterpreterRule.defaultCandidates
     /// In enforce mode, set vm.memfd_noexec=2 (executable memfds refused machine-wide), restored on exit.
     public var memfdNoexec = true
+    /// In enforce mode, set user.max_user_namespaces=0 (restored on exit): a filesystem mounted inside a
+    /// new user namespace is a superblock the daemon never learns about.
+    public var usernsRestrict = true
     /// Confine the daemon with seccomp, no_new_privs and a reduced capability set once its marks exist.
     public var confine = true
     /// Prometheus text file (node_exporter textfile-collector convention), rewritten every 15 s; nil: off.
@@ -89,6 +92,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 hashThreads = n
             case "open-events": openEvents = try bool()
             case "memfd-noexec": memfdNoexec = try bool()
+            case "userns-restrict": usernsRestrict = try bool()
             case "confine": confine = try bool()
             case "kernel-cache": kernelCache = try bool()
             case "prehash": prehash = try bool()

@@ -30,7 +30,7 @@ public struct EventRecord: Sendable {
     }
 
     var humanLine: String {
-        "appctl: \(decision.uppercased()) \(path) (\(reason.rawValue), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(process.comm) parent-exe \(process.exe)\n"
+        "appctl: \(decision.uppercased()) \(path) (\(reason.rawValue), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(process.comm) exe \(process.exe)\n"
     }
 }
 

@@ -29,6 +29,9 @@ struct InterpreterRule: Sendable {
         "/usr/bin/python3", "/usr/bin/python2", "/usr/bin/python", "/usr/bin/perl", "/usr/bin/ruby", "/usr/bin/php",
         "/usr/bin/node", "/usr/bin/nodejs", "/usr/bin/tclsh", "/usr/bin/wish", "/usr/bin/lua", "/usr/bin/luajit",
         "/usr/bin/gawk", "/usr/bin/mawk", "/usr/bin/awk", "/usr/bin/Rscript", "/usr/bin/guile", "/usr/bin/expect",
+        // The loader run as a program is an interpreter of its command line: `ld.so /usr/bin/python3 x.py`
+        // has the loader as its executable, and x.py on its command line.
+        "/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2",
     ]
 
     let paths: Set<String>

@@ -43,7 +43,7 @@ public final class PolicyState: Sendable {
 
     public var snapshot: (policy: PolicyHeader?, path: String?, mode: Mode, lastError: String?, allowCount: Int, denyCount: Int) {
         current.withLock { c in
-            (c.policy?.header, c.policy?.path, c.mode, c.lastError, c.policy?.allowed.count ?? 0, c.policy?.denied.count ?? 0)
+            (c.policy?.header, c.policy?.path, c.mode, c.lastError, c.policy?.header.allowCount ?? 0, c.policy?.header.denyCount ?? 0)
         }
     }
 
