@@ -162,3 +162,27 @@ public func realPath(_ path: String) -> String? {
     defer { free(resolved) }
     return String(cString: resolved)
 }
+
+/// What `stat` says about a file that decisions depend on.
+public struct FileIdentity: Hashable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var changeTimeNanoseconds: Int64
+    public var size: Int64
+    public var owner: UInt32
+    public var mode: UInt32
+
+    public init(_ st: stat) {
+        device = UInt64(st.st_dev); inode = UInt64(st.st_ino); changeTimeNanoseconds = st.ctimeNanoseconds
+        size = Int64(st.st_size); owner = st.st_uid; mode = st.st_mode
+    }
+
+    public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
+}
+
+extension FileDescriptor {
+    public func identity() throws(Errno) -> FileIdentity { FileIdentity(try status()) }
+}
+
+/// The identity of the file at `path`, following symlinks and /proc magic links, without opening it.
+public func fileIdentity(_ path: String) throws(Errno) -> FileIdentity { FileIdentity(try fileStatus(path)) }

@@ -176,6 +176,25 @@ struct BypassTests {
         #expect(try h.exec("\(loader) /usr/bin/true") == 0, "the loader still runs known programs")
     }
 
+    @Test func renamedCopiesOfAllowedInterpretersAndOfTheLoaderAreStillRecognised() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let marker = h.dir.file("marker")
+        let myDash = try h.copyExecutable("/usr/bin/dash", to: "mydash")
+        let myLoader = try h.copyExecutable("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", to: "myld")
+        let unknown = try h.makeUnknown("unknown")
+        let script = h.mount + "/evil-script"
+        try "touch \(marker)\n".write(toFile: script, atomically: false, encoding: .utf8)
+        // Both copies are allowed content (a real host's policy holds dash and the loader): the renamed dash
+        // must still count as an interpreter, recognised by content, not by its name.
+        try h.writePolicy(allow: [h.mount + "/known", myDash, myLoader])
+        try h.start(mode: "enforce")
+        #expect(try h.execResult("\(myDash) -c 'echo dash-ok'").stdout == "dash-ok\n")
+        _ = try h.execResult("\(myDash) \(script)")
+        #expect(!markerExists(marker), "a renamed dash ran an unknown script")
+        #expect(try h.exec("\(myLoader) \(unknown)") != 0, "a copy of the loader loaded an unknown program")
+        #expect(try h.exec("\(myLoader) /usr/bin/true") == 0)
+    }
+
     @Test func writesThroughASharedMappingAndLaterModifiedHardLinksAreCaught() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let mapped = try h.copyExecutable("/usr/bin/true", to: "mapped")

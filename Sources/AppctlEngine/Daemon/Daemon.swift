@@ -23,11 +23,14 @@ struct FileKey: Hashable, Sendable {
     /// mapping would not clear.
     var onlyRootCanWrite = false
 
+    init(_ id: FileIdentity) {
+        device = id.device; inode = id.inode; changeTime = id.changeTimeNanoseconds; size = id.size
+        onlyRootCanWrite = id.owner == 0 && id.mode & 0o022 == 0 && id.isRegularFile
+    }
+
     /// `fstat` of the descriptor; nil when it fails.
     static func of(_ fd: Int32) -> FileKey? {
-        guard let st = try? FileDescriptor(rawValue: fd).status() else { return nil }
-        return FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), changeTime: st.ctimeNanoseconds, size: Int64(st.st_size),
-                       onlyRootCanWrite: st.st_uid == 0 && st.st_mode & 0o022 == 0 && st.isRegularFile)
+        (try? FileDescriptor(rawValue: fd).identity()).map(FileKey.init)
     }
 }
 

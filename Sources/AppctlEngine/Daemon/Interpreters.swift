@@ -57,9 +57,8 @@ struct InterpreterRule: Sendable {
     /// Whether `pid` runs an interpreter. Never opens the executable (it may be on a marked filesystem
     /// and this runs on the event thread): `stat` through /proc, then the digest cache, then the path.
     func isInterpreter(pid: Int32, digestOf: (FileKey) -> SHA256Digest?) -> Bool {
-        guard let st = try? fileStatus("/proc/\(pid)/exe") else { return false }
-        let key = FileKey(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), changeTime: st.ctimeNanoseconds, size: Int64(st.st_size))
-        if let digest = digestOf(key) { return digests.contains(digest) }
+        guard let identity = try? fileIdentity("/proc/\(pid)/exe") else { return false }
+        if let digest = digestOf(FileKey(identity)) { return digests.contains(digest) }
         guard let exe = readLink("/proc/\(pid)/exe") else { return false }
         return paths.contains(exe)
     }
@@ -75,7 +74,7 @@ struct InterpreterRule: Sendable {
             let text = String(decoding: argument, as: UTF8.self)
             let path = first == UInt8(ascii: "/") ? "/proc/\(pid)/root\(text)" : "/proc/\(pid)/cwd/\(text)"
             // stat, not open: no event on a marked filesystem, no waiting on ourselves.
-            if let st = try? fileStatus(path), UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode { return true }
+            if let id = try? fileIdentity(path), id.device == device, id.inode == inode { return true }
         }
         return false
     }
