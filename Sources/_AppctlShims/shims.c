@@ -115,7 +115,17 @@ struct appctl_digest {
     int with_md5;
 };
 
+/// appctl needs two digests and Ed25519 from the default provider: no config file, no error strings.
+/// (Loading openssl.cnf and the string tables costs memory in every appctl process, the daemon's included.)
+static void init_openssl(void) {
+    static int done = 0;
+    if (done) return;
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_LOAD_CRYPTO_STRINGS, NULL);
+    done = 1;
+}
+
 static const EVP_MD *sha256_md(void) {
+    init_openssl();
     // Fetch once: the implicit fetch in EVP_sha256() costs a lookup per init.
     static EVP_MD *md = NULL;
     if (md == NULL) md = EVP_MD_fetch(NULL, "SHA256", NULL);
@@ -123,6 +133,7 @@ static const EVP_MD *sha256_md(void) {
 }
 
 static const EVP_MD *md5_md(void) {
+    init_openssl();
     static EVP_MD *md = NULL;
     if (md == NULL) md = EVP_MD_fetch(NULL, "MD5", NULL);
     return md;

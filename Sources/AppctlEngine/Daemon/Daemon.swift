@@ -97,6 +97,7 @@ public final class Daemon: Sendable {
     /// Bounds on the userspace caches (about 80 and 64 bytes an entry): past them a cache is emptied
     /// and refills from the next events. Files only root can write stay in the kernel-side cache.
     static let digestCacheLimit = 65_536
+    static let contentClassCacheLimit = 16_384
     /// Files being hashed → every event waiting for that hash.
     let pending = Mutex<[FileKey: [PendingEvent]]>([:])
     let jobs = Mutex<[FileKey]>([])
@@ -115,9 +116,9 @@ public final class Daemon: Sendable {
     /// Descriptors of freshly written files waiting to be pre-hashed (bounded: a full queue drops,
     /// and the first exec hashes on demand as it would anyway).
     let prehashQueue = Mutex<[(fd: Int32, closedAt: UInt64)]>([])
-    /// Installers set the mode and times right after closing (tar, install): wait this long after the
+    /// Installers set the mode and times right after closing (tar, install): wait this long (50 ms) after the
     /// close before hashing, so the digest is stored under the file's final (ctime, size) key.
-    static let prehashSettleNanoseconds: UInt64 = 100_000_000
+    static let prehashSettleNanoseconds: UInt64 = 50_000_000
     let prehashAvailable = DispatchSemaphore(value: 0)
     static let prehashQueueLimit = 256
     let interpreters: InterpreterRule
@@ -373,11 +374,11 @@ public final class Daemon: Sendable {
             Glibc.close(event.fd)
             return
         }
-        if !isExec && !isProgramOpen(event, key) {
+        if !isExec, case (false, let cls) = isProgramOpen(event, key) {
             // A plain open of data: allowed at once, no hashing, no logging.
             statistics.inertOpens.wrappingAdd(1, ordering: .relaxed)
             do { try group.respond(to: event.fd, .allow) } catch { log("appctl: cannot answer an event: \(error)") }
-            if configuration.kernelCache && key.onlyRootCanWrite && contentClasses.withLock({ $0[key] }) == .other {
+            if configuration.kernelCache && key.onlyRootCanWrite && cls == .other {
                 // Later opens of this unchanged root-owned data file stay in the kernel.
                 placeIgnoreMark(event.fd, [.openPermission])
             }
@@ -428,23 +429,26 @@ public final class Daemon: Sendable {
 
     /// Whether a plain open (not an exec) needs a decision: an ELF object (whoever opens it may map
     /// it as code), or a script an interpreter opens as its program.
-    func isProgramOpen(_ event: FanotifyEvent, _ key: FileKey) -> Bool {
+    func isProgramOpen(_ event: FanotifyEvent, _ key: FileKey) -> (Bool, ContentClass) {
         let cls: ContentClass
         if let cached = contentClasses.withLock({ $0[key] }) {
             cls = cached
         } else {
             cls = contentClass(of: event.fd)
-            contentClasses.withLock { cache in
-                if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
-                cache[key] = cls
+            // A data file that gets a kernel-side verdict below is never asked about again while unchanged.
+            if !(cls == .other && configuration.kernelCache && key.onlyRootCanWrite) {
+                contentClasses.withLock { cache in
+                    if cache.count >= Self.contentClassCacheLimit { cache.removeAll(keepingCapacity: true) }
+                    cache[key] = cls
+                }
             }
         }
         switch cls {
         case .elf:
-            return true
+            return (true, cls)
         case .shebang, .other:
-            guard interpreters.isInterpreter(pid: event.pid, digestOf: { k in digestCache.withLock { $0[k] } }) else { return false }
-            return cls == .shebang || interpreters.isNamedOnCommandLine(pid: event.pid, device: key.device, inode: key.inode)
+            guard interpreters.isInterpreter(pid: event.pid, digestOf: { k in digestCache.withLock { $0[k] } }) else { return (false, cls) }
+            return (cls == .shebang || interpreters.isNamedOnCommandLine(pid: event.pid, device: key.device, inode: key.inode), cls)
         }
     }
 
