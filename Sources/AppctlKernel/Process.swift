@@ -154,10 +154,10 @@ extension Substring {
     }
 }
 
-/// Lowers the calling thread to the lowest CPU priority (nice 19): background work must not compete
-/// with the decisions. (On Linux, PRIO_PROCESS with a thread id applies to that thread only.)
-public func lowerThreadPriority() {
-    appctl_lower_thread_priority()
+/// Lowers the calling thread's CPU priority (nice 0 to 19): hashing must not take the CPU from the
+/// thread that answers cache hits. (On Linux, PRIO_PROCESS with a thread id applies to that thread only.)
+public func lowerThreadPriority(nice: Int32) {
+    appctl_set_thread_nice(nice)
 }
 
 /// Nanoseconds on the monotonic clock.

@@ -218,7 +218,7 @@ int appctl_seccomp_syscall(const char *name) {
 
 void appctl_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
-void appctl_lower_thread_priority(void) { setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
+void appctl_set_thread_nice(int nice) { setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice); }
 
 int appctl_block_signals(const int *signals, int count, sigset_t *out) {
     sigemptyset(out);

@@ -455,6 +455,8 @@ public final class Daemon: Sendable {
     // MARK: - Hashing
 
     func hashWorker() {
+        // Below the event thread: a long hash must not delay the answers the cache can give at once.
+        lowerThreadPriority(nice: 10)
         let hasher = FileHasher()
         while true {
             jobsAvailable.wait()
@@ -495,7 +497,7 @@ public final class Daemon: Sendable {
     /// lowest priority. The digest goes into the same cache as any other, keyed by (dev, ino, ctime,
     /// size): if the file changes again before it runs, the key no longer matches and the exec hashes.
     func prehashWorker() {
-        lowerThreadPriority()
+        lowerThreadPriority(nice: 19)
         let hasher = FileHasher()
         while true {
             prehashAvailable.wait()

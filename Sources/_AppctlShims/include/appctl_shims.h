@@ -65,8 +65,8 @@ int appctl_digest_final(appctl_digest *d, uint8_t sha256[32], uint8_t md5[16]);
 /// Names the calling thread (`prctl(PR_SET_NAME)`), visible in `top -H` and /proc.
 void appctl_set_thread_name(const char *name);
 
-/// nice 19 for the calling thread only (setpriority with the thread id).
-void appctl_lower_thread_priority(void);
+/// Sets the calling thread's nice value (setpriority with the thread id: that thread only).
+void appctl_set_thread_nice(int nice);
 
 /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask, so only
 /// the signalfd sees them.
