@@ -160,6 +160,11 @@ public func lowerThreadPriority(nice: Int32) {
     appctl_set_thread_nice(nice)
 }
 
+/// Sets the calling thread's nice value; negative values need CAP_SYS_NICE (ignored without it).
+public func setThreadNice(_ nice: Int32) {
+    appctl_set_thread_nice(nice)
+}
+
 /// Nanoseconds on the monotonic clock.
 public func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()

@@ -162,6 +162,10 @@ public final class Daemon: Sendable {
         // From the first mark until the event thread runs, nothing may open a file on a marked
         // filesystem (nobody would answer): marking, confining and starting threads open nothing.
         updateMarks(mountinfo: mountinfo)
+        // Threads started below inherit this: on a busy machine the thread that answers must get a CPU
+        // before the programs it holds up (measured: p99 of cached execs under a 2-core load). The hash
+        // workers lower themselves again. Needs CAP_SYS_NICE, so before confinement drops it.
+        setThreadNice(-10)
         if configuration.confine {
             do {
                 try Confinement.apply(keeping: Self.keptCapabilities, allowedSyscalls: Self.allowedSyscalls)

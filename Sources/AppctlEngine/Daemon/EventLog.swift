@@ -60,7 +60,7 @@ public final class EventLog: Sendable {
     public var queuedCount: Int { queued.load(ordering: .relaxed) }
 
     public func start() {
-        startThread(name: "appctl-events") { [self] in writerLoop() }
+        startThread(name: "appctl-log") { [self] in writerLoop() }
     }
 
     public func submit(_ record: EventRecord) {
