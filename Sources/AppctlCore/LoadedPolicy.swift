@@ -40,6 +40,30 @@ public struct DigestSet: Sendable {
     }
 }
 
+/// A compact over-approximation of the sizes of the allowed files: 2^21 bits (256 KiB) indexed by a hash
+/// of the size. `mayContain` is never false for an allowed size, so a false answer proves that no allow
+/// entry can match and the file need not be hashed.
+public struct SizeFilter: Sendable {
+    static let bits = 1 << 21
+    private var words = [UInt64](repeating: 0, count: SizeFilter.bits / 64)
+
+    public init() {}
+
+    @inline(__always) static func index(_ size: UInt64) -> Int {
+        Int(truncatingIfNeeded: (size &* 0x9E37_79B9_7F4A_7C15) >> 43)   // top 21 bits of a multiplicative hash
+    }
+
+    public mutating func insert(_ size: UInt64) {
+        let i = Self.index(size)
+        words[i >> 6] |= 1 << UInt64(i & 63)
+    }
+
+    public func mayContain(_ size: UInt64) -> Bool {
+        let i = Self.index(size)
+        return words[i >> 6] & (1 << UInt64(i & 63)) != 0
+    }
+}
+
 /// A policy that was read completely, verified, and is ready to answer decisions.
 public struct LoadedPolicy: Sendable {
     public var header: PolicyHeader
@@ -48,6 +72,8 @@ public struct LoadedPolicy: Sendable {
     public var path: String
     /// False only for an unsigned inventory loaded for inspection.
     public var isSigned: Bool
+    /// Sizes of the allowed files; nil means unknown (any size may match).
+    public var allowedSizes: SizeFilter?
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
@@ -65,18 +91,23 @@ public struct LoadedPolicy: Sendable {
     public static func load(path: String, key: Ed25519PublicKey, now: Timestamp = .now) throws(PolicyError) -> LoadedPolicy {
         var allows: [SHA256Digest] = []
         var denies: [SHA256Digest] = []
+        var sizes = SizeFilter()
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
                 allows.reserveCapacity(min(header.allowCount, 1 << 21))  // an unverified count must not reserve gigabytes
                 denies.reserveCapacity(min(header.denyCount, 1 << 21))
             },
-            onAllow: { line in allows.append(line.digest) },
+            onAllow: { line in
+                allows.append(line.digest)
+                sizes.insert(line.size)
+            },
             onDeny: { entry, _ in denies.append(entry.digest) })
         try verify(result, path: path, key: key, now: now)
-        return LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
-                            denied: DigestSet(sortingInPlace: &denies),
-                            path: path, isSigned: true)
+        var policy = LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
+                                  denied: DigestSet(sortingInPlace: &denies), path: path, isSigned: true)
+        policy.allowedSizes = sizes
+        return policy
     }
 
     /// The checks that make a read policy trustworthy: signed, by this key, not expired.

@@ -41,6 +41,19 @@ public struct FanotifyGroup: Sendable {
         }
     }
 
+    /// Marks the filesystem mounted at `mountPoint` only if it is the superblock `device` ("major:minor"
+    /// as in mountinfo): the path is pinned with an `O_PATH|O_NOFOLLOW` descriptor (no open event, no
+    /// symlink in the last component), checked with `fstat`, and marked through `/proc/self/fd/N`, so a
+    /// rename or a new mount between reading mountinfo and marking cannot redirect the mark elsewhere.
+    /// Returns false when the path no longer leads to that superblock.
+    public func markVerifiedFilesystem(mountPoint: String, device: String, events: Events) throws(Errno) -> Bool {
+        let fd = try FileDescriptor.open(mountPoint, [.pathOnly, .noFollow, .directory])
+        defer { fd.close() }
+        guard try fd.identity().deviceName == device else { return false }
+        try markFilesystem(of: "/proc/self/fd/\(fd.rawValue)", events: events)
+        return true
+    }
+
     /// Removes the filesystem mark again.
     public func unmarkFilesystem(of path: String, events: Events) throws(Errno) {
         _ = try retryingOnInterrupt {

@@ -35,6 +35,8 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable {
         public static let noControllingTerminal = OpenOptions(rawValue: O_NOCTTY)
         /// `O_DIRECTORY`
         public static let directory = OpenOptions(rawValue: O_DIRECTORY)
+        /// `O_PATH` — a handle on a path that opens nothing (no permission event, no read access needed).
+        public static let pathOnly = OpenOptions(rawValue: 0o10000000)
         /// `O_NOATIME` — scans must not rewrite every inode's atime (root or owner only).
         public static let noAccessTime = OpenOptions(rawValue: 0o1000000)
     }
@@ -178,6 +180,13 @@ public struct FileIdentity: Hashable, Sendable {
     }
 
     public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
+
+    /// "major:minor", as /proc/self/mountinfo writes device numbers (Linux dev_t encoding).
+    public var deviceName: String {
+        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~UInt64(0xfff))
+        let minor = (device & 0xff) | ((device >> 12) & ~UInt64(0xff))
+        return "\(major):\(minor)"
+    }
 }
 
 extension FileDescriptor {
@@ -186,3 +195,23 @@ extension FileDescriptor {
 
 /// The identity of the file at `path`, following symlinks and /proc magic links, without opening it.
 public func fileIdentity(_ path: String) throws(Errno) -> FileIdentity { FileIdentity(try fileStatus(path)) }
+
+/// The same for a path given as raw bytes (file names on Linux need not be UTF-8).
+public func fileIdentity(bytes path: [UInt8]) throws(Errno) -> FileIdentity {
+    var st = stat()
+    var terminated = path
+    terminated.append(0)
+    let rc = terminated.withUnsafeBufferPointer { buf in
+        buf.withMemoryRebound(to: CChar.self) { c in stat(c.baseAddress!, &st) }
+    }
+    if rc != 0 { throw Errno.current }
+    return FileIdentity(st)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: every event waiting for a hash holds one.
+public func raiseDescriptorLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}

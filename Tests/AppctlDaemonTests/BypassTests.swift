@@ -218,6 +218,25 @@ struct BypassTests {
         let poked = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", poke])
         #expect(poked.status == 0, "\(poked.stderr)")
         #expect(try h.exec(mapped) == 126, "a MAP_SHARED write must not reuse the old verdict")
+        // Harder: dirty every page first (ctime changes once), get the file hashed while unchanged, then change
+        // a page that is already dirty — no fault, so no ctime change — and run it. Without a utime call.
+        let sneaky = try h.copyExecutable("/usr/bin/true", to: "sneaky")
+        chown(sneaky, 65534, 65534)
+        let dirtyFirst = """
+            import mmap, subprocess
+            f = open('\(sneaky)', 'r+b'); m = mmap.mmap(f.fileno(), 0)
+            for o in range(0, len(m), 4096): m[o] = m[o]
+            subprocess.run(['cat', '\(sneaky)'], stdout=subprocess.DEVNULL)
+            o = m.find(b'GNU coreutils'); m[o:o + 3] = b'GnU'
+            m.close(); f.close()
+            try:
+                r = subprocess.run(['\(sneaky)', '--version'], capture_output=True)
+                print('ran', r.stdout[:40])
+            except PermissionError:
+                print('denied')
+            """
+        let sneakyRun = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", dirtyFirst])
+        #expect(sneakyRun.stdout == "denied\n", "a write to an already-dirty shared page ran: \(sneakyRun.stdout) \(sneakyRun.stderr)")
         // A hard link made while the file was allowed, then the file modified: both names denied.
         #expect(try h.exec(original) == 0)
         #expect(link(original, h.mount + "/linked") == 0)

@@ -66,9 +66,11 @@ public final class DaemonHarness: @unchecked Sendable {
         if let known = digests[path] { return known }
         guard let digest = SHA256Digest(hex: try sha256sum(path)) else { throw HarnessError("cannot hash \(path)") }
         digests[path] = digest
+        sizes[path] = UInt64(try linkStatus(path).st_size)
         return digest
     }
     private var digests: [String: SHA256Digest] = [:]
+    private var sizes: [String: UInt64] = [:]
 
     /// Signs a policy allowing the given files (by content) and blocklisting `deny`.
     public func writePolicy(allow: [String]? = nil, deny: [String] = [], serial: UInt64 = 10, expires: Timestamp? = nil,
@@ -76,7 +78,10 @@ public final class DaemonHarness: @unchecked Sendable {
         let allowPaths = try allow ?? [mount + "/known"]
         var entries: [AllowEntry] = []
         for p in allowPaths {
-            entries.append(AllowEntry(digest: try digest(p), size: 0, kind: .elfExec, origin: .manual, path: Array(p.utf8)))
+            // Real sizes: the daemon skips hashing files whose size no allow entry has.
+            let size = try sizes[p] ?? UInt64(linkStatus(p).st_size)
+            sizes[p] = size
+            entries.append(AllowEntry(digest: try digest(p), size: size, kind: .elfExec, origin: .manual, path: Array(p.utf8)))
         }
         let denies = try deny.map { DenyEntry(digest: try digest($0), note: "test blocklist") }
         let signer = key ?? keys

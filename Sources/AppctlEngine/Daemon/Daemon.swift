@@ -98,6 +98,11 @@ public final class Daemon: Sendable {
     /// and refills from the next events. Files only root can write stay in the kernel-side cache.
     static let digestCacheLimit = 65_536
     static let contentClassCacheLimit = 16_384
+    /// Digest of the content each file had at its last exec, for recognising interpreters only. Sound for
+    /// files anyone can write because a file being executed can be neither opened for writing nor mapped
+    /// shared-writable (ETXTBSY): a running process's executable is the content its exec was decided on,
+    /// and every exec refreshes the entry.
+    let execDigests = Mutex<[FileKey: SHA256Digest]>([:])
     /// Files being hashed → every event waiting for that hash.
     let pending = Mutex<[FileKey: [PendingEvent]]>([:])
     let jobs = Mutex<[FileKey]>([])
@@ -121,7 +126,8 @@ public final class Daemon: Sendable {
     static let prehashSettleNanoseconds: UInt64 = 50_000_000
     let prehashAvailable = DispatchSemaphore(value: 0)
     static let prehashQueueLimit = 256
-    let interpreters: InterpreterRule
+    /// Rebuilt on every reload, so an upgraded interpreter is recognised by its new content.
+    let interpreters: Mutex<InterpreterRule>
     /// File identity → content class, so an open of a file seen before costs one fstat and one lookup.
     let contentClasses = Mutex<[FileKey: ContentClass]>([:])
     /// The kernel follows every exec permission event with an open permission event for the same
@@ -134,7 +140,7 @@ public final class Daemon: Sendable {
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
         learned = LearnRecorder(hostname: hostname)
-        interpreters = InterpreterRule(configured: configuration.interpreters)
+        interpreters = Mutex(InterpreterRule(configured: configuration.interpreters))
         var guards: [SysctlGuard] = []
         if configuration.memfdNoexec {
             guards.append(SysctlGuard(name: "vm.memfd_noexec", enforcedValue: "2", stateDirectory: configuration.stateDirectory,
@@ -158,6 +164,7 @@ public final class Daemon: Sendable {
     /// Runs until SIGTERM or SIGINT. Returns the process exit code.
     public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
         let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
+        raiseDescriptorLimit()
         applyHardening(for: policy.mode)
         // From the first mark until the event thread runs, nothing may open a file on a marked
         // filesystem (nobody would answer): marking, confining and starting threads open nothing.
@@ -189,6 +196,8 @@ public final class Daemon: Sendable {
 
         var nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
         var nextMetrics = monotonicSeconds()
+        var nextExpiryCheck = monotonicSeconds()
+        var expiryReported = false
         var exitCode: Int32 = 0
         loop: while true {
             var entries: [(FileDescriptor, Int16)] = [(signals.descriptor, Int16(POLLIN))]
@@ -212,6 +221,14 @@ public final class Daemon: Sendable {
                 writeMetrics(to: metricsFile)
                 nextMetrics = monotonicSeconds() + 15
             }
+            if monotonicSeconds() >= nextExpiryCheck {
+                nextExpiryCheck = monotonicSeconds() + 60
+                if let expires = policy.snapshot.policy?.expires, expires <= .now, !expiryReported {
+                    expiryReported = true
+                    // Keep enforcing it: dropping to no policy would open the machine. Say so, loudly.
+                    log("appctl: WARNING: the policy in force expired at \(expires); still enforcing it — sign and reload a new one")
+                }
+            }
             if monotonicSeconds() >= nextLearnFlush {
                 flushLearned()
                 nextLearnFlush = monotonicSeconds() + Double(configuration.learnFlushSeconds)
@@ -222,31 +239,24 @@ public final class Daemon: Sendable {
         return exitCode
     }
 
-    /// Answers everything pending, closes the group (the kernel allows what may still arrive),
-    /// writes the learn fragment and the event log.
+    /// Answers everything pending, writes the learn fragment and the event log; the group closes with the
+    /// process (the kernel allows what may still arrive).
     func shutdown() {
         stopping.store(true, ordering: .relaxed)
         shutdownNotifier.signal()
         _ = eventLoopFinished.wait(timeout: .now() + 5)
         for _ in 0..<configuration.hashThreads { jobsAvailable.signal() }
         prehashAvailable.signal()
-        let unhashed = prehashQueue.withLock { q -> [Int32] in
-            let fds = q.map(\.fd)
-            q.removeAll()
-            return fds
-        }
-        for fd in unhashed { Glibc.close(fd) }
-        // Events still waiting for a hash: answer them now rather than leave them to the close.
+        prehashQueue.withLock { $0.removeAll() }
+        // Events still waiting for a hash: answer them now rather than leave them to the exit. Their
+        // descriptors, and the group's, stay open until the process exits: a worker still hashing must not
+        // read, nor answer through, a descriptor number that a file opened below could have taken over.
         let waiting = pending.withLock { p -> [PendingEvent] in
             let all = p.values.flatMap { $0 }
             p.removeAll()
             return all
         }
-        for p in waiting {
-            try? group.respond(to: p.event.fd, .allow)
-            Glibc.close(p.event.fd)
-        }
-        group.close()
+        for p in waiting { try? group.respond(to: p.event.fd, .allow) }
         applyHardening(for: .monitor)   // restore what enforcing changed
         flushLearned()
         eventLog.stop()
@@ -266,7 +276,14 @@ public final class Daemon: Sendable {
             return .failure(PolicyRefusal("no policy or key configured"))
         }
         let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
-        if case .success = result { flushKernelCache(reason: reason) }
+        if case .success = result {
+            flushKernelCache(reason: reason)
+            if ready.load(ordering: .relaxed) {
+                // Interpreters may have been upgraded since start-up (the files are read here, off the event thread).
+                let rebuilt = InterpreterRule(configured: configuration.interpreters)
+                interpreters.withLock { $0 = rebuilt }
+            }
+        }
         switch result {
         case .success(let header): log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
         case .failure(let refusal): log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
@@ -304,17 +321,22 @@ public final class Daemon: Sendable {
         marked.withLock { marked in
             // Unmounted filesystems: the kernel dropped their marks with the superblock.
             for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
-            for m in wanted where marked[m.device] == nil {
+            // Every wanted filesystem is marked again on every change (adding a mark is idempotent): a device
+            // number reused by a new superblock, or a mark that went astray, is put right.
+            for m in wanted {
                 do {
-                    try group.markFilesystem(of: m.mountPoint, events: watchedEvents)
-                    marked[m.device] = m.mountPoint
-                    added.append("\(m.mountPoint) (\(m.filesystemType))")
+                    if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, device: m.device, events: watchedEvents) {
+                        if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
+                        marked[m.device] = m.mountPoint
+                    } else {
+                        failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to device \(m.device)")
+                    }
                 } catch {
                     failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
                 }
             }
         }
-        if !failed.isEmpty { markFailures.withLock { $0 = failed } }
+        markFailures.withLock { $0 = failed }
         for a in added where ready.load(ordering: .relaxed) { log("appctl: marked new filesystem \(a)") }
         for f in failed { log("appctl: cannot mark \(f)") }
     }
@@ -370,7 +392,7 @@ public final class Daemon: Sendable {
                 if recent.count > 4096 { recent.removeAll(keepingCapacity: true) }
                 recent[event.pid] = key
             }
-        } else if lastExec.withLock({ $0[event.pid] == key ? $0.removeValue(forKey: event.pid) : nil }) != nil,
+        } else if key.onlyRootCanWrite, lastExec.withLock({ $0[event.pid] == key ? $0.removeValue(forKey: event.pid) : nil }) != nil,
                   let digest = digestCache.withLock({ $0[key] }) {
             // The open that completes an exec just decided: same answer, not counted again.
             let (decision, _, _) = policy.decide(digest)
@@ -389,7 +411,10 @@ public final class Daemon: Sendable {
             Glibc.close(event.fd)
             return
         }
-        if let digest = digestCache.withLock({ $0[key] }) {
+        // Only files that only root can write are cached: a write through a shared mapping to a page that
+        // is already dirty changes content without changing ctime, so anyone else's file is hashed every time.
+        if key.onlyRootCanWrite, let digest = digestCache.withLock({ $0[key] }) {
+            if isExec { rememberExec(key, digest) }
             statistics.cacheHits.wrappingAdd(1, ordering: .relaxed)
             let (decision, _, _) = policy.decide(digest)
             answer(event, decision, digest: digest, key: key, receivedAt: receivedAt)
@@ -400,6 +425,13 @@ public final class Daemon: Sendable {
             return
         }
         statistics.cacheMisses.wrappingAdd(1, ordering: .relaxed)
+        if policy.mode == .enforce && !policy.mayAllow(size: key.size) {
+            // No allowed entry has this size, so no digest could match: deny without reading a byte
+            // (an 8 TiB sparse file must not keep the hash workers busy for hours).
+            statistics.deniedBySize.wrappingAdd(1, ordering: .relaxed)
+            answer(event, Decision.decide(.unknown, mode: .enforce), digest: nil, key: key, receivedAt: receivedAt)
+            return
+        }
         let isNewJob = pending.withLock { p -> Bool in
             let isNew = p[key] == nil
             p[key, default: []].append(PendingEvent(event: event, key: key, receivedAt: receivedAt))
@@ -435,12 +467,12 @@ public final class Daemon: Sendable {
     /// it as code), or a script an interpreter opens as its program.
     func isProgramOpen(_ event: FanotifyEvent, _ key: FileKey) -> (Bool, ContentClass) {
         let cls: ContentClass
-        if let cached = contentClasses.withLock({ $0[key] }) {
+        if key.onlyRootCanWrite, let cached = contentClasses.withLock({ $0[key] }) {
             cls = cached
         } else {
             cls = contentClass(of: event.fd)
             // A data file that gets a kernel-side verdict below is never asked about again while unchanged.
-            if !(cls == .other && configuration.kernelCache && key.onlyRootCanWrite) {
+            if key.onlyRootCanWrite && !(cls == .other && configuration.kernelCache) {
                 contentClasses.withLock { cache in
                     if cache.count >= Self.contentClassCacheLimit { cache.removeAll(keepingCapacity: true) }
                     cache[key] = cls
@@ -451,8 +483,18 @@ public final class Daemon: Sendable {
         case .elf:
             return (true, cls)
         case .shebang, .other:
-            guard interpreters.isInterpreter(pid: event.pid, digestOf: { k in digestCache.withLock { $0[k] } }) else { return (false, cls) }
-            return (cls == .shebang || interpreters.isNamedOnCommandLine(pid: event.pid, device: key.device, inode: key.inode), cls)
+            let rule = interpreters.withLock { $0 }
+            guard rule.isInterpreter(pid: event.pid, digestOf: { k in execDigests.withLock { $0[k] } ?? digestCache.withLock { $0[k] } }) else {
+                return (false, cls)
+            }
+            return (cls == .shebang || rule.opensAsProgram(pid: event.pid, device: key.device, inode: key.inode), cls)
+        }
+    }
+
+    func rememberExec(_ key: FileKey, _ digest: SHA256Digest) {
+        execDigests.withLock { recent in
+            if recent.count >= Self.contentClassCacheLimit { recent.removeAll(keepingCapacity: true) }
+            recent[key] = digest
         }
     }
 
@@ -473,8 +515,8 @@ public final class Daemon: Sendable {
                 let result = try hasher.hash(FileDescriptor(rawValue: first.event.fd), sizeHint: key.size)
                 statistics.hashesComputed.wrappingAdd(1, ordering: .relaxed)
                 statistics.bytesHashed.wrappingAdd(Int(result.bytesRead), ordering: .relaxed)
-                // Cache only what was hashed whole and unchanged meanwhile.
-                if FileKey.of(first.event.fd) == key, result.bytesRead == key.size {
+                // Cache only what was hashed whole and unchanged meanwhile, and only root can change.
+                if key.onlyRootCanWrite, FileKey.of(first.event.fd) == key, result.bytesRead == key.size {
                     digestCache.withLock { cache in
                         if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
                         cache[key] = result.sha256
@@ -487,6 +529,9 @@ public final class Daemon: Sendable {
             statistics.hashesInFlight.wrappingAdd(-1, ordering: .relaxed)
             let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
             for waiter in waiters {
+                if let digest, waiter.event.mask & FanotifyGroup.Events.openExecPermission.rawValue != 0 {
+                    rememberExec(key, digest)
+                }
                 if let digest {
                     let (decision, _, _) = policy.decide(digest)
                     answer(waiter.event, decision, digest: digest, key: key, receivedAt: waiter.receivedAt)
@@ -514,7 +559,7 @@ public final class Daemon: Sendable {
             let settled = closedAt + Self.prehashSettleNanoseconds
             let now = monotonicNanoseconds()
             if now < settled { usleep(UInt32((settled - now) / 1000)) }
-            guard let key = FileKey.of(fd), digestCache.withLock({ $0[key] }) == nil,
+            guard let key = FileKey.of(fd), key.onlyRootCanWrite, digestCache.withLock({ $0[key] }) == nil,
                   let st = try? FileDescriptor(rawValue: fd).status() else { continue }
             guard contentClass(of: fd) != .other || st.isExecutableByMode else { continue }
             guard let result = try? hasher.hash(FileDescriptor(rawValue: fd), sizeHint: key.size),
@@ -553,9 +598,12 @@ public final class Daemon: Sendable {
         do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch {
             log("appctl: cannot answer an event: \(error)")
         }
-        if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite {
+        if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite, let digest {
             // Known content that only root can change: later execs and opens stay in the kernel.
             placeIgnoreMark(event.fd, [.openExecPermission, .openPermission])
+            // A reload between the decision and the mark would have flushed before the mark existed:
+            // if the policy now in force no longer allows this content, flush again.
+            if !policy.decide(digest).0.allow { flushKernelCache(reason: "revoked while marking") }
         }
         if decision.allow { statistics.allowed.wrappingAdd(1, ordering: .relaxed) } else { statistics.denied.wrappingAdd(1, ordering: .relaxed) }
         if decision.wouldDeny { statistics.wouldDeny.wrappingAdd(1, ordering: .relaxed) }
@@ -649,6 +697,7 @@ public final class Daemon: Sendable {
             ("policy_serial", s.policy?.serial.map(String.init) ?? "null"),
             ("policy_key_id", s.policy?.keyID.map(jsonString) ?? "null"),
             ("policy_expires", s.policy?.expires.map { jsonString($0.description) } ?? "null"),
+            ("policy_expired", (s.policy?.expires.map { $0 <= .now } ?? false) ? "true" : "false"),
             ("policy_allow_entries", String(s.allowCount)),
             ("policy_deny_entries", String(s.denyCount)),
             ("last_policy_error", s.lastError.map(jsonString) ?? "null"),
@@ -664,6 +713,7 @@ public final class Daemon: Sendable {
             ("hashes_in_flight", String(statistics.hashesInFlight.load(ordering: .relaxed))),
             ("own_process_events", String(statistics.ownProcessEvents.load(ordering: .relaxed))),
             ("inert_opens", String(statistics.inertOpens.load(ordering: .relaxed))),
+            ("denied_by_size", String(statistics.deniedBySize.load(ordering: .relaxed))),
             ("prehashed", String(statistics.prehashed.load(ordering: .relaxed))),
             ("prehash_dropped", String(statistics.prehashDropped.load(ordering: .relaxed))),
             ("kernel_cache", configuration.kernelCache ? "true" : "false"),

@@ -36,15 +36,19 @@ struct InterpreterRule: Sendable {
 
     let paths: Set<String>
     let digests: Set<SHA256Digest>
+    /// (device, inode) of each configured interpreter: a hard link under another name is the same file.
+    let files: Set<[UInt64]>
 
     /// Resolves the configured paths and hashes the interpreters found (at start-up, before any mark exists).
     init(configured: [String]) {
         var paths = Set<String>()
         var digests = Set<SHA256Digest>()
+        var files = Set<[UInt64]>()
         let hasher = FileHasher()
         for candidate in configured {
             guard let resolved = realPath(candidate) else { continue }
             paths.insert(resolved)
+            if let id = try? fileIdentity(resolved) { files.insert([id.device, id.inode]) }
             if let fd = try? FileDescriptor.open(resolved, [.readOnly, .nonBlocking]) {
                 if let result = try? hasher.hash(fd) { digests.insert(result.sha256) }
                 fd.close()
@@ -52,32 +56,40 @@ struct InterpreterRule: Sendable {
         }
         self.paths = paths
         self.digests = digests
+        self.files = files
     }
 
     /// Whether `pid` runs an interpreter. Never opens the executable (it may be on a marked filesystem
     /// and this runs on the event thread): `stat` through /proc, then the digest cache, then the path.
     func isInterpreter(pid: Int32, digestOf: (FileKey) -> SHA256Digest?) -> Bool {
         guard let identity = try? fileIdentity("/proc/\(pid)/exe") else { return false }
-        if let digest = digestOf(FileKey(identity)) { return digests.contains(digest) }
+        // Any one of: the content it exec'd, the very file (hard links included), the path.
+        if let digest = digestOf(FileKey(identity)), digests.contains(digest) { return true }
+        if files.contains([identity.device, identity.inode]) { return true }
         guard let exe = readLink("/proc/\(pid)/exe") else { return false }
         return paths.contains(exe)
     }
 
-    /// Whether the opened file (identified by device and inode) is named on the process's command line.
-    /// Arguments are resolved in the process's own view: relative ones against /proc/PID/cwd,
-    /// absolute ones under /proc/PID/root (containers, chroots).
-    func isNamedOnCommandLine(pid: Int32, device: UInt64, inode: UInt64) -> Bool {
-        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 1 << 16) else { return false }
+    /// Whether an interpreter's open of the file (device, inode) is the opening of its program: the file is
+    /// named by one of its command-line arguments — every argument, options included (`bash -- -x.sh`), as
+    /// raw bytes. Arguments are resolved in the process's own view: relative ones through /proc/PID/cwd,
+    /// absolute ones under /proc/PID/root, with `stat` only (never an open: no event, no waiting on
+    /// ourselves). Fails closed: when the command line cannot be read whole, or has more arguments than
+    /// are checked, the open counts as the program's.
+    func opensAsProgram(pid: Int32, device: UInt64, inode: UInt64) -> Bool {
+        // ARG_MAX is 2 MiB by default; a longer command line than that cannot exist.
+        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20) else { return true }
         let arguments = bytes.split(separator: 0, omittingEmptySubsequences: true).dropFirst()
-        for argument in arguments.prefix(64) {
-            guard let first = argument.first, first != UInt8(ascii: "-") else { continue }
-            let text = String(decoding: argument, as: UTF8.self)
-            let path = first == UInt8(ascii: "/") ? "/proc/\(pid)/root\(text)" : "/proc/\(pid)/cwd/\(text)"
-            // stat, not open: no event on a marked filesystem, no waiting on ourselves.
-            if let id = try? fileIdentity(path), id.device == device, id.inode == inode { return true }
+        if arguments.count > Self.maximumArguments { return true }
+        let cwd = Array("/proc/\(pid)/cwd/".utf8), root = Array("/proc/\(pid)/root".utf8)
+        for argument in arguments {
+            let path = argument.first == UInt8(ascii: "/") ? root + argument : cwd + argument
+            if let id = try? fileIdentity(bytes: path), id.device == device, id.inode == inode { return true }
         }
         return false
     }
+
+    static let maximumArguments = 4096
 }
 
 /// The content class of a file, by its first bytes, read from the event's descriptor.

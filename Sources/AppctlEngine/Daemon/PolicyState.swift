@@ -39,6 +39,14 @@ public final class PolicyState: Sendable {
     }
 
     public var mode: Mode { current.withLock { $0.mode } }
+
+    /// False when no allow entry of the current policy can have this size (so hashing is pointless).
+    public func mayAllow(size: Int64) -> Bool {
+        current.withLock { c in
+            guard let filter = c.policy?.allowedSizes else { return c.policy != nil ? true : false }
+            return size >= 0 && filter.mayContain(UInt64(size))
+        }
+    }
     public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode; $0.generation &+= 1 } }
 
     public var snapshot: (policy: PolicyHeader?, path: String?, mode: Mode, lastError: String?, allowCount: Int, denyCount: Int) {

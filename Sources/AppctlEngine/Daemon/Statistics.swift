@@ -16,6 +16,8 @@ public final class Statistics: Sendable {
     public let hashesInFlight = Atomic<Int>(0)
     /// Plain opens of data files, allowed without hashing.
     public let inertOpens = Atomic<Int>(0)
+    /// Misses denied in enforce mode because no allowed entry has the file's size (nothing hashed).
+    public let deniedBySize = Atomic<Int>(0)
     public let ignoreMarksPlaced = Atomic<Int>(0)
     public let prehashed = Atomic<Int>(0)
     public let prehashDropped = Atomic<Int>(0)
