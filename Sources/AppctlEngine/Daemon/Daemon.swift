@@ -501,8 +501,9 @@ public final class Daemon: Sendable {
     // MARK: - Hashing
 
     func hashWorker() {
-        // Below the event thread: a long hash must not delay the answers the cache can give at once.
-        lowerThreadPriority(nice: 10)
+        // Below the event thread (nice -10), level with ordinary programs: a long hash must not delay the
+        // answers the cache gives at once, and the execs waiting for a hash must not starve behind a busy CPU.
+        lowerThreadPriority(nice: 0)
         let hasher = FileHasher()
         while true {
             jobsAvailable.wait()
