@@ -54,13 +54,6 @@ public struct FanotifyGroup: Sendable {
         return true
     }
 
-    /// Removes the filesystem mark again.
-    public func unmarkFilesystem(of path: String, events: Events) throws(Errno) {
-        _ = try retryingOnInterrupt {
-            fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM), events.rawValue, AT_FDCWD, path)
-        }
-    }
-
     /// Kernel-side verdict cache: later `events` on the inode behind `eventDescriptor` are not sent to
     /// the group any more, until the inode is modified through write()/truncate (the kernel clears the
     /// ignore mask on modify events) or evicted from memory (`FAN_MARK_EVICTABLE`: the mark does not pin
@@ -153,11 +146,6 @@ public struct EventNotifier: Sendable {
     public func signal() {
         var one: UInt64 = 1
         _ = write(descriptor.rawValue, &one, 8)
-    }
-
-    public func drain() {
-        var value: UInt64 = 0
-        _ = read(descriptor.rawValue, &value, 8)
     }
 }
 

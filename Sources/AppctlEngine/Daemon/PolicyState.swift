@@ -18,7 +18,6 @@ public final class PolicyState: Sendable {
         var policy: LoadedPolicy?
         var mode: Mode
         var lastError: String?
-        var generation: UInt64 = 0
     }
 
     private let current: Mutex<Current>
@@ -47,7 +46,7 @@ public final class PolicyState: Sendable {
             return size >= 0 && filter.mayContain(UInt64(size))
         }
     }
-    public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode; $0.generation &+= 1 } }
+    public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode } }
 
     public var snapshot: (policy: PolicyHeader?, path: String?, mode: Mode, lastError: String?, allowCount: Int, denyCount: Int) {
         current.withLock { c in
@@ -64,7 +63,6 @@ public final class PolicyState: Sendable {
             case .success(let policy):
                 c.policy = policy
                 c.lastError = nil
-                c.generation &+= 1
             case .failure(let refusal):
                 c.lastError = refusal.description
             }
