@@ -287,11 +287,7 @@ public final class Scanner: Sendable {
             let before = try fd.status()
             guard before.isRegularFile else { result.special += 1; return }
             let head = try hasher.head(fd, count: ContentClassifier.headerLength)
-            let kind = ContentClassifier.classify(head: head, executableBit: before.isExecutableByMode) { offset, count in
-                var buf = [UInt8](repeating: 0, count: count)
-                let n = buf.withUnsafeMutableBytes { (try? fd.read(into: $0, at: offset)) ?? 0 }
-                return Array(buf[0..<n])
-            }
+            let kind = ContentClassifier.classify(head: head, executableBit: before.isExecutableByMode, readAt: fd.readBytes)
             guard let kind else { return }
             let records = options.dpkg?.lookup(display)
             let hashed = try hasher.hash(fd, withMD5: records != nil, sizeHint: Int64(before.st_size))
@@ -330,18 +326,6 @@ public final class Scanner: Sendable {
 struct DeviceInode: Hashable {
     var device: UInt64
     var inode: UInt64
-}
-
-func withCString<R, E: Error>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
-    var terminated = bytes
-    terminated.append(0)
-    var result: Result<R, E>!
-    terminated.withUnsafeBufferPointer { buf in
-        buf.withMemoryRebound(to: CChar.self) { c in
-            do throws(E) { result = .success(try body(c.baseAddress!)) } catch { result = .failure(error) }
-        }
-    }
-    return try result.get()
 }
 
 public func monotonicSeconds() -> Double {

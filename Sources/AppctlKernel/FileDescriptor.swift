@@ -85,6 +85,14 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable {
         }
     }
 
+    /// Up to `count` bytes at `offset`; fewer at the end of the file, none on an error.
+    public func readBytes(at offset: Int64, count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let n = bytes.withUnsafeMutableBytes { (try? read(into: $0, at: offset)) ?? 0 }
+        bytes.removeLast(count - n)
+        return bytes
+    }
+
     public func writeAll(_ bytes: [UInt8]) throws(Errno) {
         var failure: Errno?
         bytes.withUnsafeBytes { raw in
@@ -199,13 +207,22 @@ public func fileIdentity(_ path: String) throws(Errno) -> FileIdentity { FileIde
 /// The same for a path given as raw bytes (file names on Linux need not be UTF-8).
 public func fileIdentity(bytes path: [UInt8]) throws(Errno) -> FileIdentity {
     var st = stat()
-    var terminated = path
-    terminated.append(0)
-    let rc = terminated.withUnsafeBufferPointer { buf in
-        buf.withMemoryRebound(to: CChar.self) { c in stat(c.baseAddress!, &st) }
-    }
+    let rc = withCString(path) { stat($0, &st) }
     if rc != 0 { throw Errno.current }
     return FileIdentity(st)
+}
+
+/// Calls `body` with `bytes` as a NUL-terminated C string (paths as raw bytes).
+public func withCString<R, E: Error>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
+    var terminated = bytes
+    terminated.append(0)
+    var result: Result<R, E>!
+    terminated.withUnsafeBufferPointer { buf in
+        buf.withMemoryRebound(to: CChar.self) { c in
+            do throws(E) { result = .success(try body(c.baseAddress!)) } catch { result = .failure(error) }
+        }
+    }
+    return try result.get()
 }
 
 /// Raises the soft limit on open descriptors to the hard limit: every event waiting for a hash holds one.

@@ -256,7 +256,7 @@ public final class Daemon: Sendable {
             p.removeAll()
             return all
         }
-        for p in waiting { try? group.respond(to: p.event.fd, .allow) }
+        for p in waiting { reply(p.event.fd, allow: true) }
         applyHardening(for: .monitor)   // restore what enforcing changed
         flushLearned()
         eventLog.stop()
@@ -395,15 +395,14 @@ public final class Daemon: Sendable {
         } else if key.onlyRootCanWrite, lastExec.withLock({ $0[event.pid] == key ? $0.removeValue(forKey: event.pid) : nil }) != nil,
                   let digest = digestCache.withLock({ $0[key] }) {
             // The open that completes an exec just decided: same answer, not counted again.
-            let (decision, _, _) = policy.decide(digest)
-            do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch { log("appctl: cannot answer an event: \(error)") }
+            reply(event.fd, allow: policy.decide(digest).0.allow)
             Glibc.close(event.fd)
             return
         }
         if !isExec, case (false, let cls) = isProgramOpen(event, key) {
             // A plain open of data: allowed at once, no hashing, no logging.
             statistics.inertOpens.wrappingAdd(1, ordering: .relaxed)
-            do { try group.respond(to: event.fd, .allow) } catch { log("appctl: cannot answer an event: \(error)") }
+            reply(event.fd, allow: true)
             if configuration.kernelCache && key.onlyRootCanWrite && cls == .other {
                 // Later opens of this unchanged root-owned data file stay in the kernel.
                 placeIgnoreMark(event.fd, [.openPermission])
@@ -440,6 +439,13 @@ public final class Daemon: Sendable {
         if isNewJob {
             jobs.withLock { $0.append(key) }
             jobsAvailable.signal()
+        }
+    }
+
+    /// Writes the answer for one permission event; a failure is logged (the kernel allows on close anyway).
+    func reply(_ eventDescriptor: Int32, allow: Bool) {
+        do { try group.respond(to: eventDescriptor, allow ? .allow : .deny) } catch {
+            log("appctl: cannot answer an event: \(error)")
         }
     }
 
@@ -596,9 +602,7 @@ public final class Daemon: Sendable {
         // Latency ends when the answer is ready: the write that follows can hand the CPU straight to
         // the woken process, which is not time the decision took.
         statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
-        do { try group.respond(to: event.fd, decision.allow ? .allow : .deny) } catch {
-            log("appctl: cannot answer an event: \(error)")
-        }
+        reply(event.fd, allow: decision.allow)
         if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite, let digest {
             // Known content that only root can change: later execs and opens stay in the kernel.
             placeIgnoreMark(event.fd, [.openExecPermission, .openPermission])
@@ -762,14 +766,8 @@ final class LearnRecorder: Sendable {
         if state.withLock({ $0.digests.contains(digest) }) { return false }
         let path = pathOfDescriptor(fd)
         let descriptor = FileDescriptor(rawValue: fd)
-        var head = [UInt8](repeating: 0, count: ContentClassifier.headerLength)
-        let n = head.withUnsafeMutableBytes { (try? descriptor.read(into: $0, at: 0)) ?? 0 }
-        head.removeLast(head.count - n)
-        let kind = ContentClassifier.classify(head: head, executableBit: true) { offset, count in
-            var buf = [UInt8](repeating: 0, count: count)
-            let n = buf.withUnsafeMutableBytes { (try? descriptor.read(into: $0, at: offset)) ?? 0 }
-            return Array(buf[0..<n])
-        } ?? .otherExec
+        let head = descriptor.readBytes(at: 0, count: ContentClassifier.headerLength)
+        let kind = ContentClassifier.classify(head: head, executableBit: true, readAt: descriptor.readBytes) ?? .otherExec
         let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8))
         return state.withLock { s in
             guard s.digests.insert(digest).inserted else { return false }
