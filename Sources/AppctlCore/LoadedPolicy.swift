@@ -40,6 +40,49 @@ public struct DigestSet: Sendable {
     }
 }
 
+/// fs-verity digest → content digest, for the allow entries that carry one: a file with fs-verity is
+/// decided from `FS_IOC_MEASURE_VERITY` without reading it. 64 bytes per such entry, binary search.
+public struct VerityIndex: Sendable {
+    private var verity: [SHA256Digest] = []
+    private var content: [SHA256Digest] = []
+
+    public init() {}
+
+    /// Pairs in any order. A verity digest listed with two different content digests (which only a
+    /// broken or hostile signer could produce) is dropped: such files are hashed, as without fs-verity.
+    public init(pairs: [(verity: SHA256Digest, content: SHA256Digest)]) {
+        let sorted = pairs.sorted { $0.verity < $1.verity || ($0.verity == $1.verity && $0.content < $1.content) }
+        var i = 0
+        while i < sorted.count {
+            var j = i + 1
+            var conflicting = false
+            while j < sorted.count && sorted[j].verity == sorted[i].verity {
+                if sorted[j].content != sorted[i].content { conflicting = true }
+                j += 1
+            }
+            if !conflicting {
+                verity.append(sorted[i].verity)
+                content.append(sorted[i].content)
+            }
+            i = j
+        }
+    }
+
+    public var count: Int { verity.count }
+
+    /// The content digest the policy pairs with this fs-verity digest, if any.
+    public func contentDigest(forVerity digest: SHA256Digest) -> SHA256Digest? {
+        var lo = 0, hi = verity.count
+        while lo < hi {
+            let mid = (lo &+ hi) >> 1
+            let v = verity[mid]
+            if v == digest { return content[mid] }
+            if v < digest { lo = mid + 1 } else { hi = mid }
+        }
+        return nil
+    }
+}
+
 /// A compact over-approximation of the sizes of the allowed files: 2^21 bits (256 KiB) indexed by a hash
 /// of the size. `mayContain` is never false for an allowed size, so a false answer proves that no allow
 /// entry can match and the file need not be hashed.
@@ -74,6 +117,8 @@ public struct LoadedPolicy: Sendable {
     public var isSigned: Bool
     /// Sizes of the allowed files; nil means unknown (any size may match).
     public var allowedSizes: SizeFilter?
+    /// fs-verity digests of the allow entries that have one.
+    public var verity = VerityIndex()
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
@@ -92,6 +137,7 @@ public struct LoadedPolicy: Sendable {
         var allows: [SHA256Digest] = []
         var denies: [SHA256Digest] = []
         var sizes = SizeFilter()
+        var verityPairs: [(verity: SHA256Digest, content: SHA256Digest)] = []
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
@@ -101,12 +147,14 @@ public struct LoadedPolicy: Sendable {
             onAllow: { line in
                 allows.append(line.digest)
                 sizes.insert(line.size)
+                if let verity = line.verity { verityPairs.append((verity, line.digest)) }
             },
             onDeny: { entry, _ in denies.append(entry.digest) })
         try verify(result, path: path, key: key, now: now)
         var policy = LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
                                   denied: DigestSet(sortingInPlace: &denies), path: path, isSigned: true)
         policy.allowedSizes = sizes
+        policy.verity = VerityIndex(pairs: verityPairs)
         return policy
     }
 

@@ -61,13 +61,17 @@ public struct AllowEntry: Hashable, Sendable {
     public var origin: Origin
     /// The path in its escaped, canonical form (see `PathEscaping`); ASCII only.
     public var escapedPath: String
+    /// The file's fs-verity digest (SHA-256 algorithm) when it was learned with fs-verity enabled: a host
+    /// then decides by `FS_IOC_MEASURE_VERITY` instead of reading the file. Needs format version 2.
+    public var verity: SHA256Digest?
 
-    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, escapedPath: String) {
+    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, escapedPath: String, verity: SHA256Digest? = nil) {
         self.digest = digest; self.size = size; self.kind = kind; self.origin = origin; self.escapedPath = escapedPath
+        self.verity = verity
     }
 
-    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, path: [UInt8]) {
-        self.init(digest: digest, size: size, kind: kind, origin: origin, escapedPath: PathEscaping.escapeToken(path))
+    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, path: [UInt8], verity: SHA256Digest? = nil) {
+        self.init(digest: digest, size: size, kind: kind, origin: origin, escapedPath: PathEscaping.escapeToken(path), verity: verity)
     }
 
     /// Canonical order: by escaped path bytes, then digest.
@@ -96,7 +100,12 @@ public struct DenyEntry: Hashable, Sendable {
 
 /// The header of a policy or inventory.
 public struct PolicyHeader: Hashable, Sendable {
+    /// Version 1; version 2 adds the optional fs-verity field to allow entries. Writers use 1 whenever
+    /// no entry has that field, so such policies stay readable by every appctl.
     public static let formatVersion = 1
+    public static let newestFormatVersion = 2
+    /// The format version of the file (the first line), 1 or 2.
+    public var version = PolicyHeader.formatVersion
 
     /// Must only grow from one signed policy to the next on a host (anti-rollback). Nil in an unsigned inventory.
     public var serial: UInt64?

@@ -12,11 +12,13 @@ public struct AllowLine {
     public let lineNumber: Int
     public let originBytes: UnsafeBufferPointer<UInt8>
     public let pathBytes: UnsafeBufferPointer<UInt8>
+    /// The fs-verity digest (format version 2 only), when the entry has one.
+    public let verity: SHA256Digest?
 
     public func entry() -> AllowEntry {
         AllowEntry(digest: digest, size: size, kind: kind,
                    origin: Origin(String(decoding: originBytes, as: UTF8.self))!,
-                   escapedPath: String(decoding: pathBytes, as: UTF8.self))
+                   escapedPath: String(decoding: pathBytes, as: UTF8.self), verity: verity)
     }
 }
 
@@ -79,6 +81,7 @@ private struct Parser {
     let onDeny: (DenyEntry, Int) throws(PolicyError) -> Void
 
     var lineNumber = 0
+    var version = 1
     var section = Section.header
     var headerStep = 0
     var serial: UInt64?
@@ -181,6 +184,7 @@ private struct Parser {
         var header = PolicyHeader(serial: serial, issued: issued!, expires: expires, keyID: keyID, scope: scope,
                                   description: nil, allowCount: allowCount!, denyCount: denyCount!)
         header.escapedDescription = escapedDescription
+        header.version = version
         return header
     }
 
@@ -193,8 +197,9 @@ private struct Parser {
     mutating func handle(_ line: UnsafeBufferPointer<UInt8>) throws(PolicyError) {
         if lineNumber == 1 {
             if line.elementsEqual("appctl-policy 1".utf8) { return }
+            if line.elementsEqual("appctl-policy 2".utf8) { version = 2; return }
             if line.starts(with: "appctl-policy ".utf8) {
-                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads version 1)")
+                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 and 2)")
             }
             throw fail(.notAPolicy, "not an appctl policy (the first line must be 'appctl-policy 1')")
         }
@@ -315,7 +320,19 @@ private struct Parser {
         let sizeBytes = UnsafeBufferPointer(rebasing: line[bounds.0..<bounds.1])
         let kindBytes = UnsafeBufferPointer(rebasing: line[(bounds.1 + 1)..<bounds.2])
         let origin = UnsafeBufferPointer(rebasing: line[(bounds.2 + 1)..<bounds.3])
-        let pathBytes = UnsafeBufferPointer(rebasing: line[(bounds.3 + 1)...])
+        var pathBytes = UnsafeBufferPointer(rebasing: line[(bounds.3 + 1)...])
+        // Version 2: the path may be followed by one more field, the fs-verity digest.
+        var verity: SHA256Digest?
+        if version >= 2, let sp = pathBytes.firstIndex(of: space) {
+            let field = UnsafeBufferPointer(rebasing: pathBytes[(sp + 1)...])   // rebased views index from 0
+            let prefix = verityFieldPrefix.utf8
+            guard field.count == prefix.count + 64, field.starts(with: prefix),
+                  let v = parseDigest(field, at: prefix.count) else {
+                throw fail(.malformed, "malformed allow entry: after the path only '\(verityFieldPrefix)<64 lowercase hex digits>' may follow, got '\(text(field))'")
+            }
+            verity = v
+            pathBytes = UnsafeBufferPointer(rebasing: pathBytes[..<sp])
+        }
         guard let size = parseDecimal(sizeBytes) else {
             throw fail(.malformed, "malformed allow entry: size '\(text(sizeBytes))' is not a canonical number")
         }
@@ -345,7 +362,7 @@ private struct Parser {
         previousLine = lineNumber
         allowsSeen += 1
         try onAllow(AllowLine(digest: digest, size: size, kind: kind, lineNumber: lineNumber,
-                              originBytes: origin, pathBytes: pathBytes))
+                              originBytes: origin, pathBytes: pathBytes, verity: verity))
     }
 
     mutating func handleDeny(_ line: UnsafeBufferPointer<UInt8>) throws(PolicyError) {

@@ -7,6 +7,9 @@ public func signedMessage(contentDigest: SHA256Digest) -> [UInt8] {
     Array("appctl-policy-v1-signature\0".utf8) + contentDigest.bytes
 }
 
+/// The optional last field of a version-2 allow entry: `fsverity-sha256:<64 hex digits>`.
+let verityFieldPrefix = "fsverity-sha256:"
+
 /// Streams a policy in canonical form to a descriptor, hashing as it goes, and optionally signs it.
 /// Checks the canonical order and the counts announced in the header, so that nothing it writes
 /// could be refused by `PolicyReader`.
@@ -48,7 +51,10 @@ public final class PolicyWriter {
     public func writeHeader(_ header: PolicyHeader) throws(PolicyError) {
         precondition(self.header == nil)
         self.header = header
-        try line("appctl-policy \(PolicyHeader.formatVersion)")
+        guard (1...PolicyHeader.newestFormatVersion).contains(header.version) else {
+            throw PolicyError(.unsupportedVersion, file: name, "cannot write format version \(header.version)")
+        }
+        try line("appctl-policy \(header.version)")
         if let serial = header.serial { try line("serial \(serial)") }
         try line("issued \(header.issued)")
         if let expires = header.expires { try line("expires \(expires)") }
@@ -70,7 +76,14 @@ public final class PolicyWriter {
         guard deniesWritten == 0 else { throw PolicyError(.outOfOrder, file: name, "allow entry after deny entries") }
         previousAllow = entry
         allowsWritten += 1
-        try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath)")
+        if let verity = entry.verity {
+            guard header!.version >= 2 else {
+                throw PolicyError(.malformed, file: name, "\(entry.escapedPath) has an fs-verity digest, which format version 1 cannot hold")
+            }
+            try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath) \(verityFieldPrefix)\(verity.hex)")
+        } else {
+            try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath)")
+        }
     }
 
     public func writeDeny(_ entry: DenyEntry) throws(PolicyError) {
@@ -110,6 +123,7 @@ extension PolicyWriter {
         var header = header
         header.allowCount = allows.count
         header.denyCount = denies.count
+        header.version = allows.contains { $0.verity != nil } ? 2 : PolicyHeader.formatVersion
         let file: AtomicFileWriter
         do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
             throw PolicyError(.io, file: path, "cannot create: \(error)")

@@ -308,8 +308,9 @@ public final class Scanner: Sendable {
                     guard options.includeModified else { return }
                 }
             }
+            // With fs-verity enabled, hosts can decide from the kernel's O(1) measurement instead of hashing.
             result.entries.append(AllowEntry(digest: hashed.sha256, size: UInt64(hashed.bytesRead), kind: kind,
-                                             origin: origin, path: path))
+                                             origin: origin, path: path, verity: fd.verityDigestIfAny))
         } catch {
             result.exclusions.append(Exclusion(path: display, reason: .unreadable(error)))
         }

@@ -14,6 +14,8 @@
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/fsverity.h>
 
 static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
     char *data = NULL;
@@ -231,4 +233,16 @@ long appctl_peer_uid(int fd) {
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
     return (long)cred.uid;
+}
+
+int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]) {
+    // struct fsverity_digest ends in a flexible array: give the kernel room for the longest (SHA-512).
+    union { struct fsverity_digest d; uint8_t bytes[sizeof(struct fsverity_digest) + 64]; } arg;
+    memset(&arg, 0, sizeof arg);
+    arg.d.digest_size = 64;
+    if (ioctl(fd, FS_IOC_MEASURE_VERITY, &arg) != 0) return -1;
+    *algorithm = arg.d.digest_algorithm;
+    *size = arg.d.digest_size;
+    memcpy(digest, arg.d.digest, arg.d.digest_size <= 64 ? arg.d.digest_size : 64);
+    return 0;
 }

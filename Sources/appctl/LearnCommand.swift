@@ -129,6 +129,10 @@ extension Appctl {
             for e in r.entries { origins[e.origin.category, default: 0] += 1 }
             print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
             print("  packages:  \(dpkgNote)")
+            let verityCount = r.entries.filter { $0.verity != nil }.count
+            if verityCount > 0 {
+                print("  fs-verity: \(verityCount) files have it enabled; their digests are recorded (format version 2), so hosts decide them without reading them")
+            }
             if r.specialFilesSkipped + r.vanished > 0 {
                 print("  skipped:   \(r.specialFilesSkipped) symlinks/FIFOs/sockets/devices (not opened), \(r.vanished) files vanished during the scan")
             }

@@ -210,6 +210,8 @@ extension Appctl {
             discussion: """
                 Prints one line per path: allow|deny, the reason (known, unknown, blocklisted, unreadable),
                 the SHA-256 and the path. Exit 0 when every path is allowed, 1 otherwise.
+                A file with fs-verity whose verity digest the policy lists is decided by that digest,
+                as the daemon does, and the line says so.
                 The policy is verified first, exactly as a host would.
                 """
         )
@@ -242,10 +244,18 @@ extension Appctl {
                         allAllowed = false
                         continue
                     }
-                    let digest = try hasher.hash(fd).sha256
+                    // As the daemon does: a file with fs-verity whose verity digest the policy lists is not read.
+                    var digest: SHA256Digest
+                    var via = ""
+                    if let verity = fd.verityDigestIfAny, let content = loaded.verity.contentDigest(forVerity: verity) {
+                        digest = content
+                        via = "  (by fs-verity digest \(verity))"
+                    } else {
+                        digest = try hasher.hash(fd).sha256
+                    }
                     let decision = Decision.decide(loaded.lookup(digest), mode: .enforce)
                     allAllowed = allAllowed && decision.allow
-                    print("\(decision.allow ? "allow" : "deny ")  \(decision.reason.rawValue.padding(11))  \(digest)  \(path)")
+                    print("\(decision.allow ? "allow" : "deny ")  \(decision.reason.rawValue.padding(11))  \(digest)  \(path)\(via)")
                 } catch {
                     print("deny   unreadable   -  \(path): \(error)")
                     allAllowed = false

@@ -170,6 +170,7 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
     }
 
     static let header = "appctl-policy 1\nissued 2026-01-01T00:00:00Z\nallow-count 1\ndeny-count 0\n"
+    static let header2 = header.replacingOccurrences(of: "appctl-policy 1", with: "appctl-policy 2")
     static let goodAllow = "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x\n"
 
     struct Case: CustomTestStringConvertible, Sendable {
@@ -181,7 +182,13 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
     static let malformed: [Case] = [(String, String, PolicyError.Code, Int?)]([
         ("empty file", "", .empty, nil),
         ("garbage", "\u{7f}ELF\u{2}\u{1}\u{1}\n", .notAPolicy, 1),
-        ("future version", "appctl-policy 2\n", .unsupportedVersion, 1),
+        ("future version", "appctl-policy 3\n", .unsupportedVersion, 1),
+        ("verity field in version 1", header + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "cd", count: 32))\n", .malformed, 5),
+        ("uppercase verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "CD", count: 32))\n", .malformed, 5),
+        ("short verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:cdcd\n", .malformed, 5),
+        ("unknown verity algorithm", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha512:\(String(repeating: "cd", count: 32))\n", .malformed, 5),
+        ("field after the verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "cd", count: 32)) x\n", .malformed, 5),
+        ("empty path before verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local  fsverity-sha256:\(String(repeating: "cd", count: 32))\n", .malformed, 5),
         ("unknown header field", "appctl-policy 1\nissued 2026-01-01T00:00:00Z\ncolour blue\n", .malformed, 3),
         ("missing issued", "appctl-policy 1\nallow-count 0\ndeny-count 0\n", .malformed, 2),
         ("serial zero", "appctl-policy 1\nserial 0\n", .badSerial, 2),
@@ -216,6 +223,50 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
         #expect(error?.line == line, "\(name): \(String(describing: error))")
         #expect(error?.description.hasPrefix(dir.file("bad.txt") + (line.map { ":\($0):" } ?? ":")) == true)
         #expect(error?.description.contains("\n") == false)
+    }
+
+    @Test func verityDigestsNeedVersion2AndRoundTrip() throws {
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        let keys = try TestKeys(in: dir)
+        var (allows, denies) = sampleEntries()
+        // Without fs-verity digests the writer keeps version 1, readable by every appctl.
+        let v1 = try writeSample(dir, name: "v1.txt", keys: keys)
+        #expect(String(decoding: try dir.read("v1.txt"), as: UTF8.self).hasPrefix("appctl-policy 1\n"))
+        allows[0].verity = digest("ls-verity")
+        allows[2].verity = digest("space-verity")
+        let header = PolicyHeader(serial: 8, issued: fixedTime, keyID: keys.publicKey.keyID)
+        try PolicyWriter.write(path: dir.file("v2.txt"), header: header, allows: allows, denies: denies, signingKey: keys.privateKey)
+        let text = String(decoding: try dir.read("v2.txt"), as: UTF8.self)
+        #expect(text.hasPrefix("appctl-policy 2\n"))
+        #expect(text.contains(" /usr/bin/ls fsverity-sha256:\(digest("ls-verity").hex)\n"))
+        #expect(text.contains(" /srv/app/run%20me.sh fsverity-sha256:\(digest("space-verity").hex)\n"))
+        var read: [AllowEntry] = []
+        let result = try PolicyReader(path: dir.file("v2.txt")).read(onAllow: { read.append($0.entry()) })
+        #expect(result.header.version == 2)
+        #expect(read == allows.sorted(by: AllowEntry.canonicallyOrdered))
+        // The verity digest stands for the content digest it is paired with; the blocklist still applies.
+        let loaded = try LoadedPolicy.load(path: dir.file("v2.txt"), key: keys.publicKey, now: fixedTime)
+        #expect(loaded.verity.count == 2)
+        #expect(loaded.verity.contentDigest(forVerity: digest("ls-verity")) == digest("ls"))
+        #expect(loaded.verity.contentDigest(forVerity: digest("ls")) == nil)
+        // Re-signing (as `policy sign` streams it) keeps the version; a version-1 stream cannot take the field.
+        let out = try FileDescriptor.open(dir.file("stream.txt"), [.writeOnly, .create, .truncate])
+        defer { out.close() }
+        let writer = PolicyWriter(output: out, name: "stream.txt")
+        try writer.writeHeader(PolicyHeader(issued: fixedTime, allowCount: 1))
+        let error = #expect(throws: PolicyError.self) { try writer.writeAllow(allows[0]) }
+        #expect(error?.description.contains("format version 1 cannot hold") == true)
+        _ = v1
+    }
+
+    @Test func conflictingVerityPairsAreIgnored() {
+        // A verity digest paired with two contents (a broken or hostile signer): such files get hashed instead.
+        let index = VerityIndex(pairs: [(digest("v1"), digest("a")), (digest("v2"), digest("b")), (digest("v1"), digest("c")),
+                                        (digest("v3"), digest("d")), (digest("v3"), digest("d"))])
+        #expect(index.contentDigest(forVerity: digest("v1")) == nil)
+        #expect(index.contentDigest(forVerity: digest("v2")) == digest("b"))
+        #expect(index.contentDigest(forVerity: digest("v3")) == digest("d"))
+        #expect(index.count == 2)
     }
 
     @Test func duplicateEntriesAreRejected() throws {

@@ -46,4 +46,17 @@ import Testing
         let md5 = try run("/usr/bin/md5sum", [dir.file("f")]).stdout.prefix(32)
         #expect(hexString(result.md5!) == md5)
     }
+
+    /// A file without fs-verity measures as nil, not as an error, whatever the kernel: ENODATA where the
+    /// kernel has fs-verity, ENOTTY or EOPNOTSUPP where it has not (this host). Such files are hashed.
+    /// The measurement itself is checked on a kernel with fs-verity by VerityTests.
+    @Test func fileWithoutVerityMeasuresAsNil() throws {
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        try dir.write("f", "#!/bin/sh\n", mode: 0o755)
+        let fd = try FileDescriptor.open(dir.file("f"), [.readOnly])
+        defer { fd.close() }
+        #expect(try fd.verityDigest() == nil)
+        // A descriptor that is not a file at all is an error (EBADF), not "no verity".
+        #expect(throws: Errno.self) { try FileDescriptor(rawValue: -1).verityDigest() }
+    }
 }

@@ -423,6 +423,16 @@ public final class Daemon: Sendable {
             answer(event, Decision(allow: true, reason: .unknown), digest: nil, key: key, receivedAt: receivedAt)
             return
         }
+        if policy.usesVerity, let verity = FileDescriptor(rawValue: event.fd).verityDigestIfAny,
+           let digest = policy.contentDigest(forVerity: verity) {
+            // fs-verity: the kernel measured the file in O(1) and checks every page read against that
+            // measurement; a verity file can never be opened for writing, so whoever owns it, its verdict may
+            // stay in the kernel. The content digest the signed policy pairs with it still meets the blocklist.
+            statistics.verityDecisions.wrappingAdd(1, ordering: .relaxed)
+            if isExec { rememberExec(key, digest) }
+            answer(event, policy.decide(digest).0, digest: digest, key: key, receivedAt: receivedAt, contentIsSealed: true)
+            return
+        }
         statistics.cacheMisses.wrappingAdd(1, ordering: .relaxed)
         if policy.mode == .enforce && !policy.mayAllow(size: key.size) {
             // No allowed entry has this size, so no digest could match: deny without reading a byte
@@ -586,7 +596,9 @@ public final class Daemon: Sendable {
     /// details are read from /proc *before* answering: the process is blocked in execve then, so
     /// what we read is certainly it (a denied child often exits within microseconds of the answer).
     /// Allows, the hot path, are answered at once; a logged allow reads /proc afterwards.
-    func answer(_ event: FanotifyEvent, _ decision: Decision, digest: SHA256Digest?, key: FileKey?, receivedAt: UInt64) {
+    /// `contentIsSealed`: the file has fs-verity, so its content cannot change while the inode lives.
+    func answer(_ event: FanotifyEvent, _ decision: Decision, digest: SHA256Digest?, key: FileKey?, receivedAt: UInt64,
+                contentIsSealed: Bool = false) {
         let label: String?
         if !decision.allow { label = "deny" }
         else if decision.wouldDeny { label = "would-deny" }
@@ -603,8 +615,9 @@ public final class Daemon: Sendable {
         // the woken process, which is not time the decision took.
         statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- receivedAt)
         reply(event.fd, allow: decision.allow)
-        if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite, let digest {
-            // Known content that only root can change: later execs and opens stay in the kernel.
+        if decision.allow, decision.reason == .known, configuration.kernelCache, let key, key.onlyRootCanWrite || contentIsSealed,
+           let digest {
+            // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel.
             placeIgnoreMark(event.fd, [.openExecPermission, .openPermission])
             // A reload between the decision and the mark would have flushed before the mark existed:
             // if the policy now in force no longer allows this content, flush again.
@@ -647,6 +660,7 @@ public final class Daemon: Sendable {
         text += counter("hashed_bytes_total", "Bytes hashed.", st.bytesHashed.load(ordering: .relaxed))
         text += counter("ignore_marks_total", "Kernel-side verdicts placed (ignore marks).", st.ignoreMarksPlaced.load(ordering: .relaxed))
         text += counter("kernel_cache_flushes_total", "Flushes of the kernel-side verdicts.", st.kernelCacheFlushes.load(ordering: .relaxed))
+        text += counter("verity_decisions_total", "Events decided from the file's fs-verity digest, without reading it.", st.verityDecisions.load(ordering: .relaxed))
         text += counter("events_dropped_total", "Event records dropped (queue full, log unwritable).", st.eventsDropped.load(ordering: .relaxed))
         text += gauge("decision_latency_seconds", "Decision latency of daemon-answered events.", [
             ("{quantile=\"0.5\"}", String((st.latencyQuantile(0.5) ?? 0) / 1e6)),
@@ -725,6 +739,7 @@ public final class Daemon: Sendable {
             ("ignore_marks_placed", String(statistics.ignoreMarksPlaced.load(ordering: .relaxed))),
             ("ignore_mark_errors", String(statistics.ignoreMarkErrors.load(ordering: .relaxed))),
             ("kernel_cache_flushes", String(statistics.kernelCacheFlushes.load(ordering: .relaxed))),
+            ("verity_decisions", String(statistics.verityDecisions.load(ordering: .relaxed))),
             ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
             ("latency_p99_us", number(statistics.latencyQuantile(0.99))),
             ("events_queued", String(eventLog.queuedCount)),
@@ -768,7 +783,8 @@ final class LearnRecorder: Sendable {
         let descriptor = FileDescriptor(rawValue: fd)
         let head = descriptor.readBytes(at: 0, count: ContentClassifier.headerLength)
         let kind = ContentClassifier.classify(head: head, executableBit: true, readAt: descriptor.readBytes) ?? .otherExec
-        let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8))
+        let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8),
+                               verity: descriptor.verityDigestIfAny)
         return state.withLock { s in
             guard s.digests.insert(digest).inserted else { return false }
             s.entries[entry.escapedPath] = entry   // the newest content seen at a path wins

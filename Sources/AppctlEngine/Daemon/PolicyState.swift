@@ -39,6 +39,14 @@ public final class PolicyState: Sendable {
 
     public var mode: Mode { current.withLock { $0.mode } }
 
+    /// Whether the current policy has any fs-verity digest (else measuring files is pointless).
+    public var usesVerity: Bool { current.withLock { ($0.policy?.verity.count ?? 0) > 0 } }
+
+    /// The content digest the current policy pairs with a file's fs-verity digest, if it has one.
+    public func contentDigest(forVerity digest: SHA256Digest) -> SHA256Digest? {
+        current.withLock { $0.policy?.verity.contentDigest(forVerity: digest) }
+    }
+
     /// False when no allow entry of the current policy can have this size (so hashing is pointless).
     public func mayAllow(size: Int64) -> Bool {
         current.withLock { c in

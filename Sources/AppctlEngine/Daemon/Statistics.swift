@@ -23,6 +23,8 @@ public final class Statistics: Sendable {
     public let prehashDropped = Atomic<Int>(0)
     public let ignoreMarkErrors = Atomic<Int>(0)
     public let kernelCacheFlushes = Atomic<Int>(0)
+    /// Events decided from the file's fs-verity digest (FS_IOC_MEASURE_VERITY), without reading it.
+    public let verityDecisions = Atomic<Int>(0)
 
     /// Four buckets per power of two of nanoseconds: about 19% resolution from 1 ns to 2^64.
     private let buckets = Mutex<[UInt64]>([UInt64](repeating: 0, count: 256))

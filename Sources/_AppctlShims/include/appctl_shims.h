@@ -75,6 +75,14 @@ int appctl_block_signals(const int *signals, int count, sigset_t *out);
 /// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
 long appctl_peer_uid(int fd);
 
+// ---- fs-verity ----
+
+/// FS_IOC_MEASURE_VERITY: the file's fs-verity digest, measured by the kernel in O(1) from the
+/// verity descriptor it holds for the open inode. Returns 0 and sets *algorithm (FS_VERITY_HASH_ALG_*)
+/// and *size; -1 with errno set otherwise (ENODATA: verity not enabled on this file; ENOTTY or
+/// EOPNOTSUPP: the filesystem or kernel has no fs-verity; EOVERFLOW: a digest longer than 64 bytes).
+int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]);
+
 // ---- seccomp ----
 
 /// Builds and loads a filter that kills the process on any syscall not in `allowed`
