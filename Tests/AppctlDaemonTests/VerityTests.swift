@@ -15,7 +15,7 @@ struct VerityTests {
         "learn-summary-mentions-verity", "policy-verifies", "check-decides-by-verity", "daemon-ready",
         "exec-verity-file-allowed", "decided-by-verity", "verity-file-not-hashed", "verdict-cached-in-kernel",
         "exec-plain-file-allowed-by-hash", "plain-file-hashed", "exec-unknown-verity-file-denied-with-eperm",
-        "big-verity-file-not-hashed", "reload-accepted", "blocklist-beats-verity", "daemon-stops-cleanly",
+        "big-verity-files-not-hashed", "big-verity-files-decided-by-verity", "reload-accepted", "blocklist-beats-verity", "daemon-stops-cleanly",
     ]
 
     @Test func verityFilesAreDecidedByTheKernelsMeasurement() throws {

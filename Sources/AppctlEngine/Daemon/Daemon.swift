@@ -430,6 +430,7 @@ public final class Daemon: Sendable {
             // stay in the kernel. The content digest the signed policy pairs with it still meets the blocklist.
             statistics.verityDecisions.wrappingAdd(1, ordering: .relaxed)
             if isExec { rememberExec(key, digest) }
+            if key.onlyRootCanWrite { rememberDigest(digest, for: key) }   // the open that follows an exec reuses it
             answer(event, policy.decide(digest).0, digest: digest, key: key, receivedAt: receivedAt, contentIsSealed: true)
             return
         }
@@ -507,6 +508,14 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// Caches a digest for a file only root can write (callers check), bounded like every cache here.
+    func rememberDigest(_ digest: SHA256Digest, for key: FileKey) {
+        digestCache.withLock { cache in
+            if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
+            cache[key] = digest
+        }
+    }
+
     func rememberExec(_ key: FileKey, _ digest: SHA256Digest) {
         execDigests.withLock { recent in
             if recent.count >= Self.contentClassCacheLimit { recent.removeAll(keepingCapacity: true) }
@@ -534,10 +543,7 @@ public final class Daemon: Sendable {
                 statistics.bytesHashed.wrappingAdd(Int(result.bytesRead), ordering: .relaxed)
                 // Cache only what was hashed whole and unchanged meanwhile, and only root can change.
                 if key.onlyRootCanWrite, FileKey.of(first.event.fd) == key, result.bytesRead == key.size {
-                    digestCache.withLock { cache in
-                        if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
-                        cache[key] = result.sha256
-                    }
+                    rememberDigest(result.sha256, for: key)
                 }
                 digest = result.sha256
             } catch {
@@ -581,10 +587,7 @@ public final class Daemon: Sendable {
             guard contentClass(of: fd) != .other || st.isExecutableByMode else { continue }
             guard let result = try? hasher.hash(FileDescriptor(rawValue: fd), sizeHint: key.size),
                   FileKey.of(fd) == key, result.bytesRead == key.size else { continue }
-            digestCache.withLock { cache in
-                if cache.count >= Self.digestCacheLimit { cache.removeAll(keepingCapacity: true) }
-                cache[key] = result.sha256
-            }
+            rememberDigest(result.sha256, for: key)
             statistics.prehashed.wrappingAdd(1, ordering: .relaxed)
             statistics.bytesHashed.wrappingAdd(Int(result.bytesRead), ordering: .relaxed)
         }
