@@ -17,7 +17,7 @@
 #   sudo tools/bench-support/exec-smoke.sh [N [ROUNDS]]
 #       N execs per case and round (default 2000), ROUNDS (default 3).
 #   CASES="none floor appctl-exec fapd-ns-debian" ... to run only some cases.
-#       none | floor | floor-open | appctl-exec | appctl-open |
+#       none | floor | floor-open | floor-cached | appctl-exec | appctl-open |
 #       fapd-{ns,bind}-{debian,known-libs} | fapd-ns-debug
 #   PIN=none (default) | split (exec-loop/open-loop on CPU 0, the daemon's
 #       threads on CPU 1) | same (everything on CPU 0). On these 2-vCPU VMs a
@@ -387,6 +387,7 @@ run_case() {   # case round
         none)       measure "$c" "$r" ;;
         floor)      start_listener "$MNT";        measure "$c" "$r"; stop_listener ;;
         floor-open) start_listener --open "$MNT"; measure "$c" "$r"; stop_listener ;;
+        floor-cached) start_listener --open --cache "$MNT"; measure "$c" "$r"; stop_listener ;;
         appctl-exec|appctl-open)
             start_appctl "$c" "$r"
             measure "$c" "$r"

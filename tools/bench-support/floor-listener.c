@@ -5,8 +5,12 @@
  * once, so that the measured overhead is the kernel -> userspace -> kernel
  * round trip and nothing else (the "floor" any userspace daemon pays).
  *
- * Usage: floor-listener [--open] MOUNTPOINT
+ * Usage: floor-listener [--open] [--cache] MOUNTPOINT
  *   default: FAN_OPEN_EXEC_PERM only; --open adds FAN_OPEN_PERM.
+ *   --cache: after each allow, an evictable inode ignore mark for the marked
+ *   events (FAN_MARK_IGNORE | FAN_MARK_EVICTABLE, as appctl's kernel-side
+ *   cache places them), so later opens of that inode never leave the kernel:
+ *   the floor of any fanotify design that caches verdicts in the kernel.
  * Prints "ready\n" on stdout (flushed) once the mark is in place.
  * SIGTERM/SIGINT end it cleanly (signalfd in the same poll set as the
  * fanotify fd, so a pending read never blocks shutdown). When the fanotify fd
@@ -48,16 +52,17 @@ static int answer(int fan, int fd)
 
 int main(int argc, char **argv)
 {
-    int want_open = 0;
+    int want_open = 0, want_cache = 0;
     const char *mnt = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--open") == 0) want_open = 1;
+        else if (strcmp(argv[i], "--cache") == 0) want_cache = 1;
         else if (argv[i][0] == '-') { mnt = NULL; break; }
         else if (!mnt) mnt = argv[i];
         else { mnt = NULL; break; }
     }
     if (!mnt) {
-        fprintf(stderr, "usage: %s [--open] MOUNTPOINT\n", argv[0]);
+        fprintf(stderr, "usage: %s [--open] [--cache] MOUNTPOINT\n", argv[0]);
         return 2;
     }
 
@@ -137,6 +142,9 @@ int main(int argc, char **argv)
                 if (m->mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_ACCESS_PERM)) {
                     n_perm++;
                     if (answer(fan, m->fd) < 0) { close(m->fd); rc = 1; goto out; }
+                    if (want_cache)
+                        (void)fanotify_mark(fan, FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_EVICTABLE,
+                                            events, m->fd, NULL);
                 }
                 close(m->fd);
             }
