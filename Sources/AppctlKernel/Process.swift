@@ -183,3 +183,18 @@ public func rfc3339Now() -> String {
     let ns = String(ts.tv_nsec)
     return "\(pad(tmValue.tm_year + 1900, 4))-\(pad(tmValue.tm_mon + 1, 2))-\(pad(tmValue.tm_mday, 2))T\(pad(tmValue.tm_hour, 2)):\(pad(tmValue.tm_min, 2)):\(pad(tmValue.tm_sec, 2)).\(String(repeating: "0", count: 9 - ns.count) + ns)Z"
 }
+
+/// Makes allocations of 128 KiB and more (the 1 MiB read buffers, the policy reader's buffer, a policy's
+/// digest array) come straight from `mmap` and go back to the kernel when freed. By default glibc raises
+/// that threshold after the first such free, and from then on those buffers live in the heap and stay
+/// resident for the daemon's whole life (measured: heap 1.4 MiB → 0.3 MiB at ready). Setting it also
+/// turns off glibc's dynamic adjustment of the trim threshold (mallopt(3), M_MMAP_THRESHOLD).
+public func keepLargeAllocationsOutOfTheHeap() {
+    _ = mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+}
+
+/// Gives free heap pages back to the kernel (`malloc_trim(0)`): after start-up and after each policy
+/// load, whose temporary allocations would otherwise stay resident.
+public func releaseFreeHeapMemory() {
+    _ = malloc_trim(0)
+}

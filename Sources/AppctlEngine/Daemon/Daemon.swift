@@ -136,6 +136,7 @@ public final class Daemon: Sendable {
     let lastExec = Mutex<[Int32: FileKey]>([:])
 
     public init(configuration: DaemonConfiguration, hostname: String) throws(DaemonStartError) {
+        keepLargeAllocationsOutOfTheHeap()   // before the policy is loaded: it is the largest allocation
         self.configuration = configuration
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
@@ -190,6 +191,7 @@ public final class Daemon: Sendable {
         if configuration.prehash { startThread(name: "appctl-prehash") { [self] in prehashWorker() } }
         control?.start(daemon: self)
 
+        releaseFreeHeapMemory()
         ready.store(true, ordering: .releasing)
         serviceNotifier.notify("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
         log("appctl: ready, mode \(policy.mode.rawValue), \(marked.withLock { $0.count }) filesystems marked")
@@ -278,6 +280,7 @@ public final class Daemon: Sendable {
         let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
         if case .success = result {
             flushKernelCache(reason: reason)
+            releaseFreeHeapMemory()   // the previous policy's arrays and the reader's buffers
             if ready.load(ordering: .relaxed) {
                 // Interpreters may have been upgraded since start-up (the files are read here, off the event thread).
                 let rebuilt = InterpreterRule(configured: configuration.interpreters)

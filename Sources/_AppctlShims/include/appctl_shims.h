@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <signal.h>
 #include <fnmatch.h>
+#include <malloc.h>
 #include <openssl/evp.h>
 
 #define APPCTL_E_OPENSSL   (-1)  // OpenSSL failed (out of memory, internal error)
