@@ -265,12 +265,15 @@ struct BypassTests {
         for _ in 0..<20 { #expect(try h.exec(tool) == 0) }
         let after = try h.status()
         #expect((after["ignore_marks_placed"] as? Int ?? 0) >= 1)
+        #expect((after["kernel_cached_files_at_most"] as? Int ?? 0) >= 1, "the kernel holds the verdict for tool")
         #expect(after["cache_hits"] as? Int == before["cache_hits"] as? Int, "repeat execs were answered in the kernel")
         // Revoke it: the very next exec is denied.
         try h.writePolicy(allow: [h.mount + "/known"], serial: 11)
         #expect(try appctl("reload", "--socket", h.socket).status == 0)
         #expect(try h.exec(tool) == 126, "a revoked hash must be denied right after reload")
-        #expect((try h.status()["kernel_cache_flushes"] as? Int ?? 0) >= 1)
+        let flushed = try h.status()
+        #expect((flushed["kernel_cache_flushes"] as? Int ?? 0) >= 1)
+        #expect(flushed["kernel_cached_files_at_most"] as? Int == 0, "the reload dropped every kernel-side verdict; a deny places none")
     }
 
     @Test func bindMountsAndOtherMountNamespacesAreCovered() throws {

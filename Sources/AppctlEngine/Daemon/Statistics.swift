@@ -22,6 +22,8 @@ public final class Statistics: Sendable {
     public let prehashed = Atomic<Int>(0)
     public let prehashDropped = Atomic<Int>(0)
     public let ignoreMarkErrors = Atomic<Int>(0)
+    /// Ignore marks placed since the last flush: an upper bound on the files whose verdict the kernel holds.
+    public let ignoreMarksSinceFlush = Atomic<Int>(0)
     public let kernelCacheFlushes = Atomic<Int>(0)
     /// Events decided from the file's fs-verity digest (FS_IOC_MEASURE_VERITY), without reading it.
     public let verityDecisions = Atomic<Int>(0)
