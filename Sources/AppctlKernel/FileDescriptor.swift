@@ -190,7 +190,10 @@ public struct FileIdentity: Hashable, Sendable {
     public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
 
     /// "major:minor", as /proc/self/mountinfo writes device numbers (Linux dev_t encoding).
-    public var deviceName: String {
+    public var deviceName: String { Self.deviceName(device) }
+
+    /// "major:minor" of a `st_dev` value.
+    public static func deviceName(_ device: UInt64) -> String {
         let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~UInt64(0xfff))
         let minor = (device & 0xff) | ((device >> 12) & ~UInt64(0xff))
         return "\(major):\(minor)"

@@ -23,6 +23,17 @@ extension Errno {
     public static let notSupported = Errno(rawValue: EOPNOTSUPP)
 }
 
+/// The filesystems whose fs-verity the kernel implements itself (fs/verity + the filesystem), by type name as
+/// mountinfo shows it and by `statfs` magic. Anywhere else the ioctl must not be trusted: FUSE passes
+/// `FS_IOC_MEASURE_VERITY` to its userspace server (fs/fuse/ioctl.c, since Linux 5.17), which could answer with
+/// the verity digest of any allowed file for content of its choosing.
+public enum VerityFilesystems {
+    public static let typeNames: Set<String> = ["ext4", "f2fs", "btrfs"]
+    /// `EXT4_SUPER_MAGIC` (shared by ext2/ext3, which have no fs-verity: the ioctl answers ENOTTY there),
+    /// `F2FS_SUPER_MAGIC`, `BTRFS_SUPER_MAGIC` (linux/magic.h).
+    public static let magics: Set<Int> = [0xEF53, 0xF2F5_2010, 0x9123_683E]
+}
+
 extension FileDescriptor {
     /// The file's fs-verity digest (`FS_IOC_MEASURE_VERITY`), when fs-verity is enabled on it with
     /// SHA-256; nil when it is not (`ENODATA`), when the filesystem or kernel has no fs-verity
@@ -34,7 +45,10 @@ extension FileDescriptor {
     /// the file is checked against the tree, and a verity file can never be opened for writing, so
     /// the digest stands for the content for as long as the inode exists.
     /// See https://docs.kernel.org/filesystems/fsverity.html ("FS_IOC_MEASURE_VERITY").
+    ///
+    /// Only on ext4, f2fs and btrfs (see `VerityFilesystems`): elsewhere nil, without asking.
     public func verityDigest() throws(Errno) -> SHA256Digest? {
+        guard VerityFilesystems.magics.contains(try filesystemMagic()) else { return nil }
         var algorithm: UInt16 = 0, size: UInt16 = 0
         var raw = [UInt8](repeating: 0, count: 64)
         do {

@@ -110,6 +110,10 @@ public final class Daemon: Sendable {
     /// Marked superblocks ("major:minor") → mount point used to mark them.
     let marked = Mutex<[String: String]>([:])
     let markFailures = Mutex<[String]>([])
+    /// Marked superblocks ("major:minor") whose fs-verity the kernel implements (ext4, f2fs, btrfs): only
+    /// there is a file measured. Known from mountinfo, so deciding this asks no filesystem anything (a FUSE
+    /// server could stall even an fstatfs).
+    let verityCapable = Mutex<Set<String>>([])
 
     /// Exec events always; open events unless `open-events = no` (they close the loader, library
     /// and interpreter bypasses, see Policies/INTERPRETERS.md).
@@ -343,6 +347,8 @@ public final class Daemon: Sendable {
             }
         }
         markFailures.withLock { $0 = failed }
+        let capable = Set(wanted.filter { VerityFilesystems.typeNames.contains($0.filesystemType) }.map(\.device))
+        verityCapable.withLock { $0 = capable }
         for a in added where ready.load(ordering: .relaxed) { log("appctl: marked new filesystem \(a)") }
         for f in failed { log("appctl: cannot mark \(f)") }
     }
@@ -429,7 +435,8 @@ public final class Daemon: Sendable {
             answer(event, Decision(allow: true, reason: .unknown), digest: nil, key: key, receivedAt: receivedAt)
             return
         }
-        if policy.usesVerity, let verity = FileDescriptor(rawValue: event.fd).verityDigestIfAny,
+        if policy.usesVerity, verityCapable.withLock({ $0.contains(FileIdentity.deviceName(key.device)) }),
+           let verity = FileDescriptor(rawValue: event.fd).verityDigestIfAny,
            let digest = policy.contentDigest(forVerity: verity) {
             // fs-verity: the kernel measured the file in O(1) and checks every page read against that
             // measurement; a verity file can never be opened for writing, so whoever owns it, its verdict may
