@@ -82,6 +82,7 @@ private struct Parser {
 
     var lineNumber = 0
     var version = 1
+    var verityEntries = 0
     var section = Section.header
     var headerStep = 0
     var serial: UInt64?
@@ -175,6 +176,10 @@ private struct Parser {
             }
         case .signature, .done:
             break
+        }
+        if version == 2 && verityEntries == 0 {
+            // One spelling per policy: without fs-verity digests it is version 1.
+            throw fail(.malformed, "format version 2 but no entry has an fs-verity digest (write it as version 1)", line: 1)
         }
         return PolicyReadResult(header: currentHeader(), signature: signature, contentDigest: digest.finish().sha256)
     }
@@ -331,6 +336,7 @@ private struct Parser {
                 throw fail(.malformed, "malformed allow entry: after the path only '\(verityFieldPrefix)<64 lowercase hex digits>' may follow, got '\(text(field))'")
             }
             verity = v
+            verityEntries += 1
             pathBytes = UnsafeBufferPointer(rebasing: pathBytes[..<sp])
         }
         guard let size = parseDecimal(sizeBytes) else {

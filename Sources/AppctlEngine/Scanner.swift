@@ -290,6 +290,10 @@ public final class Scanner: Sendable {
             let kind = ContentClassifier.classify(head: head, executableBit: before.isExecutableByMode, readAt: fd.readBytes)
             guard let kind else { return }
             let records = options.dpkg?.lookup(display)
+            // fs-verity is measured before hashing: once enabled it stays, and the content with it, so the hash
+            // below is of the very content the verity digest stands for. Measured after, a file's owner could
+            // rewrite it and enable fs-verity in between, pairing harmless content with a digest of their choosing.
+            let verity = fd.verityDigestIfAny
             let hashed = try hasher.hash(fd, withMD5: records != nil, sizeHint: Int64(before.st_size))
             counters.bytes.wrappingAdd(hashed.bytesRead, ordering: .relaxed)
             let after = try fd.status()
@@ -310,7 +314,7 @@ public final class Scanner: Sendable {
             }
             // With fs-verity enabled, hosts can decide from the kernel's O(1) measurement instead of hashing.
             result.entries.append(AllowEntry(digest: hashed.sha256, size: UInt64(hashed.bytesRead), kind: kind,
-                                             origin: origin, path: path, verity: fd.verityDigestIfAny))
+                                             origin: origin, path: path, verity: verity))
         } catch {
             result.exclusions.append(Exclusion(path: display, reason: .unreadable(error)))
         }

@@ -41,15 +41,18 @@ public struct FanotifyGroup: Sendable {
         }
     }
 
-    /// Marks the filesystem mounted at `mountPoint` only if it is the superblock `device` ("major:minor"
-    /// as in mountinfo): the path is pinned with an `O_PATH|O_NOFOLLOW` descriptor (no open event, no
-    /// symlink in the last component), checked with `fstat`, and marked through `/proc/self/fd/N`, so a
-    /// rename or a new mount between reading mountinfo and marking cannot redirect the mark elsewhere.
-    /// Returns false when the path no longer leads to that superblock.
-    public func markVerifiedFilesystem(mountPoint: String, device: String, events: Events) throws(Errno) -> Bool {
+    /// Marks the filesystem mounted at `mountPoint` only if the path still leads to that mount (mountinfo's
+    /// mount id, compared with `statx(STATX_MNT_ID)`; the superblock `device` where the kernel does not report
+    /// mount ids): the path is pinned with an `O_PATH|O_NOFOLLOW` descriptor (no open event, no symlink in the
+    /// last component), checked, and marked through `/proc/self/fd/N`, so a rename or a new mount between
+    /// reading mountinfo and marking cannot redirect the mark elsewhere. Returns false when it no longer does.
+    /// (Not the device number alone: on btrfs, `st_dev` is the subvolume's own anonymous device, never the
+    /// superblock's that mountinfo shows, and such a check refused every btrfs mount.)
+    public func markVerifiedFilesystem(mountPoint: String, mountID: UInt64, device: String, events: Events) throws(Errno) -> Bool {
         let fd = try FileDescriptor.open(mountPoint, [.pathOnly, .noFollow, .directory])
         defer { fd.close() }
-        guard try fd.identity().deviceName == device else { return false }
+        let identity = try fd.identity()
+        guard identity.mountID != 0 ? identity.mountID == mountID : identity.deviceName == device else { return false }
         try markFilesystem(of: "/proc/self/fd/\(fd.rawValue)", events: events)
         return true
     }

@@ -181,10 +181,21 @@ public struct FileIdentity: Hashable, Sendable {
     public var size: Int64
     public var owner: UInt32
     public var mode: UInt32
+    /// fs-verity is enabled on the file (`STATX_ATTR_VERITY`); known only from `FileDescriptor.identity()`.
+    public var isVerity = false
+    /// The mount the descriptor was opened through (`STATX_MNT_ID`, as mountinfo's first field); 0 when unknown.
+    public var mountID: UInt64 = 0
 
     public init(_ st: stat) {
         device = UInt64(st.st_dev); inode = UInt64(st.st_ino); changeTimeNanoseconds = st.ctimeNanoseconds
         size = Int64(st.st_size); owner = st.st_uid; mode = st.st_mode
+    }
+
+    init(_ st: appctl_file_status) {
+        device = st.device; inode = st.inode; changeTimeNanoseconds = st.change_time_ns
+        size = st.size; owner = st.owner; mode = st.mode
+        isVerity = st.attributes & APPCTL_STATX_ATTR_VERITY != 0
+        mountID = st.mount_id
     }
 
     public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
@@ -201,7 +212,12 @@ public struct FileIdentity: Hashable, Sendable {
 }
 
 extension FileDescriptor {
-    public func identity() throws(Errno) -> FileIdentity { FileIdentity(try status()) }
+    /// `statx` of the descriptor: what `fstat` says, plus the fs-verity attribute and the mount id, in one call.
+    public func identity() throws(Errno) -> FileIdentity {
+        var st = appctl_file_status()
+        _ = try retryingOnInterrupt { appctl_fd_status(rawValue, &st) }
+        return FileIdentity(st)
+    }
 }
 
 /// The identity of the file at `path`, following symlinks and /proc magic links, without opening it.

@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/fsverity.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
     char *data = NULL;
@@ -233,6 +235,21 @@ long appctl_peer_uid(int fd) {
     socklen_t len = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
     return (long)cred.uid;
+}
+
+int appctl_fd_status(int fd, struct appctl_file_status *out) {
+    struct statx sx;
+    memset(&sx, 0, sizeof sx);
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0) return -1;
+    out->device = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    out->inode = sx.stx_ino;
+    out->change_time_ns = (int64_t)sx.stx_ctime.tv_sec * 1000000000LL + sx.stx_ctime.tv_nsec;
+    out->size = (int64_t)sx.stx_size;
+    out->owner = sx.stx_uid;
+    out->mode = sx.stx_mode;
+    out->attributes = sx.stx_attributes & sx.stx_attributes_mask;
+    out->mount_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
+    return 0;
 }
 
 int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]) {

@@ -113,6 +113,7 @@ extension Appctl {
             var file: String
 
             func run() throws {
+                var verityCount = 0
                 var kinds: [FileKind: Int] = [:]
                 var origins: [String: Int] = [:]
                 var bytes: UInt64 = 0
@@ -121,6 +122,7 @@ extension Appctl {
                     result = try PolicyReader(path: file).read(onAllow: { line in
                         kinds[line.kind, default: 0] += 1
                         bytes += line.size
+                        if line.verity != nil { verityCount += 1 }
                         let origin = line.originBytes
                         let category = origin.starts(with: "dpkg:".utf8) ? "dpkg" : String(decoding: origin, as: UTF8.self)
                         origins[category, default: 0] += 1
@@ -130,7 +132,7 @@ extension Appctl {
                 }
                 let h = result.header
                 print("file:        \(file)")
-                print("format:      appctl-policy \(PolicyHeader.formatVersion)")
+                print("format:      appctl-policy \(result.header.version)")
                 print("signed:      \(result.signature == nil ? "no (an inventory; sign it with 'appctl policy sign')" : "yes, key \(h.keyID ?? "?") (not verified here; use 'appctl policy verify')")")
                 print("serial:      \(h.serial.map(String.init) ?? "-")")
                 print("issued:      \(h.issued)")
@@ -141,6 +143,7 @@ extension Appctl {
                 print("allow:       \(h.allowCount) entries, \(formatBytes(Int64(bytes))) of content")
                 print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")
                 print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
+                print("  fs-verity: \(verityCount) entries with a verity digest (decided without reading the file)")
                 print("deny:        \(h.denyCount) entries")
             }
         }
@@ -172,15 +175,18 @@ extension Appctl {
                 field("expires", oldHeader.expires.map(\.description) ?? "never", newHeader.expires.map(\.description) ?? "never")
                 field("scope", oldHeader.scope.joined(separator: ","), newHeader.scope.joined(separator: ","))
                 field("description", oldHeader.description ?? "-", newHeader.description ?? "-")
+                field("format", String(oldHeader.version), String(newHeader.version))
                 var added = 0, removed = 0, changed = 0
                 for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {
                     switch (oldAllows[path], newAllows[path]) {
                     case (nil, let n?):
-                        print("+ allow \(n.digest) \(n.kind.rawValue) \(n.origin) \(path)"); added += 1
+                        print("+ allow \(n.digest) \(n.kind.rawValue) \(n.origin) \(path)\(verityNote(n.verity))"); added += 1
                     case (let o?, nil):
-                        print("- allow \(o.digest) \(o.kind.rawValue) \(o.origin) \(path)"); removed += 1
+                        print("- allow \(o.digest) \(o.kind.rawValue) \(o.origin) \(path)\(verityNote(o.verity))"); removed += 1
                     case (let o?, let n?) where o != n:
-                        print("~ allow \(path): \(o.digest) -> \(n.digest)\(o.origin != n.origin ? " (\(o.origin) -> \(n.origin))" : "")"); changed += 1
+                        // The verity digest is a grant of trust of its own: a change to it alone must show.
+                        let verity = o.verity != n.verity ? " (fs-verity \(o.verity.map(\.hex) ?? "none") -> \(n.verity.map(\.hex) ?? "none"))" : ""
+                        print("~ allow \(path): \(o.digest) -> \(n.digest)\(o.origin != n.origin ? " (\(o.origin) -> \(n.origin))" : "")\(verity)"); changed += 1
                     default: break
                     }
                 }
@@ -188,6 +194,8 @@ extension Appctl {
                 for d in oldDenies.subtracting(newDenies).sorted() { print("- deny \(d)"); changes += 1 }
                 print("\(added) added, \(removed) removed, \(changed) changed allow entries; \(changes) header/deny changes")
             }
+
+            private func verityNote(_ verity: SHA256Digest?) -> String { verity.map { " fsverity-sha256:\($0)" } ?? "" }
 
             private func readAll(_ path: String) throws(CommandFailure) -> (PolicyHeader, [String: AllowEntry], Set<SHA256Digest>) {
                 var allows: [String: AllowEntry] = [:]

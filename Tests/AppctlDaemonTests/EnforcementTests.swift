@@ -205,6 +205,22 @@ struct EnforcementTests {
         #expect(try h.status()["mode"] as? String == "monitor")
     }
 
+    /// On btrfs a file's st_dev is its subvolume's anonymous device, never the superblock's that mountinfo
+    /// shows: marks are verified by mount id, so btrfs is marked and enforced like any other filesystem
+    /// (before, the device check refused to mark it, and nothing on btrfs was enforced).
+    @Test func btrfsIsMarkedAndEnforced() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let sub = h.mount + "/btrfs"
+        try h.mountImage(type: "btrfs", at: sub)
+        try h.start(mode: "enforce")
+        #expect(((try h.status()["marked_filesystems"] as? [String]) ?? []).contains(sub))
+        #expect(((try h.status()["mark_failures"] as? [String]) ?? ["?"]).isEmpty)
+        let unknown = try h.makeUnknown("btrfs/unknown")
+        #expect(try h.exec(unknown) == 126)
+        try h.copyExecutable("/usr/bin/true", to: "btrfs/known-copy")
+        #expect(try h.exec(sub + "/known-copy") == 0)
+    }
+
     @Test func filesystemMountedAfterStartIsEnforced() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         try h.start(mode: "enforce")

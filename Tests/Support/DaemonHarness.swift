@@ -42,6 +42,21 @@ public final class DaemonHarness: @unchecked Sendable {
         mounts.append(path)
     }
 
+    /// Makes a filesystem of `type` in an image file of this test's directory and loop-mounts it at `path`
+    /// (unmounted by `stop()`, the loop device freed with it).
+    public func mountImage(type: String, at path: String, sizeMiB: Int = 128) throws {
+        let image = dir.file("\(type).img")
+        guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, off_t(sizeMiB) << 20) == 0 else {
+            throw HarnessError("cannot create \(image)")
+        }
+        let mkfs = try run("/sbin/mkfs.\(type)", ["-q", image])
+        guard mkfs.status == 0 else { throw HarnessError("mkfs.\(type): \(mkfs.stderr)") }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let r = try run("/bin/mount", ["-t", type, "-o", "loop", image, path])
+        guard r.status == 0 else { throw HarnessError("mount \(image) at \(path): \(r.stderr)") }
+        mounts.append(path)
+    }
+
     /// Copies a program into the tmpfs (mode 0755) and returns its path.
     @discardableResult
     public func copyExecutable(_ source: String, to name: String, appending extra: [UInt8] = []) throws -> String {

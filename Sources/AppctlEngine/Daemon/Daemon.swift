@@ -18,6 +18,8 @@ struct FileKey: Hashable, Sendable {
     var inode: UInt64
     var changeTime: Int64
     var size: Int64
+    /// fs-verity is enabled (statx): the content cannot change while the inode lives.
+    var isVerity = false
     /// Owned by root and writable by nobody else (mode, and so the ACL mask, without group/other
     /// write): only such files may get a kernel-side verdict, which a write through a shared
     /// mapping would not clear.
@@ -26,6 +28,7 @@ struct FileKey: Hashable, Sendable {
     init(_ id: FileIdentity) {
         device = id.device; inode = id.inode; changeTime = id.changeTimeNanoseconds; size = id.size
         onlyRootCanWrite = id.owner == 0 && id.mode & 0o022 == 0 && id.isRegularFile
+        isVerity = id.isVerity
     }
 
     /// `fstat` of the descriptor; nil when it fails.
@@ -110,10 +113,6 @@ public final class Daemon: Sendable {
     /// Marked superblocks ("major:minor") → mount point used to mark them.
     let marked = Mutex<[String: String]>([:])
     let markFailures = Mutex<[String]>([])
-    /// Marked superblocks ("major:minor") whose fs-verity the kernel implements (ext4, f2fs, btrfs): only
-    /// there is a file measured. Known from mountinfo, so deciding this asks no filesystem anything (a FUSE
-    /// server could stall even an fstatfs).
-    let verityCapable = Mutex<Set<String>>([])
 
     /// Exec events always; open events unless `open-events = no` (they close the loader, library
     /// and interpreter bypasses, see Policies/INTERPRETERS.md).
@@ -335,11 +334,11 @@ public final class Daemon: Sendable {
             // number reused by a new superblock, or a mark that went astray, is put right.
             for m in wanted {
                 do {
-                    if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, device: m.device, events: watchedEvents) {
+                    if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: watchedEvents) {
                         if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         marked[m.device] = m.mountPoint
                     } else {
-                        failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to device \(m.device)")
+                        failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
                     }
                 } catch {
                     failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
@@ -347,8 +346,6 @@ public final class Daemon: Sendable {
             }
         }
         markFailures.withLock { $0 = failed }
-        let capable = Set(wanted.filter { VerityFilesystems.typeNames.contains($0.filesystemType) }.map(\.device))
-        verityCapable.withLock { $0 = capable }
         for a in added where ready.load(ordering: .relaxed) { log("appctl: marked new filesystem \(a)") }
         for f in failed { log("appctl: cannot mark \(f)") }
     }
@@ -435,16 +432,19 @@ public final class Daemon: Sendable {
             answer(event, Decision(allow: true, reason: .unknown), digest: nil, key: key, receivedAt: receivedAt)
             return
         }
-        if policy.usesVerity, verityCapable.withLock({ $0.contains(FileIdentity.deviceName(key.device)) }),
-           let verity = FileDescriptor(rawValue: event.fd).verityDigestIfAny,
+        if key.isVerity, policy.usesVerity, let verity = FileDescriptor(rawValue: event.fd).verityDigestIfAny,
            let digest = policy.contentDigest(forVerity: verity) {
             // fs-verity: the kernel measured the file in O(1) and checks every page read against that
             // measurement; a verity file can never be opened for writing, so whoever owns it, its verdict may
             // stay in the kernel. The content digest the signed policy pairs with it still meets the blocklist.
+            // (The statx attribute costs nothing: it comes with the identity every event takes. Only then is
+            // the filesystem type checked and the file measured, see `verityDigest()`.) The pairing is the
+            // policy's, not a measurement, so it does not go into the digest cache, which outlives reloads.
             statistics.verityDecisions.wrappingAdd(1, ordering: .relaxed)
             if isExec { rememberExec(key, digest) }
-            if key.onlyRootCanWrite { rememberDigest(digest, for: key) }   // the open that follows an exec reuses it
             answer(event, policy.decide(digest).0, digest: digest, key: key, receivedAt: receivedAt, contentIsSealed: true)
+            // A reload between the lookup and the mark that dropped the pairing: drop the mark too.
+            if policy.contentDigest(forVerity: verity) != digest { flushKernelCache(reason: "verity pairing revoked while marking") }
             return
         }
         statistics.cacheMisses.wrappingAdd(1, ordering: .relaxed)
@@ -809,8 +809,10 @@ final class LearnRecorder: Sendable {
         let descriptor = FileDescriptor(rawValue: fd)
         let head = descriptor.readBytes(at: 0, count: ContentClassifier.headerLength)
         let kind = ContentClassifier.classify(head: head, executableBit: true, readAt: descriptor.readBytes) ?? .otherExec
-        let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8),
-                               verity: descriptor.verityDigestIfAny)
+        // No fs-verity digest here: `digest` was taken before this call, and the file's owner could have
+        // rewritten it and enabled fs-verity since, pairing harmless content with a verity digest of their
+        // choosing. `appctl learn` measures before hashing; run it over files with fs-verity.
+        let entry = AllowEntry(digest: digest, size: UInt64(max(0, size)), kind: kind, origin: .local, path: Array(path.utf8))
         return state.withLock { s in
             guard s.digests.insert(digest).inserted else { return false }
             s.entries[entry.escapedPath] = entry   // the newest content seen at a path wins

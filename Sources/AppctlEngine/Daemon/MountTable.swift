@@ -2,6 +2,7 @@ import AppctlKernel
 
 /// One line of /proc/self/mountinfo.
 public struct MountEntry: Sendable, Equatable {
+    public var mountID: UInt64 = 0     // mountinfo's first field, as statx(STATX_MNT_ID) reports it
     public var device: String          // "major:minor": one per superblock
     public var mountPoint: String
     public var filesystemType: String
@@ -21,8 +22,8 @@ public enum MountTable {
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: false)
             guard fields.count >= 10, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { continue }
-            entries.append(MountEntry(device: String(fields[2]), mountPoint: unescapeOctal(String(fields[4])),
-                                      filesystemType: String(fields[dash + 1])))
+            entries.append(MountEntry(mountID: UInt64(fields[0]) ?? 0, device: String(fields[2]),
+                                      mountPoint: unescapeOctal(String(fields[4])), filesystemType: String(fields[dash + 1])))
         }
         return entries
     }

@@ -76,6 +76,25 @@ int appctl_block_signals(const int *signals, int count, sigset_t *out);
 /// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
 long appctl_peer_uid(int fd);
 
+// ---- statx ----
+
+/// What `statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID)` says about an open file (struct statx
+/// needs _GNU_SOURCE, which this header must not define: it is set in shims.c only).
+struct appctl_file_status {
+    uint64_t device;            // st_dev encoding (makedev of stx_dev_major/minor)
+    uint64_t inode;
+    int64_t change_time_ns;
+    int64_t size;
+    uint32_t owner;
+    uint32_t mode;
+    uint64_t attributes;        // STATX_ATTR_* the filesystem reports (and supports)
+    uint64_t mount_id;          // 0 when the kernel did not report it
+};
+#define APPCTL_STATX_ATTR_VERITY 0x00100000ULL   // STATX_ATTR_VERITY
+
+/// 0, or -1 with errno set.
+int appctl_fd_status(int fd, struct appctl_file_status *out);
+
 // ---- fs-verity ----
 
 /// FS_IOC_MEASURE_VERITY: the file's fs-verity digest, measured by the kernel in O(1) from the
