@@ -40,46 +40,62 @@ public struct DigestSet: Sendable {
     }
 }
 
+/// One allow entry's fs-verity digest and the content digest it stands for.
+public struct VerityPair: Sendable, Equatable {
+    public var verity: SHA256Digest
+    public var content: SHA256Digest
+    public init(verity: SHA256Digest, content: SHA256Digest) { self.verity = verity; self.content = content }
+}
+
 /// fs-verity digest → content digest, for the allow entries that carry one: a file with fs-verity is
-/// decided from `FS_IOC_MEASURE_VERITY` without reading it. 64 bytes per such entry, binary search.
+/// decided from `FS_IOC_MEASURE_VERITY` without reading it. 64 bytes per such entry, sorted in place (no
+/// second copy at load), binary search.
 public struct VerityIndex: Sendable {
-    private var verity: [SHA256Digest] = []
-    private var content: [SHA256Digest] = []
+    private var pairs: [VerityPair] = []
 
     public init() {}
 
-    /// Pairs in any order. A verity digest listed with two different content digests (which only a
-    /// broken or hostile signer could produce) is dropped: such files are hashed, as without fs-verity.
-    public init(pairs: [(verity: SHA256Digest, content: SHA256Digest)]) {
-        let sorted = pairs.sorted { $0.verity < $1.verity || ($0.verity == $1.verity && $0.content < $1.content) }
+    /// Takes the caller's array (left empty). A verity digest listed with two different content digests
+    /// (which only a broken or hostile signer could produce) is dropped: such files are hashed, as without
+    /// fs-verity.
+    public init(sortingInPlace p: inout [VerityPair]) {
+        p.sort { $0.verity < $1.verity || ($0.verity == $1.verity && $0.content < $1.content) }
+        var kept = 0
         var i = 0
-        while i < sorted.count {
+        while i < p.count {
             var j = i + 1
             var conflicting = false
-            while j < sorted.count && sorted[j].verity == sorted[i].verity {
-                if sorted[j].content != sorted[i].content { conflicting = true }
+            while j < p.count && p[j].verity == p[i].verity {
+                if p[j].content != p[i].content { conflicting = true }
                 j += 1
             }
-            if !conflicting {
-                verity.append(sorted[i].verity)
-                content.append(sorted[i].content)
-            }
+            if !conflicting { p[kept] = p[i]; kept += 1 }
             i = j
         }
+        p.removeLast(p.count - kept)
+        pairs = p
+        p = []
     }
 
-    public var count: Int { verity.count }
+    public init(pairs: [(verity: SHA256Digest, content: SHA256Digest)]) {
+        var p = pairs.map { VerityPair(verity: $0.verity, content: $0.content) }
+        self.init(sortingInPlace: &p)
+    }
+
+    public var count: Int { pairs.count }
 
     /// The content digest the policy pairs with this fs-verity digest, if any.
     public func contentDigest(forVerity digest: SHA256Digest) -> SHA256Digest? {
-        var lo = 0, hi = verity.count
-        while lo < hi {
-            let mid = (lo &+ hi) >> 1
-            let v = verity[mid]
-            if v == digest { return content[mid] }
-            if v < digest { lo = mid + 1 } else { hi = mid }
+        pairs.withUnsafeBufferPointer { buf in
+            var lo = 0, hi = buf.count
+            while lo < hi {
+                let mid = (lo &+ hi) >> 1
+                let v = buf[mid].verity
+                if v == digest { return buf[mid].content }
+                if v < digest { lo = mid + 1 } else { hi = mid }
+            }
+            return nil
         }
-        return nil
     }
 }
 
@@ -137,7 +153,7 @@ public struct LoadedPolicy: Sendable {
         var allows: [SHA256Digest] = []
         var denies: [SHA256Digest] = []
         var sizes = SizeFilter()
-        var verityPairs: [(verity: SHA256Digest, content: SHA256Digest)] = []
+        var verityPairs: [VerityPair] = []
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
@@ -147,14 +163,14 @@ public struct LoadedPolicy: Sendable {
             onAllow: { line in
                 allows.append(line.digest)
                 sizes.insert(line.size)
-                if let verity = line.verity { verityPairs.append((verity, line.digest)) }
+                if let verity = line.verity { verityPairs.append(VerityPair(verity: verity, content: line.digest)) }
             },
             onDeny: { entry, _ in denies.append(entry.digest) })
         try verify(result, path: path, key: key, now: now)
         var policy = LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
                                   denied: DigestSet(sortingInPlace: &denies), path: path, isSigned: true)
         policy.allowedSizes = sizes
-        policy.verity = VerityIndex(pairs: verityPairs)
+        policy.verity = VerityIndex(sortingInPlace: &verityPairs)
         return policy
     }
 
