@@ -221,6 +221,42 @@ struct EnforcementTests {
         #expect(try h.exec(sub + "/known-copy") == 0)
     }
 
+    /// A filesystem mounted only inside another mount namespace — as a container runtime mounts a container's
+    /// private tmpfs — never shows in the daemon's mount table; it is found through /proc and marked.
+    @Test func filesystemMountedOnlyInAnotherNamespaceIsEnforced() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        try h.start(mode: "enforce")
+        let privateMount = h.mount + "/ns-private"
+        try FileManager.default.createDirectory(atPath: privateMount, withIntermediateDirectories: true)
+        let d = h.dir.path
+        let script = """
+            mount -t tmpfs -o size=16m tmpfs \(privateMount) || exit 3
+            cp /usr/bin/true \(privateMount)/known-copy
+            cp /usr/bin/true \(privateMount)/unknown && printf 'only-in-a-namespace' >> \(privateMount)/unknown
+            touch \(d)/ns-ready
+            while [ ! -e \(d)/ns-go ]; do sleep 0.05; done
+            \(privateMount)/unknown; echo $? > \(d)/unknown.rc
+            \(privateMount)/known-copy; echo $? > \(d)/known.rc
+            """
+        let namespace = Process()
+        namespace.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        namespace.arguments = ["--mount", "--propagation", "private", "/bin/sh", "-c", script]
+        namespace.standardOutput = FileHandle.nullDevice
+        namespace.standardError = FileHandle.nullDevice
+        try namespace.run()
+        defer { if namespace.isRunning { kill(namespace.processIdentifier, SIGKILL); namespace.waitUntilExit() } }
+        #expect(h.waitUntil(10) { access(d + "/ns-ready", F_OK) == 0 })
+        #expect(!((try h.status()["marked_filesystems"] as? [String]) ?? []).contains(privateMount),
+                "the daemon's own mount table does not have it")
+        #expect(try h.waitUntil(10) {
+            ((try h.status()["marked_in_other_namespaces"] as? [String]) ?? []).contains { $0.hasPrefix(privateMount + " (tmpfs)") }
+        })
+        FileManager.default.createFile(atPath: d + "/ns-go", contents: nil)
+        #expect(h.waitUntil(10) { access(d + "/known.rc", F_OK) == 0 })
+        #expect(try String(contentsOfFile: d + "/unknown.rc", encoding: .utf8) == "126\n", "unknown content in the namespace's own tmpfs")
+        #expect(try String(contentsOfFile: d + "/known.rc", encoding: .utf8) == "0\n")
+    }
+
     @Test func filesystemMountedAfterStartIsEnforced() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         try h.start(mode: "enforce")

@@ -113,6 +113,12 @@ public final class Daemon: Sendable {
     /// Marked superblocks ("major:minor") → mount point used to mark them.
     let marked = Mutex<[String: String]>([:])
     let markFailures = Mutex<[String]>([])
+    /// Superblocks mounted only in other mount namespaces (containers' private tmpfs, …) → where they were
+    /// marked. Refreshed by every scan of /proc.
+    let markedInOtherNamespaces = Mutex<[String: String]>([:])
+    /// How often other mount namespaces are looked for (the window in which a filesystem a container mounts
+    /// is not yet marked; a mount in the daemon's own namespace is seen at once through mountinfo's POLLPRI).
+    static let namespaceScanSeconds = 2.0
 
     /// Exec events always; open events unless `open-events = no` (they close the loader, library
     /// and interpreter bypasses, see Policies/INTERPRETERS.md).
@@ -196,6 +202,10 @@ public final class Daemon: Sendable {
         startThread(name: "appctl-events") { [self] in eventLoop() }
         if configuration.prehash { startThread(name: "appctl-prehash") { [self] in prehashWorker() } }
         control?.start(daemon: self)
+        // Other namespaces' filesystems: after the event thread runs (the scan reads /proc only, but opening
+        // anything on a marked filesystem with nobody answering would wait for ever).
+        updateMarksInOtherNamespaces()
+        var nextNamespaceScan = monotonicSeconds() + Self.namespaceScanSeconds
 
         releaseFreeHeapMemory()
         ready.store(true, ordering: .releasing)
@@ -213,6 +223,11 @@ public final class Daemon: Sendable {
             let revents = (try? pollDescriptors(entries, timeoutMilliseconds: 1000)) ?? []
             if revents.count > 1, revents[1] & Int16(POLLPRI | POLLERR) != 0 {
                 updateMarks(mountinfo: mountinfo)
+                nextNamespaceScan = 0   // a mount in our namespace often comes with mounts in new ones (containers)
+            }
+            if monotonicSeconds() >= nextNamespaceScan {
+                updateMarksInOtherNamespaces()
+                nextNamespaceScan = monotonicSeconds() + Self.namespaceScanSeconds
             }
             while let signal = signals.next() {
                 switch signal {
@@ -348,6 +363,37 @@ public final class Daemon: Sendable {
         markFailures.withLock { $0 = failed }
         for a in added where ready.load(ordering: .relaxed) { log("appctl: marked new filesystem \(a)") }
         for f in failed { log("appctl: cannot mark \(f)") }
+    }
+
+    /// Marks the filesystems mounted only inside other mount namespaces: each namespace's mount table is read
+    /// from /proc/PID/mountinfo of one of its processes and its mounts reached through /proc/PID/root, each
+    /// checked by mount id as in our own namespace (a path that leads elsewhere is not marked; a mark placed on
+    /// the wrong superblock could only add coverage). `--path` applies to mount points as named inside each
+    /// namespace. Superblocks already marked through our own mount table are skipped.
+    func updateMarksInOtherNamespaces() {
+        let ownDevices = marked.withLock { Set($0.keys) }
+        var present: [String: String] = [:]
+        for (namespace, pid) in MountNamespaces.others() {
+            guard let bytes = try? readSmallFile("/proc/\(pid)/mountinfo", limit: 16 << 20) else { continue }
+            let mounts = MountTable.parse(String(decoding: bytes, as: UTF8.self))
+            let wanted = MountTable.selectMarkable(mounts, paths: configuration.paths,
+                                                   excludedTypes: configuration.excludedFilesystemTypes,
+                                                   excludedMountPoints: configuration.excludedMountPoints)
+            for m in wanted where !ownDevices.contains(m.device) && present[m.device] == nil {
+                // "/." and not "/": /proc/PID/root itself is a magic link, which O_NOFOLLOW would refuse.
+                let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
+                if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: watchedEvents)) == true {
+                    present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
+                }
+            }
+        }
+        let previous = markedInOtherNamespaces.withLock { old -> [String: String] in
+            defer { old = present }
+            return old
+        }
+        if ready.load(ordering: .relaxed) {
+            for (device, where_) in present where previous[device] == nil { log("appctl: marked a filesystem of another mount namespace: \(where_)") }
+        }
     }
 
     // MARK: - Event loop
@@ -773,6 +819,7 @@ public final class Daemon: Sendable {
             ("event_write_errors", String(statistics.eventWriteErrors.load(ordering: .relaxed))),
             ("marked_filesystems", "[" + marks.map(jsonString).joined(separator: ",") + "]"),
             ("mark_failures", "[" + failures.map(jsonString).joined(separator: ",") + "]"),
+            ("marked_in_other_namespaces", "[" + markedInOtherNamespaces.withLock { $0.values.sorted() }.map(jsonString).joined(separator: ",") + "]"),
         ]
         return fields
     }
