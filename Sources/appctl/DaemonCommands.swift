@@ -150,7 +150,11 @@ extension Appctl {
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show the running daemon's mode, policy and figures. Exit 0 when it answers and is ready.",
-            discussion: "Ready means every filesystem mark is placed. Scripts and tests wait on this exit code."
+            discussion: """
+                Ready means start-up is done: the policy is loaded and every filesystem that could be marked is.
+                A filesystem that could not be marked is listed under 'mark failures' (and was reported on the
+                daemon's stderr): check that line, it is not covered. Scripts and tests wait on this exit code.
+                """
         )
 
         @OptionGroup var control: SocketOption

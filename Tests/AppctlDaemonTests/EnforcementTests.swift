@@ -362,7 +362,8 @@ struct EnforcementTests {
         })
         let text = try String(contentsOfFile: metrics, encoding: .utf8)
         for line in ["# TYPE appctl_cache_misses_total counter", "appctl_mode{mode=\"monitor\"} 1", "appctl_policy_serial 10",
-                     "appctl_ready 1", "appctl_decision_latency_seconds{quantile=\"0.99\"}"] {
+                     "appctl_ready 1", "appctl_mark_failures 0", "appctl_verity_decisions_total 0", "appctl_kernel_cached_files_at_most ",
+                     "appctl_decision_latency_seconds{quantile=\"0.99\"}"] {
             #expect(text.contains(line), "\(line)")
         }
     }

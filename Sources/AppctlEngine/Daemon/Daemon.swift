@@ -734,7 +734,9 @@ public final class Daemon: Sendable {
         ])
         text += gauge("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))])
         text += gauge("mode", "1 for the current mode.", Mode.allCases.map { ("{mode=\"\($0.rawValue)\"}", $0 == s.mode ? "1" : "0") })
-        text += gauge("ready", "1 once every filesystem mark is placed.", [("", ready.load(ordering: .relaxed) ? "1" : "0")])
+        text += gauge("mark_failures", "Filesystems that could not be marked (not covered; see appctl status).",
+                      [("", String(markFailures.withLock { $0.count }))])
+        text += gauge("ready", "1 once start-up is done and every filesystem that could be marked is.", [("", ready.load(ordering: .relaxed) ? "1" : "0")])
         return text
     }
 
