@@ -17,6 +17,8 @@ public struct FanotifyGroup: Sendable {
         public static let openExecPermission = Events(rawValue: UInt64(FAN_OPEN_EXEC_PERM))
         /// `FAN_OPEN_PERM` — any open.
         public static let openPermission = Events(rawValue: UInt64(FAN_OPEN_PERM))
+        /// `FAN_OPEN_EXEC` — a file was opened to be executed, after every permission check passed (a notification).
+        public static let openExec = Events(rawValue: UInt64(FAN_OPEN_EXEC))
         /// `FAN_CLOSE_WRITE` — a file opened for writing was closed (a notification, not a question).
         public static let closeWrite = Events(rawValue: UInt64(FAN_CLOSE_WRITE))
         /// `FAN_Q_OVERFLOW` — the event queue overflowed (never for permission events, which are not queued-and-dropped).
@@ -31,6 +33,36 @@ public struct FanotifyGroup: Sendable {
             fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY | O_CLOEXEC))
         }
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
+    /// A notification group that only counts: `fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID |
+    /// FAN_UNLIMITED_QUEUE | FAN_CLOEXEC | FAN_NONBLOCK)`. With `FAN_REPORT_FID` an event carries a file handle
+    /// instead of an open descriptor, so the kernel opens nothing per event; nobody waits for it, and the
+    /// unlimited queue (root only) drops nothing between two reads.
+    public static func createCounter() throws(Errno) -> FanotifyGroup {
+        let fd = try retryingOnInterrupt {
+            fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_UNLIMITED_QUEUE | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY))
+        }
+        return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
+    /// Reads every waiting event of a counting group and returns how many carry `events`. Events of a
+    /// `FAN_REPORT_FID` group have no descriptor to close.
+    public func drainCount(of events: Events) -> Int {
+        var count = 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
+        defer { buffer.deallocate() }
+        while true {
+            guard let n = try? descriptor.read(into: buffer), n > 0 else { return count }
+            var offset = 0
+            let bytes = UnsafeRawBufferPointer(buffer)
+            while offset + 24 <= n {
+                let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+                guard length >= 24, offset + length <= n else { break }
+                if bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) & events.rawValue != 0 { count += 1 }
+                offset += length
+            }
+        }
     }
 
     /// Marks the whole filesystem (superblock) that `path` is on, in every mount namespace:

@@ -267,6 +267,11 @@ struct BypassTests {
         #expect((after["ignore_marks_placed"] as? Int ?? 0) >= 1)
         #expect((after["kernel_cached_files_at_most"] as? Int ?? 0) >= 1, "the kernel holds the verdict for tool")
         #expect(after["cache_hits"] as? Int == before["cache_hits"] as? Int, "repeat execs were answered in the kernel")
+        // And status counts them as such (the counter is read once a second).
+        #expect(try h.waitUntil(3) { (try h.status()["execs_answered_in_kernel"] as? Int ?? 0) >= 20 },
+                "\(String(describing: try? h.status()))")
+        #expect((after["execs_allowed_by_daemon"] as? Int ?? 99) <= 2, "the first exec (and nothing else) went to the daemon")
+        #expect((try h.status()["execs_not_counted_on"] as? [String]) == [])
         // Revoke it: the very next exec is denied.
         try h.writePolicy(allow: [h.mount + "/known"], serial: 11)
         #expect(try appctl("reload", "--socket", h.socket).status == 0)

@@ -273,9 +273,11 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open
     done
     APPCTL_READY_MS=$(( $(now_ms) - APPCTL_T0 ))
     if (( ! ready )); then echo "appctl daemon not ready after 10 s; stopping it" >&2; stop_appctl; exit 1; fi
-    # which marks does it hold? exactly one, on our image, with the expected mask
+    # which marks does it hold? exactly one permission mark, on our image, with the expected mask (and the
+    # exec counter's notification mark, FAN_OPEN_EXEC = 0x1000, on the same image)
     local marks
-    marks=$(cat /proc/"$APPCTL_PID"/fdinfo/* 2>/dev/null | grep -E '^fanotify (sdev|mnt_id|ino):' || true)
+    marks=$(cat /proc/"$APPCTL_PID"/fdinfo/* 2>/dev/null | grep -E '^fanotify (sdev|mnt_id|ino):' |
+            grep -v -x "fanotify sdev:$KDEV mflags:0 mask:1000 ignored_mask:0" || true)
     APPCTL_MARKS=$marks
     if [[ $marks != "fanotify sdev:$KDEV mflags:0 mask:$want ignored_mask:0" ]]; then
         echo "appctl ($c) holds unexpected fanotify marks (want sdev:$KDEV mask:$want):" >&2

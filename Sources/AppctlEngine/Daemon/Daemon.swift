@@ -54,6 +54,11 @@ struct PendingEvent: Sendable {
 public final class Daemon: Sendable {
     public let configuration: DaemonConfiguration
     let group: FanotifyGroup
+    /// Counts every exec on the marked filesystems, so that `status` can say how many the kernel answered
+    /// (nil if the kernel refused the group). Marked where the permission group is; filesystems that cannot
+    /// report file handles are not counted (listed in `execCountGaps`).
+    let execCounter: FanotifyGroup?
+    let execCountGaps = Mutex<Set<String>>([])
     let policy: PolicyState
     let statistics = Statistics()
     let eventLog: EventLog
@@ -167,6 +172,7 @@ public final class Daemon: Sendable {
         do {
             group = try FanotifyGroup.create()
             shutdownNotifier = try EventNotifier()
+            execCounter = configuration.countExecs ? try? FanotifyGroup.createCounter() : nil
         } catch {
             throw DaemonStartError(description: "cannot create the fanotify group: \(error) (appctl daemon must run as root, on a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")
         }
@@ -225,6 +231,7 @@ public final class Daemon: Sendable {
                 updateMarks(mountinfo: mountinfo)
                 nextNamespaceScan = 0   // a mount in our namespace often comes with mounts in new ones (containers)
             }
+            drainExecCounter()
             if monotonicSeconds() >= nextNamespaceScan {
                 updateMarksInOtherNamespaces()
                 nextNamespaceScan = monotonicSeconds() + Self.namespaceScanSeconds
@@ -352,6 +359,7 @@ public final class Daemon: Sendable {
                     if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: watchedEvents) {
                         if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         marked[m.device] = m.mountPoint
+                        markExecCounter(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device)
                     } else {
                         failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
                     }
@@ -384,6 +392,7 @@ public final class Daemon: Sendable {
                 let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
                 if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: watchedEvents)) == true {
                     present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
+                    markExecCounter(mountPoint: path, mountID: m.mountID, device: m.device)
                 }
             }
         }
@@ -394,6 +403,30 @@ public final class Daemon: Sendable {
         if ready.load(ordering: .relaxed) {
             for (device, where_) in present where previous[device] == nil { log("appctl: marked a filesystem of another mount namespace: \(where_)") }
         }
+    }
+
+    /// Marks a filesystem for the exec counter too. A filesystem without file handles (FAN_REPORT_FID needs
+    /// them) is not counted, and `status` says so instead of under-reporting silently.
+    func markExecCounter(mountPoint: String, mountID: UInt64, device: String) {
+        guard let execCounter else { return }
+        let counted = (try? execCounter.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.openExec])) == true
+        execCountGaps.withLock { gaps in
+            if counted { gaps.remove(device) } else { gaps.insert(device) }
+        }
+    }
+
+    /// Marked filesystems whose execs the counter cannot see (no file handles): their execs are in neither
+    /// `execs_seen` nor `execs_answered_in_kernel`.
+    func uncountedMountPoints() -> [String] {
+        let gaps = execCountGaps.withLock { $0 }
+        let own = marked.withLock { $0 }, others = markedInOtherNamespaces.withLock { $0 }
+        return gaps.compactMap { own[$0] ?? others[$0] }.sorted()
+    }
+
+    /// Adds the execs the counting group saw since the last call (main thread, once a second).
+    func drainExecCounter() {
+        guard let execCounter else { return }
+        statistics.execsSeen.wrappingAdd(execCounter.drainCount(of: .openExec), ordering: .relaxed)
     }
 
     // MARK: - Event loop
@@ -688,6 +721,9 @@ public final class Daemon: Sendable {
             if !policy.decide(digest).0.allow { flushKernelCache(reason: "revoked while marking") }
         }
         if decision.allow { statistics.allowed.wrappingAdd(1, ordering: .relaxed) } else { statistics.denied.wrappingAdd(1, ordering: .relaxed) }
+        if decision.allow, event.mask & FanotifyGroup.Events.openExecPermission.rawValue != 0 {
+            statistics.execsAllowedByDaemon.wrappingAdd(1, ordering: .relaxed)
+        }
         if decision.wouldDeny { statistics.wouldDeny.wrappingAdd(1, ordering: .relaxed) }
         if let label {
             let (_, serial, mode) = digest.map { policy.decide($0) } ?? (decision, policy.snapshot.policy?.serial, policy.mode)
@@ -726,6 +762,11 @@ public final class Daemon: Sendable {
         text += counter("kernel_cache_flushes_total", "Flushes of the kernel-side verdicts.", st.kernelCacheFlushes.load(ordering: .relaxed))
         text += gauge("kernel_cached_files_at_most", "Kernel-side verdicts placed since the last flush (evicted inodes drop theirs).",
                       [("", String(st.ignoreMarksSinceFlush.load(ordering: .relaxed)))])
+        if execCounter != nil {
+            text += counter("execs_total", "Execs on the marked filesystems (counted after they happened).", st.execsSeen.load(ordering: .relaxed))
+        }
+        text += counter("execs_allowed_by_daemon_total", "Exec permission events the daemon allowed (the rest were answered in the kernel).",
+                        st.execsAllowedByDaemon.load(ordering: .relaxed))
         text += counter("verity_decisions_total", "Events decided from the file's fs-verity digest, without reading it.", st.verityDecisions.load(ordering: .relaxed))
         text += counter("events_dropped_total", "Event records dropped (queue full, log unwritable).", st.eventsDropped.load(ordering: .relaxed))
         text += gauge("decision_latency_seconds", "Decision latency of daemon-answered events.", [
@@ -814,6 +855,12 @@ public final class Daemon: Sendable {
             ("ignore_mark_errors", String(statistics.ignoreMarkErrors.load(ordering: .relaxed))),
             ("kernel_cache_flushes", String(statistics.kernelCacheFlushes.load(ordering: .relaxed))),
             ("verity_decisions", String(statistics.verityDecisions.load(ordering: .relaxed))),
+            // Counted once a second by the main thread: up to a second behind.
+            ("execs_seen", execCounter == nil ? "null" : String(statistics.execsSeen.load(ordering: .relaxed))),
+            ("execs_allowed_by_daemon", String(statistics.execsAllowedByDaemon.load(ordering: .relaxed))),
+            ("execs_answered_in_kernel", execCounter == nil ? "null"
+                : String(max(0, statistics.execsSeen.load(ordering: .relaxed) - statistics.execsAllowedByDaemon.load(ordering: .relaxed)))),
+            ("execs_not_counted_on", "[" + uncountedMountPoints().map(jsonString).joined(separator: ",") + "]"),
             ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
             ("latency_p99_us", number(statistics.latencyQuantile(0.99))),
             ("events_queued", String(eventLog.queuedCount)),

@@ -42,6 +42,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var prehash = true
     /// Kernel-side verdict cache: ignore marks on allowed files that only root can write.
     public var kernelCache = true
+    /// Count every exec with a second, notification-only fanotify group, so that `status` can tell the execs
+    /// the kernel answered from its cache from those the daemon answered (a few µs per exec; see BENCHMARKS.md).
+    public var countExecs = true
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
 
@@ -95,6 +98,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "userns-restrict": usernsRestrict = try bool()
             case "confine": confine = try bool()
             case "kernel-cache": kernelCache = try bool()
+            case "count-execs": countExecs = try bool()
             case "prehash": prehash = try bool()
             case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":

@@ -25,6 +25,11 @@ public final class Statistics: Sendable {
     /// Ignore marks placed since the last flush: an upper bound on the files whose verdict the kernel holds.
     public let ignoreMarksSinceFlush = Atomic<Int>(0)
     public let kernelCacheFlushes = Atomic<Int>(0)
+    /// Execs that happened on the marked filesystems (the counting group's `FAN_OPEN_EXEC` notifications, read
+    /// once a second), and the exec permission events the daemon itself allowed: the difference is the execs
+    /// the kernel answered from its verdict cache.
+    public let execsSeen = Atomic<Int>(0)
+    public let execsAllowedByDaemon = Atomic<Int>(0)
     /// Events decided from the file's fs-verity digest (FS_IOC_MEASURE_VERITY), without reading it.
     public let verityDecisions = Atomic<Int>(0)
 
