@@ -35,31 +35,34 @@ public struct FanotifyGroup: Sendable {
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
     }
 
-    /// A notification group that only counts: `fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID |
-    /// FAN_UNLIMITED_QUEUE | FAN_CLOEXEC | FAN_NONBLOCK)`. With `FAN_REPORT_FID` an event carries a file handle
-    /// instead of an open descriptor, so the kernel opens nothing per event; nobody waits for it, and the
-    /// unlimited queue (root only) drops nothing between two reads.
+    /// A notification group that only counts: `fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC |
+    /// FAN_NONBLOCK)`. With `FAN_REPORT_FID` an event carries a file handle instead of an open descriptor, so
+    /// the kernel opens nothing per event, and nobody waits for it. The queue keeps its default bound (16,384
+    /// events): a reader that stalls loses counts (`FAN_Q_OVERFLOW`), never kernel memory without limit.
     public static func createCounter() throws(Errno) -> FanotifyGroup {
         let fd = try retryingOnInterrupt {
-            fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_UNLIMITED_QUEUE | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY))
+            fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY))
         }
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
     }
 
-    /// Reads every waiting event of a counting group and returns how many carry `events`. Events of a
-    /// `FAN_REPORT_FID` group have no descriptor to close.
-    public func drainCount(of events: Events) -> Int {
+    /// Reads every waiting event of a counting group: how many carry `events`, and whether the queue
+    /// overflowed since the last read. Events of a `FAN_REPORT_FID` group have no descriptor to close.
+    public func drainCount(of events: Events) -> (count: Int, overflowed: Bool) {
         var count = 0
+        var overflowed = false
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
         defer { buffer.deallocate() }
         while true {
-            guard let n = try? descriptor.read(into: buffer), n > 0 else { return count }
+            guard let n = try? descriptor.read(into: buffer), n > 0 else { return (count, overflowed) }
             var offset = 0
             let bytes = UnsafeRawBufferPointer(buffer)
             while offset + 24 <= n {
                 let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
                 guard length >= 24, offset + length <= n else { break }
-                if bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self) & events.rawValue != 0 { count += 1 }
+                let mask = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
+                if mask & events.rawValue != 0 { count += 1 }
+                if mask & Events.queueOverflow.rawValue != 0 { overflowed = true }
                 offset += length
             }
         }

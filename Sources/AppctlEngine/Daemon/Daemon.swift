@@ -426,7 +426,9 @@ public final class Daemon: Sendable {
     /// Adds the execs the counting group saw since the last call (main thread, once a second).
     func drainExecCounter() {
         guard let execCounter else { return }
-        statistics.execsSeen.wrappingAdd(execCounter.drainCount(of: .openExec), ordering: .relaxed)
+        let (count, overflowed) = execCounter.drainCount(of: .openExec)
+        statistics.execsSeen.wrappingAdd(count, ordering: .relaxed)
+        if overflowed { statistics.execCountOverflows.wrappingAdd(1, ordering: .relaxed) }
     }
 
     // MARK: - Event loop
@@ -860,6 +862,7 @@ public final class Daemon: Sendable {
             ("execs_allowed_by_daemon", String(statistics.execsAllowedByDaemon.load(ordering: .relaxed))),
             ("execs_answered_in_kernel", execCounter == nil ? "null"
                 : String(max(0, statistics.execsSeen.load(ordering: .relaxed) - statistics.execsAllowedByDaemon.load(ordering: .relaxed)))),
+            ("exec_count_overflows", String(statistics.execCountOverflows.load(ordering: .relaxed))),
             ("execs_not_counted_on", "[" + uncountedMountPoints().map(jsonString).joined(separator: ",") + "]"),
             ("latency_p50_us", number(statistics.latencyQuantile(0.5))),
             ("latency_p99_us", number(statistics.latencyQuantile(0.99))),

@@ -30,6 +30,8 @@ public final class Statistics: Sendable {
     /// the kernel answered from its verdict cache.
     public let execsSeen = Atomic<Int>(0)
     public let execsAllowedByDaemon = Atomic<Int>(0)
+    /// Times the counter's queue overflowed (execs lost to the count, so the kernel figure is a lower bound).
+    public let execCountOverflows = Atomic<Int>(0)
     /// Events decided from the file's fs-verity digest (FS_IOC_MEASURE_VERITY), without reading it.
     public let verityDecisions = Atomic<Int>(0)
 
