@@ -107,6 +107,39 @@ struct BypassTests {
         #expect(try h.execResult("cat \(unknown[0].1)").status == 0, "reading a script is not running it")
     }
 
+    /// A script's own arguments are not its program: an allowed script reads an unknown data file named on its
+    /// command line (before, every argument counted, and enforce mode refused it the file). Option values,
+    /// a lone `-` and the like still lead the rule to the real script.
+    @Test func scriptArgumentsAreDataButTheScriptIsStillFound() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let marker = h.dir.file("marker")
+        func file(_ name: String, _ text: String) throws -> String {
+            let path = h.mount + "/" + name
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            chmod(path, 0o755)
+            return path
+        }
+        let reader = try file("reader.sh", "read -r line < \"$1\"; echo \"$line\"\n")   // the shell itself opens $1
+        let pyReader = try file("reader.py", "import sys\nprint(open(sys.argv[1]).read(), end='')\n")
+        let data = try file("data.txt", "not in any policy\n")
+        // A user's file: one only root can write would get a kernel-side verdict at its first plain open.
+        #expect(chown(data, 1000, 1000) == 0)
+        let evilSh = try file("evil.sh", "touch \(marker)\n")
+        let evilPy = try file("evil.py", "open('\(marker)', 'w')\n")
+        _ = try file("posix", "harmless\n")     // an option value that also names a file
+        try h.writePolicy(allow: [h.mount + "/known", reader, pyReader])
+        try h.start(mode: "enforce")
+        #expect(try h.execResult("/bin/sh \(reader) \(data)").stdout == "not in any policy\n")
+        #expect(try h.execResult("/bin/bash -eu \(reader) \(data)").stdout == "not in any policy\n")
+        #expect(try h.execResult("/usr/bin/python3 -u \(pyReader) \(data)").stdout == "not in any policy\n")
+        for line in ["/bin/bash -o posix \(evilSh)", "cd \(h.mount) && /bin/bash -o posix evil.sh", "/bin/bash -euo pipefail \(evilSh)",
+                     "/bin/sh - \(evilSh)", "/bin/dash -- \(evilSh)", "/usr/bin/python3 -W ignore \(evilPy)",
+                     "/usr/bin/python3 -uW ignore \(evilPy)", "/usr/bin/python3 -X dev \(evilPy) \(data)"] {
+            _ = try h.execResult(line)
+            #expect(!markerExists(marker), "\(line) ran an unknown script")
+        }
+    }
+
     @Test func memfdExecIsRefusedWhileEnforcingAndTheSettingIsRestored() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let before = try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8)

@@ -597,10 +597,10 @@ public final class Daemon: Sendable {
             return (true, cls)
         case .shebang, .other:
             let rule = interpreters.withLock { $0 }
-            guard rule.isInterpreter(pid: event.pid, digestOf: { k in execDigests.withLock { $0[k] } ?? digestCache.withLock { $0[k] } }) else {
+            guard let family = rule.interpreterFamily(pid: event.pid, digestOf: { k in execDigests.withLock { $0[k] } ?? digestCache.withLock { $0[k] } }) else {
                 return (false, cls)
             }
-            return (cls == .shebang || rule.opensAsProgram(pid: event.pid, device: key.device, inode: key.inode), cls)
+            return (cls == .shebang || rule.opensAsProgram(pid: event.pid, family: family, device: key.device, inode: key.inode), cls)
         }
     }
 

@@ -34,23 +34,27 @@ struct InterpreterRule: Sendable {
         "/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2",
     ]
 
-    let paths: Set<String>
-    let digests: Set<SHA256Digest>
+    /// Each recognition key → the family of the configured interpreter it belongs to (by that file's name).
+    let paths: [String: InterpreterFamily]
+    let digests: [SHA256Digest: InterpreterFamily]
     /// (device, inode) of each configured interpreter: a hard link under another name is the same file.
-    let files: Set<[UInt64]>
+    let files: [[UInt64]: InterpreterFamily]
 
     /// Resolves the configured paths and hashes the interpreters found (at start-up, before any mark exists).
     init(configured: [String]) {
-        var paths = Set<String>()
-        var digests = Set<SHA256Digest>()
-        var files = Set<[UInt64]>()
+        var paths: [String: InterpreterFamily] = [:]
+        var digests: [SHA256Digest: InterpreterFamily] = [:]
+        var files: [[UInt64]: InterpreterFamily] = [:]
         let hasher = FileHasher()
+        func merge(_ a: InterpreterFamily, _ b: InterpreterFamily) -> InterpreterFamily { a == b ? a : .other }
         for candidate in configured {
             guard let resolved = realPath(candidate) else { continue }
-            paths.insert(resolved)
-            if let id = try? fileIdentity(resolved) { files.insert([id.device, id.inode]) }
+            let family = InterpreterFamily(executableName: String(resolved.split(separator: "/").last ?? ""))
+            paths[resolved, default: family] = merge(paths[resolved] ?? family, family)
+            if let id = try? fileIdentity(resolved) { files[[id.device, id.inode]] = merge(files[[id.device, id.inode]] ?? family, family) }
             if let fd = try? FileDescriptor.open(resolved, [.readOnly, .nonBlocking]) {
-                if let result = try? hasher.hash(fd) { digests.insert(result.sha256) }
+                // The same content under two names of different families (busybox as sh and awk): every argument counts.
+                if let result = try? hasher.hash(fd) { digests[result.sha256] = merge(digests[result.sha256] ?? family, family) }
                 fd.close()
             }
         }
@@ -61,13 +65,14 @@ struct InterpreterRule: Sendable {
 
     /// Whether `pid` runs an interpreter. Never opens the executable (it may be on a marked filesystem
     /// and this runs on the event thread): `stat` through /proc, then the digest cache, then the path.
-    func isInterpreter(pid: Int32, digestOf: (FileKey) -> SHA256Digest?) -> Bool {
-        guard let identity = try? fileIdentity("/proc/\(pid)/exe") else { return false }
+    /// Returns the interpreter's family (by the configured file it matched, never by its own name), or nil.
+    func interpreterFamily(pid: Int32, digestOf: (FileKey) -> SHA256Digest?) -> InterpreterFamily? {
+        guard let identity = try? fileIdentity("/proc/\(pid)/exe") else { return nil }
         // Any one of: the content it exec'd, the very file (hard links included), the path.
-        if let digest = digestOf(FileKey(identity)), digests.contains(digest) { return true }
-        if files.contains([identity.device, identity.inode]) { return true }
-        guard let exe = readLink("/proc/\(pid)/exe") else { return false }
-        return paths.contains(exe)
+        if let digest = digestOf(FileKey(identity)), let family = digests[digest] { return family }
+        if let family = files[[identity.device, identity.inode]] { return family }
+        guard let exe = readLink("/proc/\(pid)/exe") else { return nil }
+        return paths[exe]
     }
 
     /// Whether an interpreter's open of the file (device, inode) is the opening of its program: the file is
@@ -76,13 +81,18 @@ struct InterpreterRule: Sendable {
     /// absolute ones under /proc/PID/root, with `stat` only (never an open: no event, no waiting on
     /// ourselves). Fails closed: when the command line cannot be read whole, or has more arguments than
     /// are checked, the open counts as the program's.
-    func opensAsProgram(pid: Int32, device: UInt64, inode: UInt64) -> Bool {
+    /// For shells and Python, only the arguments their option grammar makes the program (or an rc file) count
+    /// (`InterpreterFamily`); for others, and for command lines that grammar does not cover, every argument.
+    func opensAsProgram(pid: Int32, family: InterpreterFamily, device: UInt64, inode: UInt64) -> Bool {
         // ARG_MAX is 2 MiB by default; a longer command line than that cannot exist.
         guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20) else { return true }
-        let arguments = bytes.split(separator: 0, omittingEmptySubsequences: true).dropFirst()
+        // Empty arguments are kept: they hold places in the grammar (`sh -o '' x.sh`).
+        let all = bytes.split(separator: 0, omittingEmptySubsequences: false).dropFirst().map(Array.init)
+        let arguments = bytes.last == 0 ? Array(all.dropLast()) : all
         if arguments.count > Self.maximumArguments { return true }
+        let candidates = family.programArgumentIndices(arguments).map { $0.map { arguments[$0] } } ?? arguments
         let cwd = Array("/proc/\(pid)/cwd/".utf8), root = Array("/proc/\(pid)/root".utf8)
-        for argument in arguments {
+        for argument in candidates where !argument.isEmpty {
             let path = argument.first == UInt8(ascii: "/") ? root + argument : cwd + argument
             if let id = try? fileIdentity(bytes: path), id.device == device, id.inode == inode { return true }
         }

@@ -1,0 +1,120 @@
+/// Which arguments of an interpreter's command line can name its program, for the interpreter families whose
+/// option grammar is known. Without it every argument counts (fail closed), and then a script's own
+/// arguments count too: `sh report.sh data.csv` opening `data.csv` looked like running it as a program, so
+/// in enforce mode every script that reads a file named on its command line was refused that file.
+/// Pure: no I/O, tested without root.
+enum InterpreterFamily: Sendable, Equatable {
+    /// dash and bash (and `sh`, `rbash`): `sh [-abCefhimnuvx] [-o opt] [+o opt] [-O shopt] [--rcfile f] [script [args]]`.
+    /// (ksh and mksh have options that take values of their own, e.g. mksh `-T`: they count as `other`.)
+    case shell
+    /// CPython 3: `python3 [-bBdEhiIOPqRsSuvVWx] [-W arg] [-X opt] [-c cmd | -m mod | script | -] [args]`
+    /// (getopt string "bBc:dEhiIJm:OPqRsStuvVW:xX:?"). Python 2 takes other values (`-Q arg`): `other`.
+    case python
+    /// Any other interpreter (perl, ruby, node, awk, zsh, the loader, …): every argument counts.
+    case other
+
+    /// The family of an interpreter by the name of its real, root-installed file (`/usr/bin/python3.11`,
+    /// `/usr/bin/dash`). Never by the name a process runs under: a copy of python named `bash` is python.
+    init(executableName name: String) {
+        switch name {
+        case "sh", "dash", "bash", "rbash":
+            self = .shell
+        default:
+            let python = name.hasPrefix("python3") && name.dropFirst(7).allSatisfy { $0.isNumber || $0 == "." }
+            self = python ? .python : .other
+        }
+    }
+
+    /// Indices into `arguments` (argv without argv[0]) that may name a file the interpreter runs as code; nil
+    /// means every argument may (unknown family, or a command line this parser does not understand).
+    func programArgumentIndices(_ arguments: [[UInt8]]) -> [Int]? {
+        switch self {
+        case .shell: return Self.shellProgramArguments(arguments)
+        case .python: return Self.pythonProgramArguments(arguments)
+        case .other: return nil
+        }
+    }
+
+    private static func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    /// bash(1) and dash(1) INVOCATION: long options first (`--rcfile` and `--init-file` take a file the shell
+    /// runs, so it counts), then option letters in `-`/`+` bundles where each `o` or `O` takes the next
+    /// argument; `-c` means the program is a string, `-s` that it is standard input; `--` or a lone `-` ends
+    /// the options (POSIX: "a single hyphen-minus shall be treated as the first operand and then ignored");
+    /// the first other argument is the script and the rest are its arguments.
+    private static func shellProgramArguments(_ a: [[UInt8]]) -> [Int]? {
+        var files: [Int] = []
+        var i = 0
+        var fromString = false
+        while i < a.count {
+            let arg = a[i]
+            if arg == Array("--".utf8) || arg == Array("-".utf8) { i += 1; break }
+            guard let first = arg.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+"), arg.count > 1 else { break }
+            if first == UInt8(ascii: "-") && arg[1] == UInt8(ascii: "-") {
+                switch text(arg) {
+                case "--rcfile", "--init-file":
+                    guard i + 1 < a.count else { return nil }
+                    files.append(i + 1)
+                    i += 2
+                case "--login", "--noediting", "--noprofile", "--norc", "--posix", "--restricted", "--verbose",
+                     "--version", "--help", "--debugger", "--dump-strings", "--dump-po-strings", "--pretty-print":
+                    i += 1
+                default:
+                    return nil   // an option this parser does not know: every argument counts
+                }
+                continue
+            }
+            var takesValues = 0
+            for letter in arg.dropFirst() {
+                switch letter {
+                case UInt8(ascii: "o"), UInt8(ascii: "O"): takesValues += 1
+                case UInt8(ascii: "c"), UInt8(ascii: "s"): fromString = true
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): break
+                default: return nil
+                }
+            }
+            i += 1 + takesValues
+        }
+        if i > a.count { return nil }
+        if !fromString && i < a.count { files.append(i) }
+        return files
+    }
+
+    /// python3(1): option letters may be bundled; `W` and `X` take a value (the rest of the bundle, or the next
+    /// argument); `c` and `m` end the options with a command or module (no program file); `--` ends them and
+    /// `-` means standard input; the first other argument is the script.
+    private static func pythonProgramArguments(_ a: [[UInt8]]) -> [Int]? {
+        var i = 0
+        while i < a.count {
+            let arg = a[i]
+            guard arg.first == UInt8(ascii: "-"), arg.count > 1 else { break }
+            if arg == Array("--".utf8) { i += 1; break }
+            if arg[1] == UInt8(ascii: "-") {
+                switch text(arg) {
+                case "--check-hash-based-pycs": i += 2
+                case "--help", "--version", "--help-env", "--help-xoptions", "--help-all": i += 1
+                default: return nil
+                }
+                continue
+            }
+            var j = 1
+            var consumedNext = false
+            letters: while j < arg.count {
+                switch arg[j] {
+                case UInt8(ascii: "c"), UInt8(ascii: "m"):
+                    return []   // the program is a string or a module found on sys.path, not a file named here
+                case UInt8(ascii: "W"), UInt8(ascii: "X"):
+                    if j == arg.count - 1 { consumedNext = true }
+                    break letters
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "?"):
+                    j += 1
+                default:
+                    return nil
+                }
+            }
+            i += consumedNext ? 2 : 1
+        }
+        if i > a.count { return nil }
+        return i < a.count ? [i] : []
+    }
+}
