@@ -11,13 +11,15 @@ public enum MountNamespaces {
         readLink("/proc/\(pid)/ns/mnt")
     }
 
-    /// One process per mount namespace other than the caller's, as (namespace, pid). Processes that exit
-    /// meanwhile are skipped; a namespace whose every process exits between the listing and its use is
-    /// gone, and with it whatever only it mounted.
+    /// One process per (mount namespace, root directory) other than the caller's own, as (namespace, pid):
+    /// a chrooted process's mountinfo leaves out the mounts outside its root, so a namespace is read once per
+    /// distinct root its processes have (the root as `readlink` shows it: no filesystem is asked). Processes
+    /// that exit meanwhile are skipped.
     public static func others() -> [(namespace: String, pid: String)] {
-        guard let own = readLink("/proc/self/ns/mnt"), let dir = opendir("/proc") else { return [] }
+        guard let ownNamespace = readLink("/proc/self/ns/mnt"), let ownRoot = readLink("/proc/self/root"),
+              let dir = opendir("/proc") else { return [] }
         defer { closedir(dir) }
-        var seen: Set<String> = [own]
+        var seen: Set<String> = [ownNamespace + " " + ownRoot]
         var found: [(String, String)] = []
         while let entry = readdir(dir) {
             let name = withUnsafePointer(to: &entry.pointee.d_name) {
@@ -25,7 +27,8 @@ public enum MountNamespaces {
             }
             guard let first = name.utf8.first, first >= UInt8(ascii: "1"), first <= UInt8(ascii: "9"),
                   name.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
-                  let ns = namespace(ofProcess: name), seen.insert(ns).inserted else { continue }
+                  let ns = namespace(ofProcess: name), let root = readLink("/proc/\(name)/root"),
+                  seen.insert(ns + " " + root).inserted else { continue }
             found.append((ns, name))
         }
         return found

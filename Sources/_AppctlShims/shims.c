@@ -252,6 +252,14 @@ int appctl_fd_status(int fd, struct appctl_file_status *out) {
     return 0;
 }
 
+int appctl_mount_id(int fd, uint64_t *mount_id) {
+    struct statx sx;
+    memset(&sx, 0, sizeof sx);
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) != 0) return -1;
+    *mount_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
+    return 0;
+}
+
 int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]) {
     // struct fsverity_digest ends in a flexible array: give the kernel room for the longest (SHA-512).
     union { struct fsverity_digest d; uint8_t bytes[sizeof(struct fsverity_digest) + 64]; } arg;

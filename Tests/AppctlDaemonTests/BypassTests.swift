@@ -127,6 +127,8 @@ struct BypassTests {
         let evilSh = try file("evil.sh", "touch \(marker)\n")
         let evilPy = try file("evil.py", "open('\(marker)', 'w')\n")
         _ = try file("posix", "harmless\n")     // an option value that also names a file
+        try FileManager.default.createDirectory(atPath: h.mount + "/app", withIntermediateDirectories: true)
+        _ = try file("app/__main__.py", "open('\(marker)', 'w')\n")
         try h.writePolicy(allow: [h.mount + "/known", reader, pyReader])
         try h.start(mode: "enforce")
         #expect(try h.execResult("/bin/sh \(reader) \(data)").stdout == "not in any policy\n")
@@ -134,7 +136,11 @@ struct BypassTests {
         #expect(try h.execResult("/usr/bin/python3 -u \(pyReader) \(data)").stdout == "not in any policy\n")
         for line in ["/bin/bash -o posix \(evilSh)", "cd \(h.mount) && /bin/bash -o posix evil.sh", "/bin/bash -euo pipefail \(evilSh)",
                      "/bin/sh - \(evilSh)", "/bin/dash -- \(evilSh)", "/usr/bin/python3 -W ignore \(evilPy)",
-                     "/usr/bin/python3 -uW ignore \(evilPy)", "/usr/bin/python3 -X dev \(evilPy) \(data)"] {
+                     "/usr/bin/python3 -uW ignore \(evilPy)", "/usr/bin/python3 -X dev \(evilPy) \(data)",
+                     // bash -norc is --norc; a lone + is skipped; BASH_ENV names a file bash runs first;
+                     // bash finds a bare script name in PATH; python3 runs a directory's __main__.py.
+                     "/bin/bash -norc \(evilSh) \(data)", "/bin/bash + \(evilSh)", "BASH_ENV=\(evilSh) /bin/bash \(reader) \(data)",
+                     "cd / && PATH=\(h.mount):$PATH /bin/bash evil.sh", "/usr/bin/python3 \(h.mount)/app"] {
             _ = try h.execResult(line)
             #expect(!markerExists(marker), "\(line) ran an unknown script")
         }

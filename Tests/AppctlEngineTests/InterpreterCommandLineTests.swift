@@ -18,6 +18,7 @@ import Testing
         #expect(InterpreterFamily(executableName: "mksh") == .other, "mksh takes -T arg")
         #expect(InterpreterFamily(executableName: "perl") == .other)
         #expect(InterpreterFamily(executableName: "python3-evil") == .other)
+        #expect(InterpreterFamily(executableName: "sh") == .other, "a real file named sh may be mksh or busybox")
     }
 
     @Test func shellScriptArgumentsAreNotItsProgram() {
@@ -35,6 +36,19 @@ import Testing
         #expect(program(.shell, "-s evil.sh") == [], "-s: the program is standard input")
         #expect(program(.shell, "-ec cmd") == [])
         #expect(program(.shell, "") == [""])
+    }
+
+    /// From the second review: each of these ran evil.sh while an earlier parser named another argument.
+    @Test func shellOptionFormsThatOnceHidTheScript() {
+        #expect(program(.shell, "+ evil.sh x") == ["evil.sh"], "a lone + is an empty option group")
+        #expect(program(.shell, "-norc evil.sh x") == ["evil.sh"], "bash takes -norc as --norc")
+        #expect(program(.shell, "-login evil.sh x") == ["evil.sh"])
+        #expect(program(.shell, "-restricted evil.sh") == ["evil.sh"])
+        #expect(program(.shell, "-rcfile ./evil.sh -i") == ["./evil.sh"])
+        #expect(program(.shell, "+s evil.sh") == nil, "dash clears -s with +s, bash sets it")
+        #expect(program(.shell, "-s +o stdin evil.sh") == nil)
+        #expect(program(.shell, "-o stdin evil.sh") == nil)
+        #expect(program(.shell, "+c cmd evil.sh") == nil)
     }
 
     @Test func shellCommandLinesItDoesNotUnderstandCountWhole() {

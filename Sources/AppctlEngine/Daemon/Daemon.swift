@@ -600,7 +600,8 @@ public final class Daemon: Sendable {
             guard let family = rule.interpreterFamily(pid: event.pid, digestOf: { k in execDigests.withLock { $0[k] } ?? digestCache.withLock { $0[k] } }) else {
                 return (false, cls)
             }
-            return (cls == .shebang || rule.opensAsProgram(pid: event.pid, family: family, device: key.device, inode: key.inode), cls)
+            return (cls == .shebang || rule.opensAsProgram(pid: event.pid, family: family, device: key.device, inode: key.inode,
+                                                            openedPath: pathOfDescriptor(event.fd)), cls)
         }
     }
 

@@ -17,7 +17,7 @@ enum InterpreterFamily: Sendable, Equatable {
     /// `/usr/bin/dash`). Never by the name a process runs under: a copy of python named `bash` is python.
     init(executableName name: String) {
         switch name {
-        case "sh", "dash", "bash", "rbash":
+        case "dash", "bash", "rbash":   // not "sh": a real file of that name may be mksh, yash or busybox
             self = .shell
         default:
             let python = name.hasPrefix("python3") && name.dropFirst(7).allSatisfy { $0.isNumber || $0 == "." }
@@ -42,6 +42,12 @@ enum InterpreterFamily: Sendable, Equatable {
     /// argument; `-c` means the program is a string, `-s` that it is standard input; `--` or a lone `-` ends
     /// the options (POSIX: "a single hyphen-minus shall be treated as the first operand and then ignored");
     /// the first other argument is the script and the rest are its arguments.
+    /// bash's long options, which it also accepts with a single dash (`-norc`, `-rcfile f`: parse_long_options).
+    private static let shellLongOptions: Set<String> = [
+        "login", "noediting", "noprofile", "norc", "posix", "restricted", "verbose", "version", "help", "debugger",
+        "dump-strings", "dump-po-strings", "pretty-print", "wordexp", "rpm-requires", "protected",
+    ]
+
     private static func shellProgramArguments(_ a: [[UInt8]]) -> [Int]? {
         var files: [Int] = []
         var i = 0
@@ -49,15 +55,18 @@ enum InterpreterFamily: Sendable, Equatable {
         while i < a.count {
             let arg = a[i]
             if arg == Array("--".utf8) || arg == Array("-".utf8) { i += 1; break }
+            if arg == Array("+".utf8) { i += 1; continue }   // an empty option group: skipped by dash and bash
             guard let first = arg.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+"), arg.count > 1 else { break }
-            if first == UInt8(ascii: "-") && arg[1] == UInt8(ascii: "-") {
-                switch text(arg) {
-                case "--rcfile", "--init-file":
+            // bash takes its long options with one dash as well as two: `-norc` is --norc, not -n -o rc.
+            let dashes = first == UInt8(ascii: "-") ? (arg[1] == UInt8(ascii: "-") ? 2 : 1) : 0
+            let name = dashes > 0 ? text(Array(arg.dropFirst(dashes))) : ""
+            if dashes == 2 || (dashes == 1 && (name == "rcfile" || name == "init-file" || shellLongOptions.contains(name))) {
+                switch name {
+                case "rcfile", "init-file":
                     guard i + 1 < a.count else { return nil }
                     files.append(i + 1)
                     i += 2
-                case "--login", "--noediting", "--noprofile", "--norc", "--posix", "--restricted", "--verbose",
-                     "--version", "--help", "--debugger", "--dump-strings", "--dump-po-strings", "--pretty-print":
+                case _ where shellLongOptions.contains(name):
                     i += 1
                 default:
                     return nil   // an option this parser does not know: every argument counts
@@ -68,11 +77,17 @@ enum InterpreterFamily: Sendable, Equatable {
             for letter in arg.dropFirst() {
                 switch letter {
                 case UInt8(ascii: "o"), UInt8(ascii: "O"): takesValues += 1
-                case UInt8(ascii: "c"), UInt8(ascii: "s"): fromString = true
+                case UInt8(ascii: "c"), UInt8(ascii: "s"):
+                    // `-c`/`-s`: the program is a string or standard input. With `+` dash clears the flag and
+                    // bash sets it: the two shells disagree, so every argument counts.
+                    guard first == UInt8(ascii: "-") else { return nil }
+                    fromString = true
                 case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): break
                 default: return nil
                 }
             }
+            // `-o stdin`/`+o stdin` (dash) switches standard-input mode by name: every argument counts.
+            for k in 0..<takesValues where i + 1 + k < a.count && a[i + 1 + k] == Array("stdin".utf8) { return nil }
             i += 1 + takesValues
         }
         if i > a.count { return nil }

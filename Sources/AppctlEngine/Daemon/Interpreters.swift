@@ -72,7 +72,8 @@ struct InterpreterRule: Sendable {
         if let digest = digestOf(FileKey(identity)), let family = digests[digest] { return family }
         if let family = files[[identity.device, identity.inode]] { return family }
         guard let exe = readLink("/proc/\(pid)/exe") else { return nil }
-        return paths[exe]
+        // By path alone the file may be another binary at that path (another mount namespace): no grammar.
+        return paths[exe] != nil ? .other : nil
     }
 
     /// Whether an interpreter's open of the file (device, inode) is the opening of its program: the file is
@@ -83,18 +84,34 @@ struct InterpreterRule: Sendable {
     /// are checked, the open counts as the program's.
     /// For shells and Python, only the arguments their option grammar makes the program (or an rc file) count
     /// (`InterpreterFamily`); for others, and for command lines that grammar does not cover, every argument.
-    func opensAsProgram(pid: Int32, family: InterpreterFamily, device: UInt64, inode: UInt64) -> Bool {
+    /// Also counted: a file with the name of a candidate (bash looks a bare script name up in PATH when the
+    /// current directory has none; a rename between the interpreter's open and our `stat` would defeat the
+    /// identity match), the start-up files the environment names (`BASH_ENV`, `ENV`, `PYTHONSTARTUP`), and
+    /// for `python3 dir` the `__main__.py` it runs. Each of these can only add denials.
+    func opensAsProgram(pid: Int32, family: InterpreterFamily, device: UInt64, inode: UInt64, openedPath: String) -> Bool {
+        let openedName = openedPath.split(separator: "/").last.map(String.init) ?? ""
         // ARG_MAX is 2 MiB by default; a longer command line than that cannot exist.
         guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20) else { return true }
         // Empty arguments are kept: they hold places in the grammar (`sh -o '' x.sh`).
         let all = bytes.split(separator: 0, omittingEmptySubsequences: false).dropFirst().map(Array.init)
         let arguments = bytes.last == 0 ? Array(all.dropLast()) : all
         if arguments.count > Self.maximumArguments { return true }
-        let candidates = family.programArgumentIndices(arguments).map { $0.map { arguments[$0] } } ?? arguments
+        var candidates = family.programArgumentIndices(arguments).map { $0.map { arguments[$0] } } ?? arguments
+        if family != .other, let environment = try? readSmallFile("/proc/\(pid)/environ", limit: 4 << 20) {
+            let names = family == .shell ? ["BASH_ENV=", "ENV="] : ["PYTHONSTARTUP="]
+            for variable in environment.split(separator: 0) {
+                for name in names where variable.starts(with: name.utf8) { candidates.append(Array(variable.dropFirst(name.utf8.count))) }
+            }
+        }
         let cwd = Array("/proc/\(pid)/cwd/".utf8), root = Array("/proc/\(pid)/root".utf8)
         for argument in candidates where !argument.isEmpty {
+            if let name = argument.split(separator: UInt8(ascii: "/")).last, String(decoding: name, as: UTF8.self) == openedName { return true }
             let path = argument.first == UInt8(ascii: "/") ? root + argument : cwd + argument
-            if let id = try? fileIdentity(bytes: path), id.device == device, id.inode == inode { return true }
+            guard let id = try? fileIdentity(bytes: path) else { continue }
+            if id.device == device, id.inode == inode { return true }
+            // `python3 dir` runs dir/__main__.py (not `-m module`: no candidate then, and the standard library's
+            // packages keep working).
+            if family == .python, openedName == "__main__.py", id.mode & S_IFMT == S_IFDIR { return true }
         }
         return false
     }

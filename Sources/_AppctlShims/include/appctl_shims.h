@@ -95,6 +95,10 @@ struct appctl_file_status {
 /// 0, or -1 with errno set.
 int appctl_fd_status(int fd, struct appctl_file_status *out);
 
+/// The mount id of an open file (`statx` with `AT_STATX_DONT_SYNC`: a FUSE or NFS filesystem is not asked,
+/// so a server that never answers cannot stall the caller). 0 when the kernel does not report it.
+int appctl_mount_id(int fd, uint64_t *mount_id);
+
 // ---- fs-verity ----
 
 /// FS_IOC_MEASURE_VERITY: the file's fs-verity digest, measured by the kernel in O(1) from the
