@@ -43,7 +43,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Kernel-side verdict cache: ignore marks on allowed files that only root can write.
     public var kernelCache = true
     /// Count every exec with a second, notification-only fanotify group, so that `status` can tell the execs
-    /// the kernel answered from its cache from those the daemon answered (≤ about 1 µs per exec; BENCHMARKS.md).
+    /// the kernel answered from its cache from those the daemon answered (about 4 µs per exec; BENCHMARKS.md).
     public var countExecs = true
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
