@@ -423,7 +423,7 @@ public final class Daemon: Sendable {
         return gaps.compactMap { own[$0] ?? others[$0] }.sorted()
     }
 
-    /// Adds the execs the counting group saw since the last call (main thread, once a second).
+    /// Adds the execs the counting group saw since the last call (main thread once a second, and `status`).
     func drainExecCounter() {
         guard let execCounter else { return }
         let (count, overflowed) = execCounter.drainCount(of: .openExec)
@@ -809,6 +809,7 @@ public final class Daemon: Sendable {
     }
 
     func statusFields() -> [(String, String)] {
+        drainExecCounter()   // up to date for this answer (each event is read by one reader; the counts add up)
         let s = policy.snapshot
         let hits = statistics.cacheHits.load(ordering: .relaxed), misses = statistics.cacheMisses.load(ordering: .relaxed)
         let hitRate = hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses)
@@ -858,7 +859,6 @@ public final class Daemon: Sendable {
             ("ignore_mark_errors", String(statistics.ignoreMarkErrors.load(ordering: .relaxed))),
             ("kernel_cache_flushes", String(statistics.kernelCacheFlushes.load(ordering: .relaxed))),
             ("verity_decisions", String(statistics.verityDecisions.load(ordering: .relaxed))),
-            // Counted once a second by the main thread: up to a second behind.
             ("execs_seen", execCounter == nil ? "null" : String(statistics.execsSeen.load(ordering: .relaxed))),
             ("execs_allowed_by_daemon", String(statistics.execsAllowedByDaemon.load(ordering: .relaxed))),
             ("execs_answered_in_kernel", execCounter == nil ? "null"
