@@ -77,11 +77,6 @@ public struct VerityIndex: Sendable {
         p = []
     }
 
-    public init(pairs: [(verity: SHA256Digest, content: SHA256Digest)]) {
-        var p = pairs.map { VerityPair(verity: $0.verity, content: $0.content) }
-        self.init(sortingInPlace: &p)
-    }
-
     public var count: Int { pairs.count }
 
     /// The content digest the policy pairs with this fs-verity digest, if any.

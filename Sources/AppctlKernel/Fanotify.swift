@@ -86,15 +86,10 @@ public struct FanotifyGroup: Sendable {
     public func markVerifiedFilesystem(mountPoint: String, mountID: UInt64, device: String, events: Events) throws(Errno) -> Bool {
         let fd = try FileDescriptor.open(mountPoint, [.pathOnly, .noFollow, .directory])
         defer { fd.close() }
-        // The mount id without asking the filesystem (AT_STATX_DONT_SYNC): a FUSE server that never answers a
-        // GETATTR must not stall the marking of every filesystem after it.
-        var id: UInt64 = 0
-        _ = try retryingOnInterrupt { appctl_mount_id(fd.rawValue, &id) }
-        if id != 0 {
-            guard id == mountID else { return false }
-        } else {
-            guard try fd.identity().deviceName == device else { return false }
-        }
+        // Without asking the filesystem: a FUSE server that never answers a GETATTR must not stall the marking
+        // of every filesystem after it.
+        let identity = try fd.identity(cachedOnly: true)
+        guard identity.mountID != 0 ? identity.mountID == mountID : identity.deviceName == device else { return false }
         try markFilesystem(of: "/proc/self/fd/\(fd.rawValue)", events: events)
         return true
     }

@@ -201,10 +201,7 @@ public struct FileIdentity: Hashable, Sendable {
     public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
 
     /// "major:minor", as /proc/self/mountinfo writes device numbers (Linux dev_t encoding).
-    public var deviceName: String { Self.deviceName(device) }
-
-    /// "major:minor" of a `st_dev` value.
-    public static func deviceName(_ device: UInt64) -> String {
+    public var deviceName: String {
         let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~UInt64(0xfff))
         let minor = (device & 0xff) | ((device >> 12) & ~UInt64(0xff))
         return "\(major):\(minor)"
@@ -213,9 +210,11 @@ public struct FileIdentity: Hashable, Sendable {
 
 extension FileDescriptor {
     /// `statx` of the descriptor: what `fstat` says, plus the fs-verity attribute and the mount id, in one call.
-    public func identity() throws(Errno) -> FileIdentity {
+    /// `cachedOnly` asks a network or FUSE filesystem nothing (`AT_STATX_DONT_SYNC`): for the mount id, which
+    /// the VFS knows; never for decisions, whose ctime must be current.
+    public func identity(cachedOnly: Bool = false) throws(Errno) -> FileIdentity {
         var st = appctl_file_status()
-        _ = try retryingOnInterrupt { appctl_fd_status(rawValue, &st) }
+        _ = try retryingOnInterrupt { appctl_fd_status(rawValue, cachedOnly ? 1 : 0, &st) }
         return FileIdentity(st)
     }
 }

@@ -23,12 +23,10 @@ extension Errno {
     public static let notSupported = Errno(rawValue: EOPNOTSUPP)
 }
 
-/// The filesystems whose fs-verity the kernel implements itself (fs/verity + the filesystem), by type name as
-/// mountinfo shows it and by `statfs` magic. Anywhere else the ioctl must not be trusted: FUSE passes
+/// The filesystems whose fs-verity the kernel implements itself (fs/verity + the filesystem), by `statfs` magic. Anywhere else the ioctl must not be trusted: FUSE passes
 /// `FS_IOC_MEASURE_VERITY` to its userspace server (fs/fuse/ioctl.c, since Linux 5.17), which could answer with
 /// the verity digest of any allowed file for content of its choosing.
 public enum VerityFilesystems {
-    public static let typeNames: Set<String> = ["ext4", "f2fs", "btrfs"]
     /// `EXT4_SUPER_MAGIC` (shared by ext2/ext3, which have no fs-verity: the ioctl answers ENOTTY there),
     /// `F2FS_SUPER_MAGIC`, `BTRFS_SUPER_MAGIC` (linux/magic.h).
     public static let magics: Set<Int> = [0xEF53, 0xF2F5_2010, 0x9123_683E]

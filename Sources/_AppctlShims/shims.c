@@ -237,10 +237,11 @@ long appctl_peer_uid(int fd) {
     return (long)cred.uid;
 }
 
-int appctl_fd_status(int fd, struct appctl_file_status *out) {
+int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out) {
     struct statx sx;
     memset(&sx, 0, sizeof sx);
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0) return -1;
+    int flags = AT_EMPTY_PATH | (cached_only ? AT_STATX_DONT_SYNC : 0);
+    if (statx(fd, "", flags, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0) return -1;
     out->device = makedev(sx.stx_dev_major, sx.stx_dev_minor);
     out->inode = sx.stx_ino;
     out->change_time_ns = (int64_t)sx.stx_ctime.tv_sec * 1000000000LL + sx.stx_ctime.tv_nsec;
@@ -249,14 +250,6 @@ int appctl_fd_status(int fd, struct appctl_file_status *out) {
     out->mode = sx.stx_mode;
     out->attributes = sx.stx_attributes & sx.stx_attributes_mask;
     out->mount_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
-    return 0;
-}
-
-int appctl_mount_id(int fd, uint64_t *mount_id) {
-    struct statx sx;
-    memset(&sx, 0, sizeof sx);
-    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) != 0) return -1;
-    *mount_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
     return 0;
 }
 

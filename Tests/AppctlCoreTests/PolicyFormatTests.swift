@@ -262,8 +262,9 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
 
     @Test func conflictingVerityPairsAreIgnored() {
         // A verity digest paired with two contents (a broken or hostile signer): such files get hashed instead.
-        let index = VerityIndex(pairs: [(digest("v1"), digest("a")), (digest("v2"), digest("b")), (digest("v1"), digest("c")),
-                                        (digest("v3"), digest("d")), (digest("v3"), digest("d"))])
+        var pairs = [("v1", "a"), ("v2", "b"), ("v1", "c"), ("v3", "d"), ("v3", "d")]
+            .map { VerityPair(verity: digest($0.0), content: digest($0.1)) }
+        let index = VerityIndex(sortingInPlace: &pairs)
         #expect(index.contentDigest(forVerity: digest("v1")) == nil)
         #expect(index.contentDigest(forVerity: digest("v2")) == digest("b"))
         #expect(index.contentDigest(forVerity: digest("v3")) == digest("d"))

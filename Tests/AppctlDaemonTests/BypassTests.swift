@@ -69,24 +69,18 @@ struct BypassTests {
     @Test func scriptsHandedToInterpretersAreDecidedByContent() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let marker = h.dir.file("marker")
-        func script(_ name: String, _ text: String) throws -> String {
-            let path = h.mount + "/" + name
-            try text.write(toFile: path, atomically: false, encoding: .utf8)
-            chmod(path, 0o755)
-            return path
-        }
-        let allowedShell = try script("allowed.sh", "#!/bin/sh\necho allowed-ran\n")
-        let allowedPython = try script("allowed.py", "import helper\nprint('allowed-py-ran', helper.VALUE)\n")
-        _ = try script("helper.py", "VALUE = 42\n")    // an import, not on the command line: data
-        let rc = try script("bashrc", "echo rc-ran\n")
+        let allowedShell = try h.writeScript("allowed.sh", "#!/bin/sh\necho allowed-ran\n")
+        let allowedPython = try h.writeScript("allowed.py", "import helper\nprint('allowed-py-ran', helper.VALUE)\n")
+        _ = try h.writeScript("helper.py", "VALUE = 42\n")    // an import, not on the command line: data
+        let rc = try h.writeScript("bashrc", "echo rc-ran\n")
         try h.writePolicy(allow: [h.mount + "/known", allowedShell, allowedPython])
         let cases: [(String, String)] = [
             ("sh", "#!/bin/sh\ntouch \(marker)\n"), ("bash", "touch \(marker)\n"), ("dash", "touch \(marker)\n"),
             ("python3", "open('\(marker)', 'w')\n"), ("perl", "open(F, '>', '\(marker)');\n"),
         ]
         var unknown: [(String, String)] = []
-        for (interpreter, body) in cases { unknown.append((interpreter, try script("evil-\(interpreter)", body))) }
-        let shebang = try script("evil-shebang.sh", "#!/bin/sh\ntouch \(marker)\n")
+        for (interpreter, body) in cases { unknown.append((interpreter, try h.writeScript("evil-\(interpreter)", body))) }
+        let shebang = try h.writeScript("evil-shebang.sh", "#!/bin/sh\ntouch \(marker)\n")
         try h.start(mode: "enforce")
 
         for (interpreter, path) in unknown {
@@ -113,22 +107,16 @@ struct BypassTests {
     @Test func scriptArgumentsAreDataButTheScriptIsStillFound() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let marker = h.dir.file("marker")
-        func file(_ name: String, _ text: String) throws -> String {
-            let path = h.mount + "/" + name
-            try text.write(toFile: path, atomically: false, encoding: .utf8)
-            chmod(path, 0o755)
-            return path
-        }
-        let reader = try file("reader.sh", "read -r line < \"$1\"; echo \"$line\"\n")   // the shell itself opens $1
-        let pyReader = try file("reader.py", "import sys\nprint(open(sys.argv[1]).read(), end='')\n")
-        let data = try file("data.txt", "not in any policy\n")
+        let reader = try h.writeScript("reader.sh", "read -r line < \"$1\"; echo \"$line\"\n")   // the shell itself opens $1
+        let pyReader = try h.writeScript("reader.py", "import sys\nprint(open(sys.argv[1]).read(), end='')\n")
+        let data = try h.writeScript("data.txt", "not in any policy\n")
         // A user's file: one only root can write would get a kernel-side verdict at its first plain open.
         #expect(chown(data, 1000, 1000) == 0)
-        let evilSh = try file("evil.sh", "touch \(marker)\n")
-        let evilPy = try file("evil.py", "open('\(marker)', 'w')\n")
-        _ = try file("posix", "harmless\n")     // an option value that also names a file
+        let evilSh = try h.writeScript("evil.sh", "touch \(marker)\n")
+        let evilPy = try h.writeScript("evil.py", "open('\(marker)', 'w')\n")
+        _ = try h.writeScript("posix", "harmless\n")     // an option value that also names a file
         try FileManager.default.createDirectory(atPath: h.mount + "/app", withIntermediateDirectories: true)
-        _ = try file("app/__main__.py", "open('\(marker)', 'w')\n")
+        _ = try h.writeScript("app/__main__.py", "open('\(marker)', 'w')\n")
         try h.writePolicy(allow: [h.mount + "/known", reader, pyReader])
         try h.start(mode: "enforce")
         #expect(try h.execResult("/bin/sh \(reader) \(data)").stdout == "not in any policy\n")

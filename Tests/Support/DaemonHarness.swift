@@ -57,6 +57,15 @@ public final class DaemonHarness: @unchecked Sendable {
         mounts.append(path)
     }
 
+    /// Writes a text file (a script, or data) into the tmpfs, mode 0755, and returns its path.
+    @discardableResult
+    public func writeScript(_ name: String, _ text: String) throws -> String {
+        let path = mount + "/" + name
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        chmod(path, 0o755)
+        return path
+    }
+
     /// Copies a program into the tmpfs (mode 0755) and returns its path.
     @discardableResult
     public func copyExecutable(_ source: String, to name: String, appending extra: [UInt8] = []) throws -> String {

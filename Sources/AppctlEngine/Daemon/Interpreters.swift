@@ -50,7 +50,7 @@ struct InterpreterRule: Sendable {
         for candidate in configured {
             guard let resolved = realPath(candidate) else { continue }
             let family = InterpreterFamily(executableName: String(resolved.split(separator: "/").last ?? ""))
-            paths[resolved, default: family] = merge(paths[resolved] ?? family, family)
+            paths[resolved] = merge(paths[resolved] ?? family, family)
             if let id = try? fileIdentity(resolved) { files[[id.device, id.inode]] = merge(files[[id.device, id.inode]] ?? family, family) }
             if let fd = try? FileDescriptor.open(resolved, [.readOnly, .nonBlocking]) {
                 // The same content under two names of different families (busybox as sh and awk): every argument counts.

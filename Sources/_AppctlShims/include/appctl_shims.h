@@ -92,12 +92,9 @@ struct appctl_file_status {
 };
 #define APPCTL_STATX_ATTR_VERITY 0x00100000ULL   // STATX_ATTR_VERITY
 
-/// 0, or -1 with errno set.
-int appctl_fd_status(int fd, struct appctl_file_status *out);
-
-/// The mount id of an open file (`statx` with `AT_STATX_DONT_SYNC`: a FUSE or NFS filesystem is not asked,
-/// so a server that never answers cannot stall the caller). 0 when the kernel does not report it.
-int appctl_mount_id(int fd, uint64_t *mount_id);
+/// 0, or -1 with errno set. `cached_only`: `AT_STATX_DONT_SYNC`, so a FUSE or NFS filesystem is not asked
+/// (a server that never answers cannot stall the caller; its attributes may then be stale).
+int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out);
 
 // ---- fs-verity ----
 
