@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "appctl",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "appctl", targets: ["appctl"]),
     ],
@@ -19,23 +18,27 @@ let package = Package(
         ),
         // The kernel and library boundary: syscalls, fanotify, seccomp, OpenSSL.
         .target(name: "AppctlKernel", dependencies: ["_AppctlShims"]),
-        // Pure logic: digests, the policy format, signing, decisions. Testable without root.
+        // The policy language and the rule: the format, the decision, the verdict, the control protocol.
+        // Testable without root.
         .target(name: "AppctlCore", dependencies: ["AppctlKernel"]),
-        // Host-facing work: the learning scanner, the dpkg database, the enforcement daemon.
-        .target(name: "AppctlEngine", dependencies: ["AppctlCore", "AppctlKernel"]),
+        // Learning a host: the scanner and the dpkg database.
+        .target(name: "AppctlLearn", dependencies: ["AppctlCore", "AppctlKernel"]),
+        // The enforcement daemon: a composition root over the event pipeline (Sources/README.md).
+        .target(name: "AppctlDaemon", dependencies: ["AppctlCore", "AppctlKernel"]),
         .executableTarget(
             name: "appctl",
             dependencies: [
-                "AppctlEngine", "AppctlCore", "AppctlKernel",
+                "AppctlLearn", "AppctlDaemon", "AppctlCore", "AppctlKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Scaffolding shared by the test targets: temporary trees, running the built binary, root checks.
         .target(name: "AppctlTestSupport", dependencies: ["AppctlCore", "AppctlKernel"], path: "Tests/Support"),
         .testTarget(name: "AppctlCoreTests", dependencies: ["AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
-        .testTarget(name: "AppctlEngineTests", dependencies: ["AppctlEngine", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        // Without root: learn, config, the CLI, hashing, and the daemon's decision ladder with a fake kernel.
+        .testTarget(name: "AppctlUnitTests", dependencies: ["AppctlLearn", "AppctlDaemon", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         // Real-kernel tests of the daemon: root, fanotify, tmpfs mounts of their own.
-        .testTarget(name: "AppctlDaemonTests", dependencies: ["AppctlEngine", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        .testTarget(name: "AppctlIntegrationTests", dependencies: ["AppctlDaemon", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

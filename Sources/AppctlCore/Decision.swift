@@ -1,13 +1,3 @@
-/// How the daemon treats what the policy does not know.
-public enum Mode: String, Sendable, CaseIterable {
-    /// Unknown content is denied (`EPERM`).
-    case enforce
-    /// Unknown content runs and is recorded as `would-deny`.
-    case monitor
-    /// Unknown content runs and is recorded for a new inventory fragment.
-    case learn
-}
-
 /// Why a decision came out as it did; written into events and `check` output.
 public enum Reason: String, Sendable {
     case known

@@ -27,16 +27,7 @@ public struct DigestSet: Sendable {
     public var count: Int { sorted.count }
 
     public func contains(_ digest: SHA256Digest) -> Bool {
-        sorted.withUnsafeBufferPointer { buf in
-            var lo = 0, hi = buf.count
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                let v = buf[mid]
-                if v == digest { return true }
-                if v < digest { lo = mid + 1 } else { hi = mid }
-            }
-            return false
-        }
+        sorted.withUnsafeBufferPointer { binarySearch($0, for: digest, by: { $0 }) } != nil
     }
 }
 
@@ -81,16 +72,7 @@ public struct VerityIndex: Sendable {
 
     /// The content digest the policy pairs with this fs-verity digest, if any.
     public func contentDigest(forVerity digest: SHA256Digest) -> SHA256Digest? {
-        pairs.withUnsafeBufferPointer { buf in
-            var lo = 0, hi = buf.count
-            while lo < hi {
-                let mid = (lo &+ hi) >> 1
-                let v = buf[mid].verity
-                if v == digest { return buf[mid].content }
-                if v < digest { lo = mid + 1 } else { hi = mid }
-            }
-            return nil
-        }
+        pairs.withUnsafeBufferPointer { buf in binarySearch(buf, for: digest, by: \.verity).map { buf[$0].content } }
     }
 }
 
@@ -197,4 +179,18 @@ public enum Lookup: String, Sendable {
     case unknown
     /// In the deny list: denied in every mode.
     case blocklisted
+}
+
+/// The one binary search of the sorted policy arrays: the index of an element whose key is `target`, or nil.
+@inline(__always)
+func binarySearch<Element>(_ buffer: UnsafeBufferPointer<Element>, for target: SHA256Digest,
+                           by key: (Element) -> SHA256Digest) -> Int? {
+    var lo = 0, hi = buffer.count
+    while lo < hi {
+        let mid = (lo &+ hi) >> 1
+        let v = key(buffer[mid])
+        if v == target { return mid }
+        if v < target { lo = mid + 1 } else { hi = mid }
+    }
+    return nil
 }

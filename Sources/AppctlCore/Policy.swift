@@ -145,11 +145,10 @@ public enum PathEscaping {
     }
 
     private static func escape(_ bytes: some Sequence<UInt8>, when mustEscape: (UInt8) -> Bool) -> String {
-        let hex = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         for b in bytes {
             if mustEscape(b) {
-                out.append(UInt8(ascii: "%")); out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 15)])
+                out.append(UInt8(ascii: "%")); out.append(contentsOf: Hex.encode([b]).utf8)
             } else {
                 out.append(b)
             }
@@ -164,7 +163,7 @@ public enum PathEscaping {
         var it = escaped.makeIterator()
         while let b = it.next() {
             if b == UInt8(ascii: "%") {
-                guard let h = it.next(), let l = it.next(), let hv = hexDigit(h), let lv = hexDigit(l) else { return nil }
+                guard let h = it.next(), let l = it.next(), let hv = Hex.value(h), let lv = Hex.value(l) else { return nil }
                 let v = hv << 4 | lv
                 // Only bytes that must be escaped may be: one spelling per value.
                 let mustEscape = token ? (v <= 0x20 || v >= 0x7f || v == UInt8(ascii: "%"))
@@ -187,7 +186,7 @@ public enum PathEscaping {
         while i < n {
             let b = bytes[i]
             if b == UInt8(ascii: "%") {
-                guard i + 2 < n, let h = hexDigit(bytes[i + 1]), let l = hexDigit(bytes[i + 2]) else { return false }
+                guard i + 2 < n, let h = Hex.value(bytes[i + 1]), let l = Hex.value(bytes[i + 2]) else { return false }
                 let v = h << 4 | l
                 guard v <= 0x20 || v >= 0x7f || v == UInt8(ascii: "%") else { return false }
                 i += 3
@@ -202,12 +201,5 @@ public enum PathEscaping {
     public static func unescapedString(_ escaped: String) -> String {
         String(decoding: unescape(escaped.utf8, token: false) ?? Array(escaped.utf8), as: UTF8.self)
     }
-
-    private static func hexDigit(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        default: return nil
-        }
-    }
 }
+

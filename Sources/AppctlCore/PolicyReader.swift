@@ -233,7 +233,7 @@ private struct Parser {
                 throw fail(.malformed, "expected the signature line or the end of the file")
             }
             let hex = line.dropFirst(10)
-            guard hex.count == 128, let bytes = decodeHex(hex) else {
+            guard hex.count == 128, let bytes = Hex.decode(hex) else {
                 throw fail(.malformed, "malformed signature line (expected 128 lowercase hex digits)")
             }
             signature = bytes
@@ -269,7 +269,7 @@ private struct Parser {
             }
             if key == "issued" { issued = t } else { expires = t }
         case "key-id":
-            guard value.count == 16, value.allSatisfy({ hexValueLower($0) != nil }) else {
+            guard value.count == 16, value.allSatisfy({ Hex.value($0) != nil }) else {
                 throw fail(.malformed, "key-id must be 16 lowercase hex digits")
             }
             keyID = text(value)
@@ -417,13 +417,6 @@ private func text(_ bytes: some Collection<UInt8>) -> String {
     return bytes.count > 200 ? s + "…" : s
 }
 
-@inline(__always)
-private func hexValueLower(_ c: UInt8) -> UInt64? {
-    if c >= 48 && c <= 57 { return UInt64(c - 48) }
-    if c >= 97 && c <= 102 { return UInt64(c - 87) }
-    return nil
-}
-
 /// A canonical decimal: digits only, no leading zero unless the number is 0, fits in UInt64.
 private func parseDecimal(_ b: UnsafeBufferPointer<UInt8>) -> UInt64? {
     guard !b.isEmpty, b.count <= 19 else { return nil }
@@ -460,15 +453,4 @@ private func parseDigest(_ line: UnsafeBufferPointer<UInt8>, at offset: Int) -> 
         w0 = w0 << 4 | UInt64(a); w1 = w1 << 4 | UInt64(b); w2 = w2 << 4 | UInt64(c); w3 = w3 << 4 | UInt64(d)
     }
     return seen & 0xf0 == 0 ? SHA256Digest(w0: w0, w1: w1, w2: w2, w3: w3) : nil
-}
-
-private func decodeHex(_ hex: some Collection<UInt8>) -> [UInt8]? {
-    guard hex.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    var it = hex.makeIterator()
-    while let h = it.next(), let l = it.next() {
-        guard let hv = hexValueLower(h), let lv = hexValueLower(l) else { return nil }
-        out.append(UInt8(hv << 4 | lv))
-    }
-    return out
 }

@@ -82,3 +82,25 @@ public final class AtomicFileWriter {
 
     deinit { abort() }
 }
+
+extension AtomicFileWriter {
+    /// Writes `bytes` as the whole new content of `path`, atomically: the one helper for the write, commit,
+    /// abort-on-failure sequence (state files, metrics, keys).
+    public static func write(_ bytes: [UInt8], to path: String, permissions: mode_t = 0o644, overwrite: Bool = true) throws(Errno) {
+        let file = try AtomicFileWriter(path: path, permissions: permissions, overwrite: overwrite)
+        do throws(Errno) {
+            try file.descriptor.writeAll(bytes)
+            try file.commit()
+        } catch {
+            file.abort()
+            throw error
+        }
+    }
+}
+
+/// Creates the directory that holds `path` (one level, `mode`), when missing; errors are left to the write
+/// that follows, which names the path.
+public func createParentDirectory(of path: String, mode: mode_t) {
+    guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
+    if mkdir(String(path[..<slash]), mode) == 0 { chmod(String(path[..<slash]), mode) }
+}

@@ -29,7 +29,7 @@ public struct SHA256Digest: Hashable, Comparable, Sendable, CustomStringConverti
         var words: [UInt64] = [0, 0, 0, 0]
         var i = 0
         for c in hex {
-            guard let v = hexValue(c) else { return nil }
+            guard let v = Hex.value(c) else { return nil }
             words[i >> 4] = (words[i >> 4] << 4) | UInt64(v)
             i += 1
         }
@@ -65,23 +65,6 @@ public struct SHA256Digest: Hashable, Comparable, Sendable, CustomStringConverti
         Array(bytes).withUnsafeBytes { hasher.update($0) }
         return hasher.finish().sha256
     }
-}
-
-@inline(__always)
-func hexValue(_ c: UInt8) -> UInt8? {
-    switch c {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): return c &- UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): return c &- UInt8(ascii: "a") &+ 10
-    default: return nil
-    }
-}
-
-private let hexDigits = Array("0123456789abcdef".utf8)
-
-public func hexString(_ bytes: some Sequence<UInt8>) -> String {
-    var out = [UInt8]()
-    for b in bytes { out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 15)]) }
-    return String(decoding: out, as: UTF8.self)
 }
 
 /// SHA-256 (and optionally MD5, for dpkg's records) over a stream of bytes, through OpenSSL EVP.

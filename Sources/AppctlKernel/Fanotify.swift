@@ -9,6 +9,9 @@ import Glibc
 public struct FanotifyGroup: Sendable {
     public let descriptor: FileDescriptor
 
+    /// Wraps a group descriptor that `create` made.
+    public init(descriptor: FileDescriptor) { self.descriptor = descriptor }
+
     /// Events of interest, `mask` bits of `fanotify_mark(2)`.
     public struct Events: OptionSet, Sendable {
         public var rawValue: UInt64
@@ -55,15 +58,9 @@ public struct FanotifyGroup: Sendable {
         defer { buffer.deallocate() }
         while true {
             guard let n = try? descriptor.read(into: buffer), n > 0 else { return (count, overflowed) }
-            var offset = 0
-            let bytes = UnsafeRawBufferPointer(buffer)
-            while offset + 24 <= n {
-                let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-                guard length >= 24, offset + length <= n else { break }
-                let mask = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
-                if mask & events.rawValue != 0 { count += 1 }
-                if mask & Events.queueOverflow.rawValue != 0 { overflowed = true }
-                offset += length
+            FanotifyEvent.walk(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) { event in
+                if event.mask & events.rawValue != 0 { count += 1 }
+                if event.mask & Events.queueOverflow.rawValue != 0 { overflowed = true }
             }
         }
     }
@@ -143,7 +140,8 @@ public struct FanotifyGroup: Sendable {
 
 /// One event from the group. `fd` is an open, read-only descriptor of the file the event is about;
 /// the receiver closes it after answering.
-public struct FanotifyEvent: Sendable {
+public struct FanotifyEvent: Sendable, Equatable {
+    public init(mask: UInt64, fd: Int32, pid: Int32) { self.mask = mask; self.fd = fd; self.pid = pid }
     public var mask: UInt64
     public var fd: Int32
     public var pid: Int32
@@ -154,77 +152,32 @@ public struct FanotifyEvent: Sendable {
         mask & (UInt64(FAN_OPEN_EXEC_PERM) | UInt64(FAN_OPEN_PERM) | UInt64(FAN_ACCESS_PERM)) != 0
     }
 
-    /// Walks `struct fanotify_event_metadata` records by `event_len` (the FAN_EVENT_OK /
-    /// FAN_EVENT_NEXT macros, which do not import into Swift), checking the version.
+    /// Whether the event is a question about an exec (`FAN_OPEN_EXEC_PERM`).
+    public var isExec: Bool { mask & FanotifyGroup.Events.openExecPermission.rawValue != 0 }
+
+    /// The events in a buffer read from a group.
     static func parse(_ bytes: UnsafeRawBufferPointer) -> [FanotifyEvent] {
         var events: [FanotifyEvent] = []
+        walk(bytes) { events.append($0) }
+        return events
+    }
+
+    /// The one walker of `struct fanotify_event_metadata` records: steps by `event_len` (what the FAN_EVENT_OK /
+    /// FAN_EVENT_NEXT macros do; they do not import into Swift), and stops at a record that is short, runs past
+    /// the buffer or has another metadata version. Records of `FAN_REPORT_FID` groups carry info records after
+    /// the metadata; `event_len` covers them, and their `fd` is `FAN_NOFD`.
+    public static func walk(_ bytes: UnsafeRawBufferPointer, _ body: (FanotifyEvent) -> Void) {
         var offset = 0
         let headerSize = MemoryLayout<fanotify_event_metadata>.size   // 24
         while offset + headerSize <= bytes.count {
             let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
             let version = bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt8.self)
-            guard length >= headerSize, offset + length <= bytes.count, version == UInt8(FANOTIFY_METADATA_VERSION) else { break }
-            events.append(FanotifyEvent(
+            guard length >= headerSize, offset + length <= bytes.count, version == UInt8(FANOTIFY_METADATA_VERSION) else { return }
+            body(FanotifyEvent(
                 mask: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self),
                 fd: bytes.loadUnaligned(fromByteOffset: offset + 16, as: Int32.self),
                 pid: bytes.loadUnaligned(fromByteOffset: offset + 20, as: Int32.self)))
             offset += length
         }
-        return events
     }
-}
-
-/// An eventfd used to wake a thread blocked in `poll` (shutdown, new work).
-public struct EventNotifier: Sendable {
-    public let descriptor: FileDescriptor
-
-    public init() throws(Errno) {
-        let fd = try retryingOnInterrupt { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
-        descriptor = FileDescriptor(rawValue: fd)
-    }
-
-    public func signal() {
-        var one: UInt64 = 1
-        _ = write(descriptor.rawValue, &one, 8)
-    }
-}
-
-/// `poll(2)` through the wrapper. Returns the `revents` of each descriptor, in order.
-public func pollDescriptors(_ entries: [(FileDescriptor, Int16)], timeoutMilliseconds: Int32) throws(Errno) -> [Int16] {
-    var fds = entries.map { pollfd(fd: $0.0.rawValue, events: $0.1, revents: 0) }
-    _ = try retryingOnInterrupt { poll(&fds, nfds_t(fds.count), timeoutMilliseconds) }
-    return fds.map(\.revents)
-}
-
-/// The path a descriptor refers to, as `/proc/self/fd/N` shows it (`(deleted)` suffix included).
-public func pathOfDescriptor(_ fd: Int32) -> String {
-    readLink("/proc/self/fd/\(fd)") ?? "?"
-}
-
-public func readLink(_ path: String) -> String? {
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    let n = buffer.withUnsafeMutableBufferPointer { b in
-        b.withMemoryRebound(to: CChar.self) { readlink(path, $0.baseAddress!, 4095) }
-    }
-    guard n >= 0 else { return nil }
-    return String(decoding: buffer[0..<n], as: UTF8.self)
-}
-
-/// Starts a dedicated OS thread (blocking kernel loops must not run on Swift's cooperative pool).
-public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
-    final class Box: @unchecked Sendable {   // handed across pthread_create exactly once
-        let body: @Sendable () -> Void
-        let name: String
-        init(_ body: @escaping @Sendable () -> Void, _ name: String) { self.body = body; self.name = name }
-    }
-    let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { raw in
-        let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
-        appctl_set_thread_name(String(box.name.prefix(15)))
-        box.body()
-        return nil
-    }, box)
-    precondition(rc == 0, "pthread_create failed: \(rc)")
-    pthread_detach(thread)
 }

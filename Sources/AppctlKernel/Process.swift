@@ -126,63 +126,10 @@ public func globMatches(_ pattern: String, _ text: String) -> Bool {
     fnmatch(pattern, text, 0) == 0
 }
 
-/// What /proc says about a process, for event records. Missing fields stay empty (the process may be gone).
-public struct ProcessInfo: Sendable {
-    public var exe = ""
-    public var comm = ""
-    public var ppid: Int32 = 0
-    public var uid: Int64 = -1
 
-    public init(pid: Int32) {
-        exe = readLink("/proc/\(pid)/exe") ?? ""
-        do {
-            if let bytes = try? readSmallFile("/proc/\(pid)/status", limit: 1 << 16) {
-                for line in bytes.split(separator: UInt8(ascii: "\n")) {
-                    let text = String(decoding: line, as: UTF8.self)
-                    if text.hasPrefix("Name:") { comm = text.dropFirst(5).trimmingWhitespace() }
-                    if text.hasPrefix("PPid:") { ppid = Int32(text.dropFirst(5).trimmingWhitespace()) ?? 0 }
-                    if text.hasPrefix("Uid:") { uid = Int64(text.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).first ?? "") ?? -1 }
-                }
-            }
-        }
-    }
-}
 
-extension Substring {
-    func trimmingWhitespace() -> String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
-}
 
-/// Lowers the calling thread's CPU priority (nice 0 to 19): hashing must not take the CPU from the
-/// thread that answers cache hits. (On Linux, PRIO_PROCESS with a thread id applies to that thread only.)
-public func lowerThreadPriority(nice: Int32) {
-    appctl_set_thread_nice(nice)
-}
 
-/// Sets the calling thread's nice value; negative values need CAP_SYS_NICE (ignored without it).
-public func setThreadNice(_ nice: Int32) {
-    appctl_set_thread_nice(nice)
-}
-
-/// Nanoseconds on the monotonic clock.
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-/// Wall-clock time as RFC 3339 with nanoseconds, UTC: `2026-11-26T16:21:18.123456789Z`.
-public func rfc3339Now() -> String {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    var tmValue = tm()
-    var seconds = ts.tv_sec
-    gmtime_r(&seconds, &tmValue)
-    func pad(_ v: Int32, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
-    let ns = String(ts.tv_nsec)
-    return "\(pad(tmValue.tm_year + 1900, 4))-\(pad(tmValue.tm_mon + 1, 2))-\(pad(tmValue.tm_mday, 2))T\(pad(tmValue.tm_hour, 2)):\(pad(tmValue.tm_min, 2)):\(pad(tmValue.tm_sec, 2)).\(String(repeating: "0", count: 9 - ns.count) + ns)Z"
-}
 
 /// Makes allocations of 128 KiB and more (the 1 MiB read buffers, the policy reader's buffer, a policy's
 /// digest array) come straight from `mmap` and go back to the kernel when freed. By default glibc raises

@@ -1,5 +1,5 @@
 import AppctlCore
-import AppctlEngine
+import AppctlDaemon
 import AppctlKernel
 import ArgumentParser
 #if canImport(Glibc)
@@ -14,8 +14,8 @@ struct SocketOption: ParsableArguments {
     var path: String { socket ?? DaemonConfiguration().socketPath }
 }
 
-/// Sends one command to the daemon; returns the reply's first line and the rest.
-func sendControl(_ command: String, socket: String) throws(CommandFailure) -> (head: String, body: String) {
+/// Sends one request to the daemon; returns its reply, or throws the daemon's refusal as a one-line failure.
+func sendControl(_ request: ControlRequest, socket: String) throws(CommandFailure) -> ControlReply {
     let fd: FileDescriptor
     do { fd = try connectUnix(socket) } catch {
         throw CommandFailure("\(socket): cannot reach the daemon: \(error)\(error == .permissionDenied ? " (the control socket is root-only)" : "")")
@@ -23,19 +23,19 @@ func sendControl(_ command: String, socket: String) throws(CommandFailure) -> (h
     defer { fd.close() }
     // The daemon may answer (a refusal) and close before reading: keep reading its reply.
     signal(SIGPIPE, SIG_IGN)
+    let reply: ControlReply
     do {
-        try? fd.writeAll(Array((command + "\n").utf8))
-        let reply = String(decoding: try fd.readAll(limit: 1 << 20), as: UTF8.self)
-        let head = String(reply.prefix { $0 != "\n" })
-        let body = reply.count > head.count ? String(reply.dropFirst(head.count + 1)) : ""
-        if head.hasPrefix("error") { throw CommandFailure(String(head.dropFirst(6))) }
-        return (head, body.hasSuffix("\n") ? String(body.dropLast()) : body)
-    } catch let failure as CommandFailure {
-        throw failure
+        try? fd.writeAll(Array((request.line + "\n").utf8))
+        reply = ControlReply(wire: String(decoding: try fd.readAll(limit: 1 << 20), as: UTF8.self))
     } catch {
         throw CommandFailure("\(socket): \(error)")
     }
+    if !reply.ok { throw CommandFailure(reply.head) }
+    return reply
 }
+
+/// `--mode` and the mode commands take the same words as the config file and the control socket.
+extension Mode: ExpressibleByArgument {}
 
 extension Appctl {
     struct Daemon: ParsableCommand {
@@ -57,8 +57,8 @@ extension Appctl {
         @Option(help: ArgumentHelp("Config file (key = value lines).", valueName: "file"))
         var config: String?
 
-        @Option(help: ArgumentHelp("enforce, monitor or learn.", valueName: "mode"))
-        var mode: String?
+        @Option(help: ArgumentHelp("enforce, monitor or learn (default: the config file's, else monitor).", valueName: "mode"))
+        var mode: Mode?
 
         @Option(help: ArgumentHelp("The signed policy.", valueName: "file"))
         var policy: String?
@@ -101,10 +101,7 @@ extension Appctl {
                     throw CommandFailure(error.description)
                 }
             }
-            if let mode {
-                guard let m = AppctlCore.Mode(rawValue: mode) else { throw CommandFailure("--mode must be enforce, monitor or learn", exitCode: 2) }
-                configuration.mode = m
-            }
+            if let mode { configuration.mode = mode }
             if let policy { configuration.policyPath = policy }
             if let key { configuration.publicKeyPath = key }
             if !paths.isEmpty { configuration.paths = paths }
@@ -126,18 +123,11 @@ extension Appctl {
             do { signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP]) } catch {
                 throw CommandFailure("cannot set up signal handling: \(error)")
             }
-            let daemon: AppctlEngine.Daemon
-            do { daemon = try AppctlEngine.Daemon(configuration: configuration, hostname: hostName()) } catch {
+            let daemon: AppctlDaemon.Daemon
+            do { daemon = try AppctlDaemon.Daemon(configuration: configuration, hostname: hostName()) } catch {
                 throw CommandFailure(error.description)
             }
-            if let policyPath = configuration.policyPath, configuration.publicKeyPath != nil,
-               configuration.mode == .enforce || (try? linkStatus(policyPath)) != nil {
-                if case .failure(let refusal) = daemon.reload(reason: "start-up"), configuration.mode == .enforce {
-                    throw CommandFailure("refusing to start in enforce mode without a valid policy: \(refusal)")
-                }
-            } else if configuration.mode == .enforce {
-                throw CommandFailure("refusing to start in enforce mode without a valid policy: no --policy and --key")
-            }
+            do { try daemon.loadInitialPolicy() } catch { throw CommandFailure(error.description) }
             let server: ControlServer
             do { server = try ControlServer(path: configuration.socketPath) } catch {
                 throw CommandFailure("\(configuration.socketPath): cannot create the control socket: \(error)")
@@ -163,22 +153,37 @@ extension Appctl {
         var json = false
 
         func run() throws {
-            let (head, body) = try sendControl(json ? "status json" : "status", socket: control.path)
-            print(body)
-            if head != "ok ready" { throw ExitCode(1) }
+            let reply = try sendControl(.status(json: json), socket: control.path)
+            print(reply.body)
+            if reply.head != "ready" { throw ExitCode(1) }
         }
     }
 
     struct Enforce: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Switch the running daemon to enforce mode (unknown programs are denied).")
+        static let configuration = CommandConfiguration(
+            abstract: "Switch the running daemon to enforce mode (unknown programs are denied).",
+            discussion: "Refused while no valid policy is loaded. Blocklisted content is denied in every mode.")
         @OptionGroup var control: SocketOption
-        func run() throws { print(try sendControl("mode enforce", socket: control.path).head.dropFirst(3)) }
+        func run() throws { print(try sendControl(.setMode(.enforce), socket: control.path).head) }
     }
 
     struct Monitor: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Switch the running daemon to monitor mode (unknown programs run, logged as would-deny).")
         @OptionGroup var control: SocketOption
-        func run() throws { print(try sendControl("mode monitor", socket: control.path).head.dropFirst(3)) }
+        func run() throws { print(try sendControl(.setMode(.monitor), socket: control.path).head) }
+    }
+
+    struct LearnMode: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "learn-mode",
+            abstract: "Switch the running daemon to learn mode (unknown programs run and are recorded).",
+            discussion: """
+                What runs and the policy lacks is written to the daemon's learn fragment (learn-out in the config,
+                default /var/lib/appctl/learned.txt) every learn-flush-seconds and at exit. Review it, sign it with
+                'appctl policy sign', reload, then 'appctl enforce'. ('appctl learn' scans a file tree instead.)
+                """)
+        @OptionGroup var control: SocketOption
+        func run() throws { print(try sendControl(.setMode(.learn), socket: control.path).head) }
     }
 
     struct Reload: ParsableCommand {
@@ -187,6 +192,6 @@ extension Appctl {
             discussion: "On any failure (signature, rollback, expiry, scope) the current policy stays; exit 1 and the reason."
         )
         @OptionGroup var control: SocketOption
-        func run() throws { print(try sendControl("reload", socket: control.path).head.dropFirst(3)) }
+        func run() throws { print(try sendControl(.reload, socket: control.path).head) }
     }
 }

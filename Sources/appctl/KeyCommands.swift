@@ -48,16 +48,7 @@ extension Appctl {
             }
 
             private func write(_ bytes: [UInt8], to path: String, permissions: mode_t) throws(CommandFailure) {
-                do {
-                    let file = try AtomicFileWriter(path: path, permissions: permissions, overwrite: false)
-                    do {
-                        try file.descriptor.writeAll(bytes)
-                        try file.commit()
-                    } catch {
-                        file.abort()
-                        throw error
-                    }
-                } catch {
+                do { try AtomicFileWriter.write(bytes, to: path, permissions: permissions, overwrite: false) } catch {
                     throw CommandFailure("\(path): cannot write key: \(error)")
                 }
             }

@@ -1,5 +1,5 @@
 import AppctlCore
-import AppctlEngine
+import AppctlLearn
 import AppctlKernel
 import ArgumentParser
 #if canImport(Glibc)

@@ -1,5 +1,4 @@
 import AppctlCore
-import AppctlEngine
 import AppctlKernel
 import ArgumentParser
 #if canImport(Glibc)

@@ -5,17 +5,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// What the first bytes of an opened file say about it.
-enum ContentClass: Sendable {
-    /// An ELF object: whoever opens it may be about to map it as code (the loader, dlopen,
-    /// LD_PRELOAD, LD_AUDIT, `ld.so ./x`). Decided like an exec.
-    case elf
-    /// Starts with `#!`.
-    case shebang
-    /// Anything else: decided only when an interpreter opens it as its program.
-    case other
-}
-
 /// The interpreter rule (Policies/INTERPRETERS.md): a process counts as an interpreter when its
 /// executable is one of the configured interpreters, recognised by **content** (the digest of what it
 /// exec'd, so a renamed copy of dash is still dash) or, when the exec predates the daemon, by path.
@@ -117,13 +106,4 @@ struct InterpreterRule: Sendable {
     }
 
     static let maximumArguments = 4096
-}
-
-/// The content class of a file, by its first bytes, read from the event's descriptor.
-func contentClass(of fd: Int32) -> ContentClass {
-    var head: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
-    let n = withUnsafeMutableBytes(of: &head) { pread(fd, $0.baseAddress, 4, 0) }
-    if n == 4, head.0 == 0x7f, head.1 == UInt8(ascii: "E"), head.2 == UInt8(ascii: "L"), head.3 == UInt8(ascii: "F") { return .elf }
-    if n >= 2, head.0 == UInt8(ascii: "#"), head.1 == UInt8(ascii: "!") { return .shebang }
-    return .other
 }

@@ -1,5 +1,5 @@
 import AppctlCore
-import AppctlEngine
+import AppctlDaemon
 import AppctlKernel
 import AppctlTestSupport
 import Foundation

@@ -1,5 +1,5 @@
 import AppctlCore
-import AppctlEngine
+@testable import AppctlDaemon
 import Foundation
 import Testing
 

@@ -1,4 +1,4 @@
-@testable import AppctlEngine
+@testable import AppctlDaemon
 import Testing
 
 /// Which argument of an interpreter's command line is its program. Every case where the parser is unsure

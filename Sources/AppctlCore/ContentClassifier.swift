@@ -1,8 +1,31 @@
 import AppctlCore
 import AppctlKernel
 
+/// What the first bytes of an opened file say about it.
+public enum ContentClass: Sendable {
+    /// An ELF object: whoever opens it may be about to map it as code (the loader, dlopen,
+    /// LD_PRELOAD, LD_AUDIT, `ld.so ./x`). Decided like an exec.
+    case elf
+    /// Starts with `#!`.
+    case shebang
+    /// Anything else: decided only when an interpreter opens it as its program.
+    case other
+}
+
 /// Decides what kind of executable content a file holds, by its bytes and mode, never by its name.
 public enum ContentClassifier {
+    /// The one sniffer of "ELF or `#!`" (learn, the daemon, `check`): the first bytes of a file.
+    public static func sniff(_ head: some Collection<UInt8>) -> ContentClass {
+        var it = head.makeIterator()
+        let b0 = it.next(), b1 = it.next(), b2 = it.next(), b3 = it.next()
+        if b0 == 0x7f, b1 == UInt8(ascii: "E"), b2 == UInt8(ascii: "L"), b3 == UInt8(ascii: "F") { return .elf }
+        if b0 == UInt8(ascii: "#"), b1 == UInt8(ascii: "!") { return .shebang }
+        return .other
+    }
+
+    /// How many bytes `sniff` looks at.
+    public static let sniffLength = 4
+
     /// How many leading bytes `classify` needs: an ELF64 header is 64 bytes.
     public static let headerLength = 64
 
@@ -12,11 +35,11 @@ public enum ContentClassifier {
     /// - Returns: nil for content that is not executable (data, object files, kernel modules).
     public static func classify(head: [UInt8], executableBit: Bool,
                                 readAt: (_ offset: Int64, _ count: Int) -> [UInt8]) -> FileKind? {
-        if head.count >= 4, head[0] == 0x7f, head[1] == UInt8(ascii: "E"), head[2] == UInt8(ascii: "L"), head[3] == UInt8(ascii: "F") {
-            return classifyELF(head, readAt: readAt) ?? (executableBit ? .otherExec : nil)
+        switch sniff(head) {
+        case .elf: return classifyELF(head, readAt: readAt) ?? (executableBit ? .otherExec : nil)
+        case .shebang: return .script
+        case .other: return executableBit ? .otherExec : nil
         }
-        if head.count >= 2, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") { return .script }
-        return executableBit ? .otherExec : nil
     }
 
     /// ET_EXEC and ET_DYN with PT_INTERP (PIE programs) are programs; ET_DYN without an

@@ -30,11 +30,17 @@ public final class PolicyState: Sendable {
         self.hostname = hostname
     }
 
-    /// The mode and the policy's verdict for a digest, read together under one lock.
-    public func decide(_ digest: SHA256Digest) -> (Decision, serial: UInt64?, mode: Mode) {
+    /// The policy's verdict on a digest, with the serial and mode it was made under (read together under one lock).
+    public func decide(_ digest: SHA256Digest, layer: Verdict.Layer = .digest) -> Verdict {
         current.withLock { c in
-            (Decision.decide(c.policy?.lookup(digest), mode: c.mode), c.policy?.header.serial, c.mode)
+            Verdict(Decision.decide(c.policy?.lookup(digest), mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer)
         }
+    }
+
+    /// A verdict that does not depend on the content (own process, unreadable, size filter, shutdown), stamped
+    /// with the serial and mode in force.
+    public func verdict(layer: Verdict.Layer, _ decision: (Mode) -> Decision) -> Verdict {
+        current.withLock { c in Verdict(decision(c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer) }
     }
 
     public var mode: Mode { current.withLock { $0.mode } }
@@ -56,10 +62,18 @@ public final class PolicyState: Sendable {
     }
     public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode } }
 
-    public var snapshot: (policy: PolicyHeader?, path: String?, mode: Mode, lastError: String?, allowCount: Int, denyCount: Int) {
-        current.withLock { c in
-            (c.policy?.header, c.policy?.path, c.mode, c.lastError, c.policy?.header.allowCount ?? 0, c.policy?.header.denyCount ?? 0)
-        }
+    /// What `status` shows of the policy, read under one lock.
+    public struct Snapshot: Sendable {
+        public var policy: PolicyHeader?
+        public var path: String?
+        public var mode: Mode
+        public var lastError: String?
+        public var allowCount: Int { policy?.allowCount ?? 0 }
+        public var denyCount: Int { policy?.denyCount ?? 0 }
+    }
+
+    public var snapshot: Snapshot {
+        current.withLock { c in Snapshot(policy: c.policy?.header, path: c.policy?.path, mode: c.mode, lastError: c.lastError) }
     }
 
     /// Loads, verifies and applies a policy; on any failure the current policy stays and the reason is kept.
@@ -115,13 +129,6 @@ public final class PolicyState: Sendable {
 
     private func recordSerial(_ serial: UInt64) throws(Errno) {
         mkdir(stateDirectory, 0o700)
-        let file = try AtomicFileWriter(path: serialFile, permissions: 0o600)
-        do throws(Errno) {
-            try file.descriptor.writeAll(Array("\(serial)\n".utf8))
-            try file.commit()
-        } catch {
-            file.abort()
-            throw error
-        }
+        try AtomicFileWriter.write(Array("\(serial)\n".utf8), to: serialFile, permissions: 0o600)
     }
 }

@@ -82,22 +82,7 @@ public struct DpkgDatabase: Sendable {
     public func lookup(_ path: String) -> [Record]? { records[path] }
 }
 
+/// dpkg's md5sums lines: 32 hex digits, either case.
 private func decodeHex16(_ hex: some Collection<UInt8>) -> [UInt8]? {
-    var out = [UInt8]()
-    out.reserveCapacity(16)
-    var it = hex.makeIterator()
-    while let h = it.next(), let l = it.next() {
-        guard let hv = nibble(h), let lv = nibble(l) else { return nil }
-        out.append(hv << 4 | lv)
-    }
-    return out.count == 16 ? out : nil
-}
-
-private func nibble(_ c: UInt8) -> UInt8? {
-    switch c {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-    default: return nil
-    }
+    Hex.decode(hex, allowingUppercase: true).flatMap { $0.count == 16 ? $0 : nil }
 }

@@ -6,10 +6,16 @@ import Synchronization
 import Glibc
 #endif
 
+/// Where the responder hands event records: the real `EventLog`, or a collector in tests.
+public protocol EventSink: Sendable {
+    /// Never blocks: a record that cannot be queued is dropped and counted.
+    func submit(_ record: EventRecord)
+}
+
 /// One decision worth recording (a deny, a would-deny, a learned file; allows when configured).
 public struct EventRecord: Sendable {
     public var time: String
-    public var decision: String          // "deny", "would-deny", "learned", "allow"
+    public var outcome: Outcome
     public var reason: Reason
     public var path: String
     public var digest: SHA256Digest?
@@ -17,12 +23,12 @@ public struct EventRecord: Sendable {
     public var device: UInt64
     public var inode: UInt64
     public var pid: Int32
-    public var process: ProcessInfo
+    public var process: ProcessSnapshot
     public var serial: UInt64?
     public var mode: Mode
 
     var jsonLine: String {
-        "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(decision)),\"reason\":\(jsonString(reason.rawValue)),"
+        "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(outcome.rawValue)),\"reason\":\(jsonString(reason.rawValue)),"
             + "\"path\":\(jsonString(path)),\"sha256\":\(digest.map { jsonString($0.hex) } ?? "null"),\"size\":\(size),"
             + "\"dev\":\(device),\"ino\":\(inode),\"pid\":\(pid),\"ppid\":\(process.ppid),\"uid\":\(process.uid),"
             + "\"exe\":\(jsonString(process.exe)),\"comm\":\(jsonString(process.comm)),"
@@ -30,7 +36,9 @@ public struct EventRecord: Sendable {
     }
 
     var humanLine: String {
-        "appctl: \(decision.uppercased()) \(path) (\(reason.rawValue), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(process.comm) exe \(process.exe)\n"
+        // Paths and process names are the attacker's choice: escaped, so that a newline in a file name cannot
+        // forge a line of its own.
+        "appctl: \(outcome.rawValue.uppercased()) \(PathEscaping.escapeText(Array(path.utf8))) (\(reason.rawValue), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(PathEscaping.escapeText(Array(process.comm.utf8))) exe \(PathEscaping.escapeText(Array(process.exe.utf8)))\n"
     }
 }
 
@@ -38,7 +46,7 @@ public struct EventRecord: Sendable {
 /// bounded and a full queue drops (and counts) the record, so a slow, full or hung log file can
 /// never hold up a decision. Denies also get a human-readable line on stderr, written by the
 /// same thread (stderr may be a pipe nobody reads).
-public final class EventLog: Sendable {
+public final class EventLog: EventSink {
     public static let capacity = 4096
     private struct State {
         var queue: [EventRecord] = []
@@ -73,7 +81,7 @@ public final class EventLog: Sendable {
             queued.wrappingAdd(1, ordering: .relaxed)
             wakeup.signal()
         } else {
-            statistics.eventsDropped.wrappingAdd(1, ordering: .relaxed)
+            statistics.add(.eventsDropped, 1)
         }
     }
 
@@ -108,16 +116,16 @@ public final class EventLog: Sendable {
                 var human = ""
                 for record in batch {
                     text += record.jsonLine
-                    if record.decision == "deny" || record.decision == "would-deny" { human += record.humanLine }
+                    if record.outcome == .deny || record.outcome == .wouldDeny { human += record.humanLine }
                 }
                 if let f = file {
                     do { try f.writeAll(Array(text.utf8)) } catch {
                         // Full disk, I/O error: count the loss and carry on; the decisions are already made.
-                        statistics.eventWriteErrors.wrappingAdd(1, ordering: .relaxed)
-                        statistics.eventsDropped.wrappingAdd(batch.count, ordering: .relaxed)
+                        statistics.add(.eventWriteErrors)
+                        statistics.add(.eventsDropped, batch.count)
                     }
                 } else {
-                    statistics.eventsDropped.wrappingAdd(batch.count, ordering: .relaxed)
+                    statistics.add(.eventsDropped, batch.count)
                 }
                 if !human.isEmpty { try? FileDescriptor(rawValue: 2).writeAll(Array(human.utf8)) }
                 queued.wrappingAdd(-batch.count, ordering: .relaxed)
@@ -131,13 +139,11 @@ public final class EventLog: Sendable {
     }
 
     private func openLog() -> FileDescriptor? {
-        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
-            mkdir(String(path[..<slash]), 0o750)
-        }
+        createParentDirectory(of: path, mode: 0o750)
         do {
             return try FileDescriptor.open(path, [.writeOnly, .append, .create, .nonBlocking], permissions: 0o640)
         } catch {
-            statistics.eventWriteErrors.wrappingAdd(1, ordering: .relaxed)
+            statistics.add(.eventWriteErrors)
             return nil
         }
     }

@@ -78,7 +78,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             }
             switch key {
             case "mode":
-                guard let m = Mode(rawValue: value) else { throw ParseError(file: file, line: lineNumber, message: "mode must be enforce, monitor or learn") }
+                guard let m = Mode(rawValue: value) else { throw ParseError(file: file, line: lineNumber, message: "mode must be one of \(Mode.choices)") }
                 mode = m
             case "policy": policyPath = value.isEmpty ? nil : value
             case "key": publicKeyPath = value.isEmpty ? nil : value

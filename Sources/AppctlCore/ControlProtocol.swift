@@ -1,0 +1,64 @@
+/// The control socket's protocol, shared by the daemon (`ControlServer`) and its clients (`appctl status`,
+/// `enforce`, `monitor`, `learn-mode`, `reload`): one request line per connection, one reply.
+/// Wire form: the request is one line (`status`, `status json`, `mode enforce`, `reload`); the reply starts
+/// with `ok …` or `error <reason>`, and a status reply carries the figures after its first line.
+public enum ControlRequest: Equatable, Sendable {
+    case status(json: Bool)
+    case setMode(Mode)
+    case reload
+    /// Test hook (the daemon's hidden `--debug-selftest`): make a call that confinement forbids.
+    case debugForbiddenSyscall(String)
+
+    public var line: String {
+        switch self {
+        case .status(let json): return json ? "status json" : "status"
+        case .setMode(let mode): return "mode \(mode.rawValue)"
+        case .reload: return "reload"
+        case .debugForbiddenSyscall(let call): return "debug-forbidden-syscall \(call)"
+        }
+    }
+
+    /// Parses a request line; the error is the reply to send.
+    public init(line: String) throws(ControlReply) {
+        let words = line.split(separator: " ").map(String.init)
+        switch (words.first, words.count) {
+        case ("status", 1): self = .status(json: false)
+        case ("status", 2) where words[1] == "json": self = .status(json: true)
+        case ("mode", 2):
+            guard let mode = Mode(rawValue: words[1]) else { throw ControlReply.error("usage: mode \(Mode.allCases.map(\.rawValue).joined(separator: "|"))") }
+            self = .setMode(mode)
+        case ("mode", _): throw ControlReply.error("usage: mode \(Mode.allCases.map(\.rawValue).joined(separator: "|"))")
+        case ("reload", 1): self = .reload
+        case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
+        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Mode.allCases.map(\.rawValue).joined(separator: "|")), reload)")
+        }
+    }
+}
+
+/// A reply: `ok <head>` or `error <reason>`, and for `status` a body of figures.
+public struct ControlReply: Error, Equatable, Sendable {
+    public var ok: Bool
+    /// The rest of the first line.
+    public var head: String
+    public var body: String
+
+    public init(ok: Bool, head: String, body: String = "") { self.ok = ok; self.head = head; self.body = body }
+    public static func error(_ reason: String) -> ControlReply { ControlReply(ok: false, head: reason) }
+    public static func ok(_ head: String, body: String = "") -> ControlReply { ControlReply(ok: true, head: head, body: body) }
+
+    public var wire: String {
+        (ok ? "ok " : "error ") + head + "\n" + (body.isEmpty ? "" : body + "\n")
+    }
+
+    /// Parses what the daemon sent (the client side).
+    public init(wire: String) {
+        let first = String(wire.prefix { $0 != "\n" })
+        var rest = wire.count > first.count ? String(wire.dropFirst(first.count + 1)) : ""
+        if rest.hasSuffix("\n") { rest.removeLast() }
+        if first.hasPrefix("ok") {
+            self.init(ok: true, head: String(first.dropFirst(2).drop { $0 == " " }), body: rest)
+        } else {
+            self.init(ok: false, head: first.hasPrefix("error") ? String(first.dropFirst(5).drop { $0 == " " }) : first, body: rest)
+        }
+    }
+}

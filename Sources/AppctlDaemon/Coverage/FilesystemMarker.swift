@@ -1,0 +1,138 @@
+import AppctlCore
+import AppctlKernel
+import Synchronization
+
+/// Keeps every wanted filesystem marked: those of the daemon's own mount table (re-read on every mount
+/// change), those mounted only inside other mount namespaces (looked for in /proc), and the exec counter's
+/// marks beside them. Marks are placed through verified mount points, so a rename or a new mount between
+/// reading a mount table and marking cannot redirect a mark.
+final class FilesystemMarker: Sendable {
+    let group: FanotifyGroup
+    /// Counts every exec on the marked filesystems, so that `status` can say how many the kernel answered
+    /// (nil if off or refused by the kernel). Filesystems that cannot report file handles are not counted.
+    let execCounter: FanotifyGroup?
+    let events: FanotifyGroup.Events
+    let paths: [String]
+    let excludedTypes: [String]
+    let excludedMountPoints: [String]
+    let log: @Sendable (String) -> Void
+
+    /// Marked superblocks ("major:minor") → mount point used to mark them.
+    private let marked = Mutex<[String: String]>([:])
+    private let failures = Mutex<[String]>([])
+    /// Superblocks mounted only in other mount namespaces → where they were marked. Refreshed by every scan.
+    private let markedElsewhere = Mutex<[String: String]>([:])
+    private let execCountGaps = Mutex<Set<String>>([])
+    /// Set once start-up is done: from then on, newly marked filesystems are announced.
+    let announce = Atomic<Bool>(false)
+
+    init(group: FanotifyGroup, execCounter: FanotifyGroup?, events: FanotifyGroup.Events, configuration: DaemonConfiguration,
+         log: @escaping @Sendable (String) -> Void) {
+        self.group = group; self.execCounter = execCounter; self.events = events
+        paths = configuration.paths
+        excludedTypes = configuration.excludedFilesystemTypes
+        excludedMountPoints = configuration.excludedMountPoints
+        self.log = log
+    }
+
+    var markedMountPoints: [String] { marked.withLock { $0.values.sorted() } }
+    var markedCount: Int { marked.withLock { $0.count } }
+    var markFailures: [String] { failures.withLock { $0 } }
+    var markedInOtherNamespaces: [String] { markedElsewhere.withLock { $0.values.sorted() } }
+
+    private func wanted(_ mounts: [MountEntry]) -> [MountEntry] {
+        MountTable.selectMarkable(mounts, paths: paths, excludedTypes: excludedTypes, excludedMountPoints: excludedMountPoints)
+    }
+
+    /// Marks every wanted filesystem of the daemon's own mount table (`/proc/self/mountinfo`, already open).
+    func updateOwnNamespace(mountinfo: FileDescriptor) {
+        var text = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var offset: Int64 = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { (try? mountinfo.read(into: $0, at: offset)) ?? 0 }
+            if n <= 0 { break }
+            text += buffer[0..<n]
+            offset += Int64(n)
+        }
+        let mounts = MountTable.parse(String(decoding: text, as: UTF8.self))
+        let present = Set(mounts.map(\.device))
+        var added: [String] = []
+        var failed: [String] = []
+        marked.withLock { marked in
+            // Unmounted filesystems: the kernel dropped their marks with the superblock.
+            for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
+            // Every wanted filesystem is marked again on every change (adding a mark is idempotent): a device
+            // number reused by a new superblock, or a mark that went astray, is put right.
+            for m in wanted(mounts) {
+                do {
+                    if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: events) {
+                        if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
+                        marked[m.device] = m.mountPoint
+                        markExecCounter(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device)
+                    } else {
+                        failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
+                    }
+                } catch {
+                    failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
+                }
+            }
+        }
+        failures.withLock { $0 = failed }
+        if announce.load(ordering: .relaxed) { for a in added { log("appctl: marked new filesystem \(a)") } }
+        for f in failed { log("appctl: cannot mark \(f)") }
+    }
+
+    /// Marks the filesystems mounted only inside other mount namespaces: each namespace's mount table is read
+    /// from /proc/PID/mountinfo of one of its processes and its mounts reached through /proc/PID/root, each
+    /// checked by mount id as in our own namespace (a path that leads elsewhere is not marked; a mark placed on
+    /// the wrong superblock could only add coverage). `--path` applies to mount points as named inside each
+    /// namespace. Superblocks already marked through our own mount table are skipped.
+    func updateOtherNamespaces() {
+        let ownDevices = marked.withLock { Set($0.keys) }
+        var present: [String: String] = [:]
+        for (namespace, pid) in MountNamespaces.others() {
+            guard let bytes = try? readSmallFile("/proc/\(pid)/mountinfo", limit: 16 << 20) else { continue }
+            for m in wanted(MountTable.parse(String(decoding: bytes, as: UTF8.self))) where !ownDevices.contains(m.device) && present[m.device] == nil {
+                // "/." and not "/": /proc/PID/root itself is a magic link, which O_NOFOLLOW would refuse.
+                let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
+                if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: events)) == true {
+                    present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
+                    markExecCounter(mountPoint: path, mountID: m.mountID, device: m.device)
+                }
+            }
+        }
+        let previous = markedElsewhere.withLock { old -> [String: String] in
+            defer { old = present }
+            return old
+        }
+        if announce.load(ordering: .relaxed) {
+            for (device, place) in present where previous[device] == nil { log("appctl: marked a filesystem of another mount namespace: \(place)") }
+        }
+    }
+
+    /// Marks a filesystem for the exec counter too. A filesystem without file handles (FAN_REPORT_FID needs
+    /// them) is not counted, and `status` says so instead of under-reporting silently.
+    private func markExecCounter(mountPoint: String, mountID: UInt64, device: String) {
+        guard let execCounter else { return }
+        let counted = (try? execCounter.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.openExec])) == true
+        execCountGaps.withLock { gaps in
+            if counted { gaps.remove(device) } else { gaps.insert(device) }
+        }
+    }
+
+    /// Marked filesystems whose execs the counter cannot see (no file handles).
+    var uncountedMountPoints: [String] {
+        let gaps = execCountGaps.withLock { $0 }
+        let own = marked.withLock { $0 }, others = markedElsewhere.withLock { $0 }
+        return gaps.compactMap { own[$0] ?? others[$0] }.sorted()
+    }
+
+    /// Adds the execs the counting group saw since the last call (main thread once a second, and `status`).
+    func drainExecCounter(into statistics: Statistics) {
+        guard let execCounter else { return }
+        let (count, overflowed) = execCounter.drainCount(of: .openExec)
+        statistics.add(.execsSeen, count)
+        if overflowed { statistics.add(.execCountOverflows) }
+    }
+}

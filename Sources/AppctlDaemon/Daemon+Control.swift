@@ -1,0 +1,170 @@
+import AppctlCore
+import AppctlKernel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The control plane: what `appctl status`, `enforce`, `monitor`, `learn-mode` and `reload` reach through the
+/// socket, and the Prometheus file.
+extension Daemon: DaemonControl {
+    @discardableResult
+    public func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal> {
+        guard let path = configuration.policyPath, let key = configuration.publicKeyPath else {
+            return .failure(PolicyRefusal("no policy or key configured"))
+        }
+        let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
+        if case .success = result {
+            kernelCache.flush(reason: reason)
+            releaseFreeHeapMemory()   // the previous policy's arrays and the reader's buffers
+            // Interpreters may have been upgraded since start-up (read here, off the event thread; at start-up the
+            // rule was built before any mark existed).
+            if ready.load(ordering: .relaxed) { facts.rebuildInterpreters() }
+        }
+        switch result {
+        case .success(let header): Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
+        case .failure(let refusal): Self.log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
+        }
+        return result
+    }
+
+    public func setMode(_ mode: Mode) -> Result<Mode, ControlReply> {
+        if mode == .enforce && policy.snapshot.policy == nil {
+            return .failure(.error("no valid policy is loaded; refusing to enforce (fix the policy, then reload)"))
+        }
+        policy.setMode(mode)
+        kernelCache.flush(reason: "mode \(mode.rawValue)")
+        hardening.apply(for: mode)
+        Self.log("appctl: mode switched to \(mode.rawValue) over the control socket")
+        serviceNotifier.notify("STATUS=enforcing \(mode.rawValue)")
+        return .success(mode)
+    }
+
+    public func forbiddenCallSelfTest(_ call: String) -> String? {
+        guard configuration.debugSelftest else { return nil }
+        Self.log("appctl: self-test: calling \(call), which confinement forbids")
+        if call == "socket" {
+            _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        } else {
+            let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+            _ = execve("/bin/true", argv, argv)
+        }
+        return "self-test call returned: not confined"
+    }
+
+    public func statusReport() -> StatusReport {
+        marker.drainExecCounter(into: statistics)   // up to date for this answer
+        statistics.set(.requestsDroppedUnanswered, PermissionRequest.droppedUnanswered.load(ordering: .relaxed))
+        let s = policy.snapshot
+        let counted = marker.execCounter != nil
+        let hits = statistics[.cacheHits], misses = statistics[.cacheMisses]
+        var fields: [(name: String, value: StatusReport.Value)] = [
+            ("ready", .bool(ready.load(ordering: .relaxed))),
+            ("confined", .bool(confined.load(ordering: .relaxed))),
+            ("open_events", .bool(configuration.openEvents)),
+            ("hardening", .strings(hardening.active)),
+            ("hardening_failures", .strings(hardening.failures)),
+            ("mode", .string(s.mode.rawValue)),
+            ("pid", .int(Int(ownPID))),
+            ("uptime_seconds", .number(monotonicSeconds() - startedAt)),
+            ("policy_path", .string(s.path)),
+            ("policy_serial", s.policy?.serial.map { .int(Int($0)) } ?? .string(nil)),
+            ("policy_key_id", .string(s.policy?.keyID)),
+            ("policy_expires", .string(s.policy?.expires?.description)),
+            ("policy_expired", .bool(s.policy?.expires.map { $0 <= .now } ?? false)),
+            ("policy_allow_entries", .int(s.allowCount)),
+            ("policy_deny_entries", .int(s.denyCount)),
+            ("last_policy_error", .string(s.lastError)),
+            ("learned_files", .int(learned.count)),
+            ("kernel_cache", .bool(configuration.kernelCache)),
+        ]
+        fields += StatusReport.counterFields(statistics, execsCounted: counted)
+        fields += [
+            ("cache_hit_rate", .number(hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses))),
+            // Events the kernel answers from its marks cannot be counted by the permission group (fanotify keeps no
+            // counter, and counting them in userspace would need an event each): the exec counter's group sees them.
+            ("execs_answered_in_kernel", counted ? .int(max(0, statistics[.execsSeen] - statistics[.execsAllowedByDaemon])) : .unknownCount),
+            ("execs_not_counted_on", .strings(marker.uncountedMountPoints)),
+            ("latency_p50_us", .number(statistics.latencyQuantile(0.5))),
+            ("latency_p99_us", .number(statistics.latencyQuantile(0.99))),
+            ("events_queued", .int(eventLog.queuedCount)),
+            ("marked_filesystems", .strings(marker.markedMountPoints)),
+            ("mark_failures", .strings(marker.markFailures)),
+            ("marked_in_other_namespaces", .strings(marker.markedInOtherNamespaces)),
+        ]
+        return StatusReport(ready: ready.load(ordering: .relaxed), fields: fields)
+    }
+
+    /// The Prometheus text exposition format, for node_exporter's textfile collector.
+    public func metricsText() -> String {
+        let s = policy.snapshot
+        return StatusReport.prometheusText(statistics, execsCounted: marker.execCounter != nil, gauges: [
+            ("decision_latency_seconds", "Decision latency of daemon-answered events.", [
+                ("{quantile=\"0.5\"}", String((statistics.latencyQuantile(0.5) ?? 0) / 1e6)),
+                ("{quantile=\"0.99\"}", String((statistics.latencyQuantile(0.99) ?? 0) / 1e6)),
+            ]),
+            ("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))]),
+            ("mode", "1 for the current mode.", Mode.allCases.map { ("{mode=\"\($0.rawValue)\"}", $0 == s.mode ? "1" : "0") }),
+            ("mark_failures", "Filesystems that could not be marked (not covered; see appctl status).", [("", String(marker.markFailures.count))]),
+            ("ready", "1 once start-up is done and every filesystem that could be marked is.", [("", ready.load(ordering: .relaxed) ? "1" : "0")]),
+        ])
+    }
+
+    /// Written whole and atomically, so the collector never reads half a file.
+    func writeMetrics(to path: String) {
+        do { try AtomicFileWriter.write(Array(metricsText().utf8), to: path, permissions: 0o644) } catch {
+            Self.log("appctl: cannot write metrics to \(path): \(error)")
+        }
+    }
+}
+
+/// The main loop's periodic work, as a table: each job with its period, run when due.
+final class PeriodicJobs {
+    enum Job: CaseIterable { case drainExecCounter, namespaceScan, metrics, expiryCheck, learnFlush }
+
+    private let daemon: Daemon
+    private var due: [Job: Double] = [:]
+    private var expiryReported = false
+
+    init(daemon: Daemon) {
+        self.daemon = daemon
+        let now = monotonicSeconds()
+        for job in Job.allCases { due[job] = now }
+        due[.namespaceScan] = now + Daemon.namespaceScanSeconds   // the first scan ran during start-up
+        due[.learnFlush] = now + Double(daemon.configuration.learnFlushSeconds)
+    }
+
+    private func period(_ job: Job) -> Double? {
+        switch job {
+        case .drainExecCounter: return 0   // every turn of the loop (about once a second)
+        case .namespaceScan: return Daemon.namespaceScanSeconds
+        case .metrics: return daemon.configuration.metricsFile == nil ? nil : 15
+        case .expiryCheck: return 60
+        case .learnFlush: return Double(daemon.configuration.learnFlushSeconds)
+        }
+    }
+
+    func runSoon(_ job: Job) { due[job] = 0 }
+
+    func runDue() {
+        for job in Job.allCases {
+            guard let period = period(job), let when = due[job], monotonicSeconds() >= when else { continue }
+            run(job)
+            due[job] = monotonicSeconds() + period
+        }
+    }
+
+    private func run(_ job: Job) {
+        switch job {
+        case .drainExecCounter: daemon.marker.drainExecCounter(into: daemon.statistics)
+        case .namespaceScan: daemon.marker.updateOtherNamespaces()
+        case .metrics: if let file = daemon.configuration.metricsFile { daemon.writeMetrics(to: file) }
+        case .expiryCheck:
+            if let expires = daemon.policy.snapshot.policy?.expires, expires <= .now, !expiryReported {
+                expiryReported = true
+                // Keep enforcing it: dropping to no policy would open the machine. Say so, loudly.
+                Daemon.log("appctl: WARNING: the policy in force expired at \(expires); still enforcing it — sign and reload a new one")
+            }
+        case .learnFlush: daemon.flushLearned()
+        }
+    }
+}

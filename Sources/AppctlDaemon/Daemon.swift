@@ -1,0 +1,177 @@
+import AppctlCore
+import AppctlKernel
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why the daemon could not start. One line.
+public struct DaemonStartError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// The enforcement daemon's composition root: builds the parts, runs the main loop as a table of periodic
+/// jobs, shuts down. One permission event flows forward through the parts and never returns here:
+///
+///     EventReader → Triage → (HashPool →) Responder → EventLog
+///
+/// Threads: the event reader, the hash workers, the pre-hasher, the control server and the event log each have
+/// their own; the main thread handles signals, mount changes and the periodic jobs.
+public final class Daemon: Sendable {
+    public let configuration: DaemonConfiguration
+    let group: FanotifyGroup
+    let policy: PolicyState
+    let statistics = Statistics()
+    let eventLog: EventLog
+    let learned: LearnRecorder
+    let facts: KernelFileFacts
+    let kernelCache: KernelVerdictCache
+    let marker: FilesystemMarker
+    let reader: EventReader
+    let hashPool: HashPool
+    let prehasher: Prehasher?
+    let hardening: Hardening
+    let ownPID = getpid()
+    let startedAt = monotonicSeconds()
+    let ready = Atomic<Bool>(false)
+    let confined = Atomic<Bool>(false)
+    let serviceNotifier = ServiceNotifier()
+    /// How often other mount namespaces are looked for (the window in which a filesystem a container mounts is
+    /// not yet marked; a mount in the daemon's own namespace is seen at once through mountinfo's POLLPRI).
+    static let namespaceScanSeconds = 2.0
+
+    public init(configuration: DaemonConfiguration, hostname: String) throws(DaemonStartError) {
+        keepLargeAllocationsOutOfTheHeap()   // before the policy is loaded: it is the largest allocation
+        self.configuration = configuration
+        policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
+        eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
+        learned = LearnRecorder(hostname: hostname)
+        facts = KernelFileFacts(configuredInterpreters: configuration.interpreters)
+        hardening = Hardening(configuration: configuration)
+        let log: @Sendable (String) -> Void = { Daemon.log($0) }
+        let execCounter: FanotifyGroup?
+        do {
+            group = try FanotifyGroup.create()
+            execCounter = configuration.countExecs ? try? FanotifyGroup.createCounter() : nil
+        } catch {
+            throw DaemonStartError(description: "cannot create the fanotify group: \(error) (appctl daemon must run as root, on a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")
+        }
+        PermissionRequest.lastResortGroup.store(group.descriptor.rawValue, ordering: .relaxed)
+        // Exec events always; open events unless `open-events = no` (they close the loader, library and
+        // interpreter bypasses, see Policies/INTERPRETERS.md); close-write events feed the pre-hasher.
+        var events: FanotifyGroup.Events = configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
+        if configuration.prehash { events.insert(.closeWrite) }
+        marker = FilesystemMarker(group: group, execCounter: execCounter, events: events, configuration: configuration, log: log)
+        kernelCache = KernelVerdictCache(responder: group, enabled: configuration.kernelCache, watchedEvents: events, statistics: statistics, log: log)
+        let caches = DecisionCaches()
+        let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
+                                  statistics: statistics, logAllows: configuration.logAllows, log: log)
+        let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID, kernelCache: configuration.kernelCache)
+        hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, workers: configuration.hashThreads)
+        prehasher = configuration.prehash ? Prehasher(caches: caches, statistics: statistics) : nil
+        do {
+            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID)
+        } catch {
+            throw DaemonStartError(description: "cannot create the event reader's eventfd: \(error)")
+        }
+    }
+
+    /// Loads the configured policy at start. Enforce mode refuses to start without a valid one; the other modes
+    /// start without (monitor reports everything as would-deny, learn records it).
+    public func loadInitialPolicy() throws(DaemonStartError) {
+        guard let path = configuration.policyPath, configuration.publicKeyPath != nil else {
+            if policy.mode == .enforce { throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: no --policy and --key") }
+            return
+        }
+        guard policy.mode == .enforce || (try? linkStatus(path)) != nil else { return }
+        if case .failure(let refusal) = reload(reason: "start-up"), policy.mode == .enforce {
+            throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: \(refusal)")
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT. Returns the process exit code.
+    public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
+        let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
+        raiseDescriptorLimit()
+        hardening.apply(for: policy.mode)
+        // From the first mark until the event thread runs, nothing may open a file on a marked filesystem
+        // (nobody would answer): marking, confining and starting threads open nothing.
+        if let mountinfo { marker.updateOwnNamespace(mountinfo: mountinfo) }
+        // Threads started below inherit this: on a busy machine the thread that answers must get a CPU before
+        // the programs it holds up (measured: p99 of cached execs under a 2-core load). The hash workers lower
+        // themselves again. Needs CAP_SYS_NICE, so before confinement drops it.
+        setThreadNice(-10)
+        if configuration.confine {
+            do {
+                try Confinement.apply(keeping: ConfinementProfile.keptCapabilities, allowedSyscalls: ConfinementProfile.allowedSyscalls)
+                confined.store(true, ordering: .relaxed)
+            } catch {
+                Self.log("appctl: WARNING: running unconfined: \(error)")
+            }
+        }
+        // Threads start after confinement, so they inherit the reduced capabilities.
+        eventLog.start()
+        hashPool.start()
+        reader.start()
+        prehasher?.start()
+        control?.start(serving: self)
+        // Other namespaces' filesystems: after the event thread runs (the scan reads /proc only, but opening
+        // anything on a marked filesystem with nobody answering would wait for ever).
+        marker.updateOtherNamespaces()
+        releaseFreeHeapMemory()
+        marker.announce.store(true, ordering: .relaxed)
+        ready.store(true, ordering: .releasing)
+        serviceNotifier.notify("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
+        Self.log("appctl: ready, mode \(policy.mode.rawValue), \(marker.markedCount) filesystems marked")
+
+        let jobs = PeriodicJobs(daemon: self)
+        loop: while true {
+            var entries: [(FileDescriptor, Int16)] = [(signals.descriptor, Int16(POLLIN))]
+            if let mountinfo { entries.append((mountinfo, Int16(POLLPRI))) }
+            let revents = (try? pollDescriptors(entries, timeoutMilliseconds: 1000)) ?? []
+            if let mountinfo, revents.count > 1, revents[1] & Int16(POLLPRI | POLLERR) != 0 {
+                marker.updateOwnNamespace(mountinfo: mountinfo)
+                jobs.runSoon(.namespaceScan)   // a mount in our namespace often comes with mounts in new ones (containers)
+            }
+            while let signal = signals.next() {
+                switch signal {
+                case SIGHUP:
+                    reload(reason: "SIGHUP")
+                    eventLog.reopen()
+                case SIGTERM, SIGINT:
+                    break loop
+                default:
+                    break
+                }
+            }
+            jobs.runDue()
+        }
+        shutdown(control: control)
+        return 0
+    }
+
+    /// Answers everything pending, writes the learn fragment and the event log, restores what enforcing changed;
+    /// the group closes with the process (the kernel allows what may still arrive).
+    func shutdown(control: ControlServer?) {
+        control?.stop()
+        reader.stop()
+        hashPool.stop()
+        prehasher?.stop()
+        hardening.apply(for: .monitor)
+        flushLearned()
+        eventLog.stop()
+        Self.log("appctl: stopped")
+    }
+
+    func flushLearned() {
+        guard learned.isDirty else { return }
+        do { try learned.write(to: configuration.learnOutput) } catch {
+            Self.log("appctl: cannot write the learned fragment: \(error)")
+        }
+    }
+
+    /// stderr, unbuffered. Event records go through the event log's thread instead: logging never blocks a decision.
+    static func log(_ line: String) {
+        try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8))
+    }
+}

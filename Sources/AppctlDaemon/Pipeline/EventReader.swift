@@ -1,0 +1,75 @@
+import AppctlCore
+import AppctlKernel
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The event thread: reads the group, turns each permission event into an owned `PermissionRequest`, and
+/// sends it forward: triage, then the responder at once (cache hits, data opens, denials by size) or the hash
+/// pool (misses). Runs on a thread of its own (a blocking kernel loop must not sit on Swift's cooperative pool)
+/// and stops through an eventfd.
+final class EventReader: Sendable {
+    let group: FanotifyGroup
+    let triage: Triage
+    let responder: Responder
+    let hashPool: HashPool
+    /// Nil when pre-hashing is off.
+    let prehasher: Prehasher?
+    let ownPID: Int32
+    private let shutdown: EventNotifier
+    private let stopping = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(group: FanotifyGroup, triage: Triage, responder: Responder, hashPool: HashPool, prehasher: Prehasher?,
+         ownPID: Int32) throws(Errno) {
+        self.group = group; self.triage = triage; self.responder = responder; self.hashPool = hashPool
+        self.prehasher = prehasher; self.ownPID = ownPID
+        shutdown = try EventNotifier()
+    }
+
+    func start() { startThread(name: "appctl-events") { [self] in run() } }
+
+    /// Stops the loop and waits (up to 5 s) until it has answered what it had read.
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        shutdown.signal()
+        _ = finished.wait(timeout: .now() + 5)
+    }
+
+    private func run() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
+        defer { buffer.deallocate(); finished.signal() }
+        while !stopping.load(ordering: .relaxed) {
+            let revents = (try? pollDescriptors([(group.descriptor, Int16(POLLIN)), (shutdown.descriptor, Int16(POLLIN))],
+                                                timeoutMilliseconds: -1)) ?? [0, 0]
+            if revents[0] & Int16(POLLIN) != 0 {
+                guard let events = try? group.readEvents(into: buffer) else { continue }
+                for event in events { dispatch(event) }
+            }
+        }
+        // Answer what arrived before the stop was noticed.
+        while let events = try? group.readEvents(into: buffer), !events.isEmpty {
+            for event in events { dispatch(event, shuttingDown: true) }
+        }
+    }
+
+    func dispatch(_ event: FanotifyEvent, shuttingDown: Bool = false) {
+        guard event.fd >= 0 else { return }   // FAN_NOFD: a queue overflow notice
+        guard event.isPermissionEvent else {
+            if event.isCloseWrite, event.pid != ownPID, !shuttingDown, let prehasher {
+                prehasher.submit(descriptor: event.fd)
+            } else {
+                Glibc.close(event.fd)
+            }
+            return
+        }
+        let request = PermissionRequest(event, receivedAt: monotonicNanoseconds())
+        switch triage.triage(request, shuttingDown: shuttingDown) {
+        case .answer(let answer): responder.finish(request, answer)
+        case .inert(let markInKernel): responder.allowInert(request, markInKernel: markInKernel)
+        case .needsHash(let key): hashPool.enqueue(request, key: key)
+        }
+    }
+}

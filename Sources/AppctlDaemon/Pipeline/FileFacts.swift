@@ -1,0 +1,66 @@
+import AppctlCore
+import AppctlKernel
+import Synchronization
+
+/// What the decision ladder needs to know about an event's file and process, and nothing else. The real one
+/// asks the kernel (`fstat`, `pread`, /proc); tests give fixed answers, so the ladder runs without root.
+/// None of these may open a file on a marked filesystem: they run on the event thread, and nobody would answer.
+protocol FileFacts: Sendable {
+    /// `fstat` of the event's descriptor; nil when it fails.
+    func identity(of descriptor: Int32) -> FileKey?
+    /// The first bytes of the file: ELF, `#!`, or anything else.
+    func contentClass(of descriptor: Int32) -> ContentClass
+    /// The interpreter family of the process's executable, or nil when it is not a configured interpreter.
+    /// `executableDigest` gives the digest the daemon last saw the executable with, if any.
+    func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily?
+    /// Whether the interpreter `pid` opens this file as its program (named on its command line, …).
+    func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool
+    /// The file's fs-verity digest (only asked for files whose identity says verity is on).
+    func verityDigest(of descriptor: Int32) -> SHA256Digest?
+}
+
+/// The real facts: the event's descriptor and /proc.
+final class KernelFileFacts: FileFacts {
+    /// Rebuilt on every reload, so an upgraded interpreter is recognised by its new content.
+    private let interpreters: Mutex<InterpreterRule>
+    private let configuredInterpreters: [String]
+
+    init(configuredInterpreters: [String]) {
+        self.configuredInterpreters = configuredInterpreters
+        interpreters = Mutex(InterpreterRule(configured: configuredInterpreters))
+    }
+
+    /// Re-reads the configured interpreters (off the event thread: it opens and hashes them).
+    func rebuildInterpreters() {
+        let rebuilt = InterpreterRule(configured: configuredInterpreters)
+        interpreters.withLock { $0 = rebuilt }
+    }
+
+    func identity(of descriptor: Int32) -> FileKey? {
+        (try? FileDescriptor(rawValue: descriptor).identity()).map(FileKey.init)
+    }
+
+    func contentClass(of descriptor: Int32) -> ContentClass {
+        // Four bytes on the stack: this runs for every open of a file that is not cached.
+        var head: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
+        return withUnsafeMutableBytes(of: &head) { buffer in
+            let n = (try? FileDescriptor(rawValue: descriptor).read(into: buffer, at: 0)) ?? 0
+            return ContentClassifier.sniff(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+    }
+
+    func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? {
+        let rule = interpreters.withLock { $0 }
+        return rule.interpreterFamily(pid: pid, digestOf: executableDigest)
+    }
+
+    func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool {
+        let rule = interpreters.withLock { $0 }
+        return rule.opensAsProgram(pid: pid, family: family, device: key.device, inode: key.inode,
+                                   openedPath: pathOfDescriptor(descriptor))
+    }
+
+    func verityDigest(of descriptor: Int32) -> SHA256Digest? {
+        FileDescriptor(rawValue: descriptor).verityDigestIfAny
+    }
+}

@@ -1,0 +1,126 @@
+import AppctlCore
+import AppctlKernel
+
+/// The kernel-side verdict cache: ignore marks on inodes whose verdict holds for every later opener, and the
+/// flush that drops them all (reload, mode switch, a revocation seen while marking).
+final class KernelVerdictCache: Sendable {
+    let responder: any PermissionResponder
+    let enabled: Bool
+    let statistics: Statistics
+    /// The events the group watches: an ignore mark for an event it does not watch is refused by the kernel.
+    let watchedEvents: FanotifyGroup.Events
+    let log: @Sendable (String) -> Void
+
+    init(responder: any PermissionResponder, enabled: Bool, watchedEvents: FanotifyGroup.Events, statistics: Statistics,
+         log: @escaping @Sendable (String) -> Void) {
+        self.responder = responder; self.enabled = enabled; self.watchedEvents = watchedEvents
+        self.statistics = statistics; self.log = log
+    }
+
+    func place(on descriptor: Int32, _ events: FanotifyGroup.Events) {
+        guard enabled else { return }
+        do {
+            try responder.ignoreInode(of: descriptor, events: events.intersection(watchedEvents))
+            statistics.add(.ignoreMarksPlaced)
+            statistics.add(.ignoreMarksSinceFlush)
+        } catch {
+            statistics.add(.ignoreMarkErrors)
+        }
+    }
+
+    /// Drops every kernel-side verdict: after a reload or mode change, everything is asked again.
+    func flush(reason: String) {
+        guard enabled else { return }
+        do {
+            try responder.flushInodeMarks()
+            statistics.set(.ignoreMarksSinceFlush, 0)
+            statistics.add(.kernelCacheFlushes)
+        } catch {
+            log("appctl: cannot flush the kernel verdict cache (\(reason)): \(error)")
+        }
+    }
+}
+
+/// The last stage of the pipeline: answers a request with its verdict, caches the verdict in the kernel where
+/// it holds for every later opener, counts it, and hands notable ones to the event log.
+final class Responder: Sendable {
+    let responder: any PermissionResponder
+    let kernelCache: KernelVerdictCache
+    let policy: PolicyState
+    let learned: LearnRecorder
+    let events: any EventSink
+    let statistics: Statistics
+    let logAllows: Bool
+    let log: @Sendable (String) -> Void
+
+    init(responder: any PermissionResponder, kernelCache: KernelVerdictCache, policy: PolicyState, learned: LearnRecorder,
+         events: any EventSink, statistics: Statistics, logAllows: Bool, log: @escaping @Sendable (String) -> Void) {
+        self.responder = responder; self.kernelCache = kernelCache; self.policy = policy; self.learned = learned
+        self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.log = log
+    }
+
+    /// A plain open of data: allowed, and cached in the kernel when `markInKernel`.
+    func allowInert(_ request: consuming PermissionRequest, markInKernel: Bool) {
+        request.answer(allow: true, via: responder, onError: reportAnswerFailure) { fd in
+            if markInKernel { kernelCache.place(on: fd, [.openPermission]) }
+        }
+    }
+
+    /// Everything still queued at shutdown: let through (the kernel allows it anyway once the group closes).
+    /// The descriptor stays open until the process exits: a hash worker may still be reading it.
+    func allowAtShutdown(_ request: consuming PermissionRequest) {
+        request.answer(allow: true, via: responder, closeDescriptor: false, onError: reportAnswerFailure)
+    }
+
+    /// Answers and records. For denies, would-denies and learned files the process details are read from /proc
+    /// *before* answering: the process is blocked in execve then, so what is read is certainly it (a denied child
+    /// often exits within microseconds of the answer). Allows, the hot path, are answered at once.
+    func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer) {
+        let verdict = answer.verdict
+        if answer.repeatsExec {
+            request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure)
+            return
+        }
+        let fd = request.descriptor, pid = request.pid, isExec = request.isExec
+        // Learn mode: record each new file once (not every exec of it).
+        let learnedNew = verdict.decision.record && answer.digest.map { learned.record(digest: $0, size: answer.key?.size ?? 0, fd: fd) } == true
+        let outcome = verdict.outcome(logAllows: logAllows, learnedNewFile: learnedNew)
+        let notable = outcome?.isNotable == true
+        let process = notable ? ProcessSnapshot(pid: pid) : nil
+        var path = notable ? pathOfDescriptor(fd) : nil
+
+        // Latency ends when the answer is ready: the write that follows can hand the CPU straight to the woken
+        // process, which is not time the decision took.
+        statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- request.receivedAt)
+        let cacheInKernel = verdict.allow && verdict.decision.reason == .known && answer.digest != nil
+            && (answer.key?.onlyRootCanWrite == true || answer.verityDigest != nil)
+        request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure) { fd in
+            // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel.
+            if cacheInKernel { kernelCache.place(on: fd, [.openExecPermission, .openPermission]) }
+            if outcome != nil && path == nil { path = pathOfDescriptor(fd) }
+        }
+        if cacheInKernel, let digest = answer.digest {
+            // A reload between the decision and the mark would have flushed before the mark existed: if the
+            // policy now in force no longer allows this content (or no longer pairs the verity digest with
+            // it), flush again.
+            if !policy.decide(digest).allow { kernelCache.flush(reason: "revoked while marking") }
+            if let verity = answer.verityDigest, policy.contentDigest(forVerity: verity) != digest {
+                kernelCache.flush(reason: "verity pairing revoked while marking")
+            }
+        }
+        statistics.add(verdict.allow ? .allowed : .denied)
+        if verdict.allow && isExec { statistics.add(.execsAllowedByDaemon) }
+        if verdict.decision.wouldDeny { statistics.add(.wouldDeny) }
+        if let outcome {
+            let key = answer.key
+            events.submit(EventRecord(
+                time: rfc3339Now(), outcome: outcome, reason: verdict.decision.reason, path: path ?? "?",
+                digest: answer.digest, size: key?.size ?? -1, device: key?.device ?? 0, inode: key?.inode ?? 0,
+                pid: pid, process: process ?? ProcessSnapshot(pid: pid), serial: verdict.serial, mode: verdict.mode))
+        }
+    }
+
+    private func reportAnswerFailure(_ error: Errno) {
+        log("appctl: cannot answer an event: \(error)")
+    }
+}

@@ -1,0 +1,128 @@
+import AppctlCore
+import AppctlKernel
+
+/// The decision ladder: what to do with one permission event, decided on the event thread without waiting
+/// on anything slow. Every rung either answers (from a cache, the file's fs-verity digest, its size, or who
+/// asked), lets a plain data open through, or sends the file to be hashed. Pure apart from `FileFacts` and
+/// the caches, so unit tests walk every rung without root or a kernel.
+///
+/// The rungs, in order (each names the test that pins it in `TriageTests`):
+/// 1. the daemon's own process: allowed (it must never wait on itself);
+/// 2. a descriptor that cannot be identified: unreadable (denied in enforce mode);
+/// 3. the open that completes an exec just decided, for a file only root can write: the same answer, silently;
+/// 4. a plain open (not an exec) of data, not an ELF object and not an interpreter's program: allowed
+///    unread; a root-only data file is cached in the kernel;
+/// 5. a file only root can write whose digest is cached: decided from the cache;
+/// 6. shutting down: allowed (the kernel would allow it once the group closes anyway);
+/// 7. an fs-verity file the policy pairs with a content digest: decided by that digest, sealed;
+/// 8. enforce mode and no allow entry of that size: denied unread;
+/// 9. anything else: hashed (off the event thread).
+final class Triage: Sendable {
+    enum Result {
+        case answer(Answer)
+        /// A plain open of data: allowed; `markInKernel` when the kernel may answer later opens of it.
+        case inert(markInKernel: Bool)
+        /// The content must be hashed before anyone can say.
+        case needsHash(FileKey)
+    }
+
+    /// An answer with what the responder needs to log it and to cache it in the kernel.
+    struct Answer {
+        var verdict: Verdict
+        var digest: SHA256Digest?
+        var key: FileKey?
+        /// The file's fs-verity digest when the verdict came from it (content sealed while the inode lives).
+        var verityDigest: SHA256Digest? = nil
+        /// The second event of one exec: answered, not counted or logged again.
+        var repeatsExec = false
+    }
+
+    let policy: PolicyState
+    let caches: DecisionCaches
+    let facts: any FileFacts
+    let statistics: Statistics
+    let ownPID: Int32
+    /// Kernel-side verdicts enabled (`kernel-cache`).
+    let kernelCache: Bool
+
+    init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool) {
+        self.policy = policy; self.caches = caches; self.facts = facts; self.statistics = statistics
+        self.ownPID = ownPID; self.kernelCache = kernelCache
+    }
+
+    func triage(_ request: borrowing PermissionRequest, shuttingDown: Bool = false) -> Result {
+        let fd = request.descriptor, pid = request.pid, isExec = request.isExec
+        if pid == ownPID {
+            statistics.add(.ownProcessEvents)
+            return .answer(Answer(verdict: policy.verdict(layer: .ownProcess) { _ in Decision(allow: true, reason: .ownProcess) }))
+        }
+        guard let key = facts.identity(of: fd) else {
+            return .answer(Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }))
+        }
+        if isExec {
+            caches.lastExec.withLock { $0.insert(key, for: pid) }
+        } else if key.onlyRootCanWrite,
+                  caches.lastExec.withLock({ $0[pid] == key ? $0.removeValue(forKey: pid) : nil }) != nil,
+                  let digest = caches.digest(of: key) {
+            return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key, repeatsExec: true))
+        }
+        if !isExec {
+            let (isProgram, contentClass) = isProgramOpen(pid: pid, key: key, descriptor: fd)
+            if !isProgram {
+                statistics.add(.inertOpens)
+                // Later opens of this unchanged root-owned data file stay in the kernel.
+                return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other)
+            }
+        }
+        // Only files that only root can write are cached: a write through a shared mapping to a page that is
+        // already dirty changes content without changing ctime, so anyone else's file is hashed every time.
+        if key.onlyRootCanWrite, let digest = caches.digest(of: key) {
+            if isExec { caches.rememberExec(key, digest) }
+            statistics.add(.cacheHits)
+            return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key))
+        }
+        if shuttingDown {
+            return .answer(Answer(verdict: policy.verdict(layer: .shutdown) { _ in Decision(allow: true, reason: .unknown) }, key: key))
+        }
+        // fs-verity: the kernel measured the file in O(1) and checks every page read against that measurement;
+        // a verity file can never be opened for writing, so whoever owns it, its verdict may stay in the kernel.
+        // The content digest the signed policy pairs with it still meets the blocklist. The pairing is the
+        // policy's, not a measurement, so it does not go into the digest cache, which outlives reloads.
+        if key.isVerity, policy.usesVerity, let verity = facts.verityDigest(of: fd),
+           let digest = policy.contentDigest(forVerity: verity) {
+            statistics.add(.verityDecisions)
+            if isExec { caches.rememberExec(key, digest) }
+            return .answer(Answer(verdict: policy.decide(digest, layer: .verity), digest: digest, key: key, verityDigest: verity))
+        }
+        statistics.add(.cacheMisses)
+        if policy.mode == .enforce && !policy.mayAllow(size: key.size) {
+            // No allowed entry has this size, so no digest could match: deny without reading a byte
+            // (an 8 TiB sparse file must not keep the hash workers busy for hours).
+            statistics.add(.deniedBySize)
+            return .answer(Answer(verdict: policy.verdict(layer: .sizeFilter) { _ in Decision.decide(.unknown, mode: .enforce) }, key: key))
+        }
+        return .needsHash(key)
+    }
+
+    /// Whether a plain open (not an exec) needs a decision: an ELF object (whoever opens it may map it as code),
+    /// or a script an interpreter opens as its program. Returns the content class too (for the kernel cache).
+    func isProgramOpen(pid: Int32, key: FileKey, descriptor: Int32) -> (Bool, ContentClass) {
+        let contentClass: ContentClass
+        if key.onlyRootCanWrite, let cached = caches.contentClasses.withLock({ $0[key] }) {
+            contentClass = cached
+        } else {
+            contentClass = facts.contentClass(of: descriptor)
+            // A data file that gets a kernel-side verdict is never asked about again while unchanged.
+            if key.onlyRootCanWrite && !(contentClass == .other && kernelCache) {
+                caches.contentClasses.withLock { $0.insert(contentClass, for: key) }
+            }
+        }
+        switch contentClass {
+        case .elf:
+            return (true, contentClass)
+        case .shebang, .other:
+            guard let family = facts.interpreter(of: pid, executableDigest: caches.executableDigest) else { return (false, contentClass) }
+            return (contentClass == .shebang || facts.opensAsProgram(pid: pid, family: family, key: key, descriptor: descriptor), contentClass)
+        }
+    }
+}
