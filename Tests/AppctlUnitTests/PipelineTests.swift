@@ -1,0 +1,384 @@
+@testable import AppctlDaemon
+import AppctlCore
+import AppctlKernel
+import AppctlTestSupport
+import Foundation
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The daemon's decision ladder, responder, hash pool and control plane, with a fake kernel: no root, no
+// fanotify. The real-kernel behaviour is pinned by AppctlIntegrationTests.
+
+/// Records every answer, ignore mark and flush instead of talking to a fanotify group.
+final class RecordingResponder: PermissionResponder, @unchecked Sendable {
+    struct State { var answers: [(fd: Int32, allow: Bool)] = []; var marks: [(fd: Int32, events: FanotifyGroup.Events)] = []; var flushes = 0 }
+    let state = Mutex(State())
+    func respond(to eventDescriptor: Int32, allow: Bool) throws(Errno) { state.withLock { $0.answers.append((eventDescriptor, allow)) } }
+    func ignoreInode(of eventDescriptor: Int32, events: FanotifyGroup.Events) throws(Errno) { state.withLock { $0.marks.append((eventDescriptor, events)) } }
+    func flushInodeMarks() throws(Errno) { state.withLock { $0.flushes += 1 } }
+    var answers: [(fd: Int32, allow: Bool)] { state.withLock { $0.answers } }
+    var marks: [(fd: Int32, events: FanotifyGroup.Events)] { state.withLock { $0.marks } }
+    var flushes: Int { state.withLock { $0.flushes } }
+}
+
+/// Fixed answers to what the ladder asks about files and processes, by descriptor and pid.
+final class FakeFacts: FileFacts, @unchecked Sendable {
+    var identities: [Int32: FileKey] = [:]
+    var classes: [Int32: ContentClass] = [:]
+    var interpreters: [Int32: InterpreterFamily] = [:]
+    var programs: Set<Int32> = []           // descriptors an interpreter opens as its program
+    var verity: [Int32: SHA256Digest] = [:]
+    func identity(of descriptor: Int32) -> FileKey? { identities[descriptor] }
+    func contentClass(of descriptor: Int32) -> ContentClass { classes[descriptor] ?? .other }
+    func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? { interpreters[pid] }
+    func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool { programs.contains(descriptor) }
+    func verityDigest(of descriptor: Int32) -> SHA256Digest? { verity[descriptor] }
+}
+
+final class CollectingSink: EventSink, @unchecked Sendable {
+    let records = Mutex<[EventRecord]>([])
+    func submit(_ record: EventRecord) { records.withLock { $0.append(record) } }
+    var outcomes: [Outcome] { records.withLock { $0.map(\.outcome) } }
+}
+
+/// A pipeline around a real signed policy in a temporary directory, with a fake kernel.
+final class Pipeline: @unchecked Sendable {
+    let dir = TemporaryDirectory("appctl-pipeline")
+    let keys: TestKeys
+    let policy: PolicyState
+    let statistics = Statistics()
+    let caches = DecisionCaches()
+    let facts = FakeFacts()
+    let kernel = RecordingResponder()
+    let sink = CollectingSink()
+    let learned = LearnRecorder(hostname: "test")
+    let known = SHA256Digest.of(Array("known content".utf8))
+    let blocked = SHA256Digest.of(Array("blocked content".utf8))
+    let unknown = SHA256Digest.of(Array("unknown content".utf8))
+    lazy var kernelCache = KernelVerdictCache(responder: kernel, enabled: true, watchedEvents: [.openExecPermission, .openPermission],
+                                              statistics: statistics, log: { _ in })
+    lazy var responder = Responder(responder: kernel, kernelCache: kernelCache, policy: policy, learned: learned, events: sink,
+                                   statistics: statistics, logAllows: false, log: { _ in })
+    lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true)
+
+    init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = []) throws {
+        keys = try TestKeys(in: dir)
+        policy = PolicyState(mode: mode, stateDirectory: dir.file("state"), hostname: "test")
+        var allows = [AllowEntry(digest: known, size: allowSizes[0], kind: .elfExec, origin: .manual, path: Array("/known".utf8))]
+        for (digest, size) in extraAllows { allows.append(AllowEntry(digest: digest, size: size, kind: .script, origin: .manual, path: Array("/extra".utf8))) }
+        let header = PolicyHeader(serial: 1, issued: .now, keyID: keys.publicKey.keyID)
+        try PolicyWriter.write(path: dir.file("policy.txt"), header: header, allows: allows,
+                               denies: [DenyEntry(digest: blocked, note: "test")], signingKey: keys.privateKey)
+        guard case .success = policy.apply(path: dir.file("policy.txt"), keyPath: keys.publicPath, allowRollback: false) else {
+            throw HarnessError("policy not applied")
+        }
+    }
+
+    /// A request on a real descriptor (of /dev/null: the answer closes it), with the facts the test gives it.
+    func request(exec: Bool, pid: Int32 = 100, key: FileKey?, contentClass: ContentClass = .other) -> PermissionRequest {
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if let key { facts.identities[fd] = key }
+        facts.classes[fd] = contentClass
+        let mask = exec ? FanotifyGroup.Events.openExecPermission.rawValue : FanotifyGroup.Events.openPermission.rawValue
+        return PermissionRequest(FanotifyEvent(mask: mask, fd: fd, pid: pid), receivedAt: monotonicNanoseconds())
+    }
+
+    /// Runs one request through triage and the responder, as the event reader does; a miss is reported, not hashed.
+    @discardableResult
+    func decide(_ request: consuming PermissionRequest, shuttingDown: Bool = false) -> Triage.Result {
+        let result = triage.triage(request, shuttingDown: shuttingDown)
+        switch result {
+        case .answer(let answer): responder.finish(request, answer)
+        case .inert(let mark): responder.allowInert(request, markInKernel: mark)
+        case .needsHash: responder.allowAtShutdown(request)   // not under test here: released
+        }
+        return result
+    }
+
+    /// Triage alone: the request is then released through a throw-away responder, so nothing is left unanswered.
+    func peek(_ request: consuming PermissionRequest) -> Triage.Result {
+        let result = triage.triage(request)
+        request.answer(allow: true, via: RecordingResponder())
+        return result
+    }
+
+    deinit { dir.remove() }
+}
+
+func rootOnly(_ inode: UInt64, size: Int64 = 13, verity: Bool = false) -> FileKey {
+    FileKey(device: 1, inode: inode, changeTime: 7, size: size, isVerity: verity, onlyRootCanWrite: true)
+}
+func userWritable(_ inode: UInt64, size: Int64 = 13) -> FileKey {
+    FileKey(device: 1, inode: inode, changeTime: 7, size: size, onlyRootCanWrite: false)
+}
+
+extension Triage.Result {
+    var layer: Verdict.Layer? { if case .answer(let a) = self { return a.verdict.layer }; return nil }
+    var allows: Bool? { if case .answer(let a) = self { return a.verdict.allow }; return nil }
+    var isInert: Bool { if case .inert = self { return true }; return false }
+    var needsHash: Bool { if case .needsHash = self { return true }; return false }
+}
+
+@Suite struct TriageTests {
+    @Test func ownProcessIsAllowedWithoutLookingAtTheFile() throws {
+        let p = try Pipeline(mode: .enforce)
+        let r = p.decide(p.request(exec: true, pid: 4242, key: nil))
+        #expect(r.layer == .ownProcess && r.allows == true)
+        #expect(p.kernel.answers.map(\.allow) == [true])
+        #expect(p.statistics[.ownProcessEvents] == 1)
+    }
+
+    @Test func unidentifiableFileIsUnreadableAndDeniedInEnforceOnly() throws {
+        let p = try Pipeline(mode: .enforce)
+        #expect(p.decide(p.request(exec: true, key: nil)).allows == false)
+        #expect(p.sink.outcomes == [.deny])
+        let m = try Pipeline(mode: .monitor)
+        let r = m.decide(m.request(exec: true, key: nil))
+        #expect(r.layer == .unreadable && r.allows == true)
+        #expect(m.sink.outcomes == [.wouldDeny])
+    }
+
+    @Test func openCompletingAnExecRepeatsItsAnswerSilently() throws {
+        let p = try Pipeline(mode: .enforce)
+        let key = rootOnly(1)
+        p.caches.remember(p.known, for: key)
+        p.decide(p.request(exec: true, key: key))
+        let statsBefore = p.statistics[.allowed]
+        let r = p.decide(p.request(exec: false, key: key))
+        guard case .answer(let answer) = r else { Issue.record("not answered"); return }
+        #expect(answer.repeatsExec && answer.verdict.allow)
+        #expect(p.statistics[.allowed] == statsBefore, "the second event of one exec is not counted again")
+        #expect(p.kernel.answers.count == 2)
+        // Only once: the next open of the same file is an ordinary one.
+        guard case .answer(let again) = p.peek(p.request(exec: false, key: key, contentClass: .elf)) else { Issue.record("not answered"); return }
+        #expect(!again.repeatsExec)
+    }
+
+    @Test func plainDataOpensAreInertAndRootOnlyDataIsCachedInTheKernel() throws {
+        let p = try Pipeline(mode: .enforce)
+        #expect(p.decide(p.request(exec: false, key: rootOnly(2))) == .inert(markInKernel: true))
+        #expect(p.decide(p.request(exec: false, key: userWritable(3))) == .inert(markInKernel: false))
+        #expect(p.kernel.answers.map(\.allow) == [true, true])
+        #expect(p.kernel.marks.count == 1 && p.kernel.marks[0].events == [.openPermission])
+        #expect(p.statistics[.inertOpens] == 2 && p.sink.outcomes.isEmpty)
+    }
+
+    @Test func elfOpensAndInterpreterProgramsAreDecidedLikeExecs() throws {
+        let p = try Pipeline(mode: .enforce)
+        #expect(p.decide(p.request(exec: false, key: userWritable(4, size: 99), contentClass: .elf)).allows == false)
+        // A #! script opened by an interpreter is its program, whatever its command line says.
+        p.facts.interpreters[200] = .shell
+        #expect(p.decide(p.request(exec: false, pid: 200, key: userWritable(5, size: 99), contentClass: .shebang)).allows == false)
+        // A plain file an interpreter opens counts only when it is its program.
+        #expect(p.decide(p.request(exec: false, pid: 200, key: userWritable(6, size: 99))).isInert)
+        let program = p.request(exec: false, pid: 200, key: userWritable(7, size: 99))
+        p.facts.programs.insert(program.descriptor)
+        #expect(p.decide(program).allows == false)
+        #expect(p.sink.outcomes == [.deny, .deny, .deny])
+    }
+
+    @Test func cachedDigestsDecideOnlyRootOnlyFiles() throws {
+        let p = try Pipeline(mode: .enforce)
+        p.caches.remember(p.known, for: rootOnly(8))
+        let hit = p.decide(p.request(exec: true, key: rootOnly(8)))
+        #expect(hit.layer == .digest && hit.allows == true && p.statistics[.cacheHits] == 1)
+        // Known content that only root can change: cached in the kernel for execs and opens.
+        #expect(p.kernel.marks.last?.events == [.openExecPermission, .openPermission])
+        // The same identity on a file others can write is never taken from the cache.
+        p.caches.remember(p.known, for: userWritable(9))
+        #expect(p.peek(p.request(exec: true, key: userWritable(9))).needsHash)
+    }
+
+    @Test func blocklistedCachedContentIsDeniedInEveryModeAndNeverMarked() throws {
+        for mode in Mode.allCases {
+            let p = try Pipeline(mode: mode)
+            p.caches.remember(p.blocked, for: rootOnly(10))
+            #expect(p.decide(p.request(exec: true, key: rootOnly(10))).allows == false, "\(mode)")
+            #expect(p.kernel.marks.isEmpty)
+        }
+    }
+
+    @Test func shuttingDownLetsMissesThrough() throws {
+        let p = try Pipeline(mode: .enforce)
+        let r = p.decide(p.request(exec: true, key: userWritable(11)), shuttingDown: true)
+        #expect(r.layer == .shutdown && r.allows == true)
+    }
+
+    @Test func verityFilesAreDecidedByTheirPairedDigestAndSealed() throws {
+        // A policy whose allow entry carries a verity digest.
+        let p = try Pipeline(mode: .enforce)
+        let verity = SHA256Digest.of(Array("verity".utf8))
+        var entry = AllowEntry(digest: p.known, size: 13, kind: .elfExec, origin: .manual, path: Array("/v".utf8))
+        entry.verity = verity
+        let header = PolicyHeader(serial: 2, issued: .now, keyID: p.keys.publicKey.keyID)
+        try PolicyWriter.write(path: p.dir.file("policy.txt"), header: header, allows: [entry], denies: [], signingKey: p.keys.privateKey)
+        guard case .success = p.policy.apply(path: p.dir.file("policy.txt"), keyPath: p.keys.publicPath, allowRollback: false) else {
+            Issue.record("verity policy not applied"); return
+        }
+        let request = p.request(exec: true, key: userWritable(12).withVerity())
+        p.facts.verity[request.descriptor] = verity
+        let r = p.decide(request)
+        #expect(r.layer == .verity && r.allows == true && p.statistics[.verityDecisions] == 1)
+        #expect(p.kernel.marks.count == 1, "sealed content is cached in the kernel whoever owns it")
+    }
+
+    @Test func sizeFilterDeniesUnreadInEnforceModeOnly() throws {
+        let p = try Pipeline(mode: .enforce)
+        let r = p.decide(p.request(exec: true, key: userWritable(13, size: 12345)))
+        #expect(r.layer == .sizeFilter && r.allows == false && p.statistics[.deniedBySize] == 1)
+        let m = try Pipeline(mode: .monitor)
+        #expect(m.peek(m.request(exec: true, key: userWritable(13, size: 12345))).needsHash)
+    }
+
+    @Test func everythingElseIsHashed() throws {
+        let p = try Pipeline(mode: .enforce)
+        #expect(p.peek(p.request(exec: true, key: userWritable(14))).needsHash)
+        #expect(p.statistics[.cacheMisses] == 1)
+    }
+}
+
+extension FileKey {
+    func withVerity() -> FileKey { var k = self; k.isVerity = true; return k }
+}
+
+extension Triage.Result: Equatable {
+    public static func == (a: Triage.Result, b: Triage.Result) -> Bool {
+        switch (a, b) {
+        case (.inert(let x), .inert(let y)): return x == y
+        case (.needsHash(let x), .needsHash(let y)): return x == y
+        case (.answer(let x), .answer(let y)): return x.verdict == y.verdict && x.digest == y.digest
+        default: return false
+        }
+    }
+}
+
+@Suite(.serialized) struct ResponderTests {
+    @Test func aRequestDroppedWithoutAnAnswerIsCounted() throws {
+        let before = PermissionRequest.droppedUnanswered.load(ordering: .relaxed)
+        do {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            _ = PermissionRequest(FanotifyEvent(mask: FanotifyGroup.Events.openExecPermission.rawValue, fd: fd, pid: 1), receivedAt: 0)
+        }
+        #expect(PermissionRequest.droppedUnanswered.load(ordering: .relaxed) == before + 1)
+        PermissionRequest.droppedUnanswered.wrappingAdd(-1, ordering: .relaxed)
+    }
+
+    @Test func eachRequestIsAnsweredExactlyOnceAndItsDescriptorClosed() throws {
+        let dropped = PermissionRequest.droppedUnanswered.load(ordering: .relaxed)
+        let p = try Pipeline(mode: .enforce)
+        var descriptors: [Int32] = []
+        for i in 0..<20 {
+            let r = p.request(exec: i % 2 == 0, key: i % 3 == 0 ? nil : userWritable(UInt64(100 + i), size: 99))
+            descriptors.append(r.descriptor)
+            p.decide(r)
+        }
+        let answered = p.kernel.answers.map(\.fd)
+        #expect(answered.count == 20 && Set(answered).count <= 20)
+        // The descriptor numbers come back for reuse only once closed: each answered one is closed.
+        for fd in descriptors { #expect(fcntl(fd, F_GETFD) == -1 || descriptors.filter { $0 == fd }.count > 1) }
+        #expect(PermissionRequest.droppedUnanswered.load(ordering: .relaxed) == dropped)
+    }
+
+    @Test func aRevocationWhileMarkingFlushesTheKernelCache() throws {
+        let p = try Pipeline(mode: .enforce)
+        let key = rootOnly(20)
+        // The verdict was made under a policy that allowed the content; by the time of the mark, a reload revoked it.
+        let stale = Triage.Answer(verdict: Verdict(Decision(allow: true, reason: .known), serial: 1, mode: .enforce, layer: .digest),
+                                  digest: p.unknown, key: key)
+        p.responder.finish(p.request(exec: true, key: key), stale)
+        #expect(p.kernel.marks.count == 1)
+        #expect(p.kernel.flushes == 1, "a mark placed for content the policy in force does not allow is flushed at once")
+    }
+
+    @Test func notableOutcomesAreRecordedWithTheVerdictsSerialAndMode() throws {
+        let p = try Pipeline(mode: .monitor)
+        p.decide(p.request(exec: true, key: userWritable(21, size: 13)).self, shuttingDown: false)
+        // A miss is hashed elsewhere; give the responder the verdict the hash pool would.
+        p.responder.finish(p.request(exec: true, key: userWritable(22)), Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: userWritable(22)))
+        let records = p.sink.records.withLock { $0 }
+        #expect(records.map(\.outcome) == [.wouldDeny])
+        #expect(records.first?.serial == 1 && records.first?.mode == .monitor && records.first?.digest == p.unknown)
+    }
+
+    @Test func learnModeRecordsEachNewContentOnce() throws {
+        let p = try Pipeline(mode: .learn)
+        let file = p.dir.file("new-program")
+        try p.dir.write("new-program", Array("#!/bin/sh\necho new\n".utf8), mode: 0o755)
+        for _ in 0..<2 {
+            let fd = open(file, O_RDONLY | O_CLOEXEC)
+            let r = PermissionRequest(FanotifyEvent(mask: FanotifyGroup.Events.openExecPermission.rawValue, fd: fd, pid: 100), receivedAt: 0)
+            p.responder.finish(r, Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: userWritable(23)))
+        }
+        #expect(p.sink.outcomes == [.learned])
+        #expect(p.learned.count == 1)
+    }
+}
+
+@Suite struct HashPoolTests {
+    @Test func aMissIsHashedOnceForEveryWaiterAndDecidedByThePolicy() throws {
+        let content = Array("extra allowed!".utf8)
+        let digest = SHA256Digest.of(content)
+        let p = try Pipeline(mode: .enforce, extraAllows: [(digest, UInt64(content.count))])
+        try p.dir.write("allowed", content)
+        try p.dir.write("unknown", Array("something else".utf8))
+        let pool = HashPool(policy: p.policy, caches: p.caches, responder: p.responder, statistics: p.statistics, workers: 2)
+        pool.start()
+        defer { pool.stop() }
+        var waiting: [Int32: Bool] = [:]
+        for (name, allowed) in [("allowed", true), ("allowed", true), ("unknown", false)] {
+            let fd = open(p.dir.file(name), O_RDONLY | O_CLOEXEC)
+            let id = try FileDescriptor(rawValue: fd).identity()
+            waiting[fd] = allowed
+            pool.enqueue(PermissionRequest(FanotifyEvent(mask: FanotifyGroup.Events.openExecPermission.rawValue, fd: fd, pid: 100),
+                                           receivedAt: monotonicNanoseconds()), key: FileKey(id))
+        }
+        // Wait for the acknowledged state (every request answered), not for a fixed time.
+        let deadline = monotonicSeconds() + 30
+        while p.kernel.answers.count < 3 && monotonicSeconds() < deadline { usleep(1000) }
+        let answers = p.kernel.answers
+        #expect(answers.count == 3)
+        for a in answers { #expect(waiting[a.fd] == a.allow) }
+        #expect(p.statistics[.hashesComputed] <= 3 && p.statistics[.hashesInFlight] == 0)
+    }
+}
+
+@Suite struct ControlPlaneTests {
+    @Test func requestsRoundTripAndBadOnesGetOneLineErrors() throws {
+        for request in [ControlRequest.status(json: true), .status(json: false), .setMode(.learn), .reload] {
+            #expect(try ControlRequest(line: request.line) == request)
+        }
+        #expect(throws: ControlReply.self) { try ControlRequest(line: "mode sleep") }
+        #expect(throws: ControlReply.self) { try ControlRequest(line: "shutdown") }
+        let reply = ControlReply.ok("ready", body: "mode: enforce")
+        #expect(ControlReply(wire: reply.wire) == reply)
+        #expect(ControlReply(wire: ControlReply.error("no policy").wire) == .error("no policy"))
+    }
+
+    @Test func oneCounterTableDrivesStatusAndPrometheus() throws {
+        let statistics = Statistics()
+        statistics.add(.denied, 3)
+        statistics.add(.cacheHits)
+        let fields = StatusReport.counterFields(statistics, execsCounted: false)
+        #expect(fields.count == Counter.allCases.count)
+        #expect(fields.first { $0.name == "denied" }?.value == .int(3))
+        #expect(fields.first { $0.name == "execs_seen" }?.value == .unknownCount)
+        let text = StatusReport.prometheusText(statistics, execsCounted: false, gauges: [])
+        #expect(text.contains("appctl_decisions_total{decision=\"deny\"} 3\n"))
+        #expect(text.components(separatedBy: "# TYPE appctl_decisions_total counter").count == 2, "one TYPE line per metric")
+        #expect(!text.contains("appctl_execs_total"))
+        let report = StatusReport(ready: true, fields: fields)
+        #expect(report.json.hasPrefix("{\"allowed\":0,\"denied\":3"))
+        #expect(report.text.contains("cache hits:"))
+    }
+
+    @Test func modeIsParsedOneWayEverywhere() throws {
+        var configuration = DaemonConfiguration()
+        try configuration.apply(file: "c", text: "mode = learn\n")
+        #expect(configuration.mode == .learn)
+        #expect(throws: DaemonConfiguration.ParseError.self) { try configuration.apply(file: "c", text: "mode = lurk\n") }
+        #expect(Mode.choices == "enforce, monitor, learn")
+    }
+}
