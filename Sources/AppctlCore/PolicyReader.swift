@@ -1,3 +1,5 @@
+// Over 400 lines for a reason: one streaming parser whose single fixed buffer, line splitter and per-field
+// checks must be read together to see that every byte of a signed file is checked exactly once.
 import AppctlKernel
 #if canImport(Glibc)
 import Glibc

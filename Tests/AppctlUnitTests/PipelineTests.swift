@@ -303,6 +303,33 @@ extension Triage.Result: Equatable {
         #expect(records.first?.serial == 1 && records.first?.mode == .monitor && records.first?.digest == p.unknown)
     }
 
+    /// A denied process often exits within microseconds of the answer: what the record says about it must be
+    /// read while the answer still holds it. The fake kernel kills and reaps the process as it is answered.
+    @Test func processDetailsOfDenialsAreReadBeforeTheAnswer() throws {
+        let p = try Pipeline(mode: .enforce)
+        let child = Foundation.Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        child.arguments = ["30"]
+        try child.run()
+        let pid = child.processIdentifier
+        final class KillingResponder: PermissionResponder, @unchecked Sendable {
+            let pid: Int32
+            let child: Foundation.Process
+            init(pid: Int32, child: Foundation.Process) { self.pid = pid; self.child = child }
+            func respond(to eventDescriptor: Int32, allow: Bool) throws(Errno) { kill(pid, SIGKILL); child.waitUntilExit() }
+            func ignoreInode(of eventDescriptor: Int32, events: FanotifyGroup.Events) throws(Errno) {}
+            func flushInodeMarks() throws(Errno) {}
+        }
+        let responder = Responder(responder: KillingResponder(pid: pid, child: child), kernelCache: p.kernelCache, policy: p.policy,
+                                  learned: p.learned, events: p.sink, statistics: p.statistics, logAllows: false, log: { _ in })
+        let key = userWritable(30)
+        responder.finish(p.request(exec: true, pid: pid, key: key), Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: key))
+        let record = p.sink.records.withLock { $0.first }
+        #expect(record?.outcome == .deny)
+        #expect(record?.process.comm == "sleep", "the process was read after it was released")
+        #expect(record?.process.exe == "/usr/bin/sleep" || record?.process.exe == "/bin/sleep")
+    }
+
     @Test func learnModeRecordsEachNewContentOnce() throws {
         let p = try Pipeline(mode: .learn)
         let file = p.dir.file("new-program")
@@ -342,6 +369,28 @@ extension Triage.Result: Equatable {
         #expect(answers.count == 3)
         for a in answers { #expect(waiting[a.fd] == a.allow) }
         #expect(p.statistics[.hashesComputed] <= 3 && p.statistics[.hashesInFlight] == 0)
+    }
+}
+
+@Suite struct BoundsTests {
+    @Test func everyCacheStaysBounded() {
+        var cache = BoundedCache<Int, Int>(limit: 100)
+        for i in 0..<10_000 { cache.insert(i, for: i) }
+        #expect(cache.count <= 100)
+        #expect(cache[9_999] == 9_999, "the newest entry survives a reset")
+        let caches = DecisionCaches()
+        #expect(caches.digests.withLock { $0.limit } == DecisionCaches.digestLimit)
+        #expect(caches.lastExec.withLock { $0.limit } == DecisionCaches.lastExecLimit)
+        #expect(caches.contentClasses.withLock { $0.limit } == DecisionCaches.smallLimit)
+        #expect(caches.execDigests.withLock { $0.limit } == DecisionCaches.smallLimit)
+    }
+
+    @Test func thePrehashQueueDropsWhenFullAndCountsIt() throws {
+        let statistics = Statistics()
+        let prehasher = Prehasher(caches: DecisionCaches(), statistics: statistics)   // not started: nothing drains it
+        for _ in 0..<(Prehasher.queueLimit + 5) { prehasher.submit(descriptor: open("/dev/null", O_RDONLY | O_CLOEXEC)) }
+        #expect(statistics[.prehashDropped] == 5)
+        prehasher.stop()
     }
 }
 
