@@ -70,7 +70,7 @@ public final class Daemon: Sendable {
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, workers: configuration.hashThreads)
         prehasher = configuration.prehash ? Prehasher(caches: caches, statistics: statistics) : nil
         do {
-            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID)
+            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID, statistics: statistics)
         } catch {
             throw DaemonStartError(description: "cannot create the event reader's eventfd: \(error)")
         }

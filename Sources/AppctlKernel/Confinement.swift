@@ -18,6 +18,9 @@ public enum Confinement {
         public static let sysPtrace = Capability(rawValue: 19)
         /// `CAP_SYS_ADMIN` — `fanotify_mark` for filesystems mounted later; vm.memfd_noexec.
         public static let sysAdmin = Capability(rawValue: 21)
+        /// `CAP_SYS_RESOURCE` — writing `user.max_user_namespaces` (a switch to enforce mode after start, and the
+        /// restore at exit).
+        public static let sysResource = Capability(rawValue: 24)
     }
 
     public struct Failure: Error, CustomStringConvertible {

@@ -24,16 +24,22 @@ public struct FanotifyGroup: Sendable {
         public static let openExec = Events(rawValue: UInt64(FAN_OPEN_EXEC))
         /// `FAN_CLOSE_WRITE` — a file opened for writing was closed (a notification, not a question).
         public static let closeWrite = Events(rawValue: UInt64(FAN_CLOSE_WRITE))
-        /// `FAN_Q_OVERFLOW` — the event queue overflowed (never for permission events, which are not queued-and-dropped).
+        /// `FAN_Q_OVERFLOW` — the event queue overflowed. For a group with a bounded queue the kernel then drops new
+        /// events, permission events included, and allows what they asked; the content group's queue is unlimited.
         public static let queueOverflow = Events(rawValue: UInt64(FAN_Q_OVERFLOW))
     }
 
-    /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_CLOEXEC)`.
-    /// `FAN_CLASS_CONTENT` is the class for permission decisions based on file content.
-    /// (`O_LARGEFILE` is forced by the kernel on 64-bit.)
+    /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
+    /// O_RDONLY | O_CLOEXEC)`. `FAN_CLASS_CONTENT` is the class for permission decisions based on file content.
+    /// Unlimited queue: with the default bound (16,384 events) the kernel drops a new permission event when the
+    /// queue is full and **allows** the access (fsnotify_add_event returns the overflow, and the permission
+    /// wait is skipped): a stalled daemon would turn into an open door. Unlimited marks: the kernel-side verdict
+    /// cache places an inode mark per cached file, and the per-user mark limit (`max_user_marks`) must not stop
+    /// new filesystems from being marked. Both need `CAP_SYS_ADMIN`. (`O_LARGEFILE` is forced by the kernel on 64-bit.)
     public static func create() throws(Errno) -> FanotifyGroup {
         let fd = try retryingOnInterrupt {
-            fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY | O_CLOEXEC))
+            fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS),
+                          UInt32(O_RDONLY | O_CLOEXEC))
         }
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
     }

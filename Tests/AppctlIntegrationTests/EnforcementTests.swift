@@ -368,6 +368,28 @@ struct EnforcementTests {
         }
     }
 
+    /// Issue 10, case 6: a bounded queue drops new permission events when full and the kernel allows them.
+    /// The group must be created unlimited (queue and marks): the kernel shows its flags in fdinfo.
+    @Test func permissionGroupHasAnUnlimitedQueueAndMarks() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        try h.start(mode: "monitor")
+        let fdDirectory = "/proc/\(h.daemonPID)/fdinfo"
+        var flags: [UInt32] = []
+        for entry in try FileManager.default.contentsOfDirectory(atPath: fdDirectory) {
+            guard let text = try? String(contentsOfFile: fdDirectory + "/" + entry, encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("fanotify flags:") }) else { continue }
+            let value = line.split(separator: " ").dropFirst(1).first.map { String($0.dropFirst("flags:".count)) } ?? ""
+            if let v = UInt32(value, radix: 16) { flags.append(v) }
+        }
+        let contentGroups = flags.filter { $0 & 0x0c == 0x04 }   // FAN_CLASS_CONTENT
+        #expect(contentGroups.count == 1, "fanotify groups: \(flags.map { String($0, radix: 16) })")
+        for f in contentGroups {
+            #expect(f & 0x10 != 0, "FAN_UNLIMITED_QUEUE missing: a full queue would allow")
+            #expect(f & 0x20 != 0, "FAN_UNLIMITED_MARKS missing: the mark limit could stop new filesystems being marked")
+        }
+        #expect(try h.status()["queue_overflows"] as? Int == 0)
+    }
+
     @Test func sighupReopensTheEventLog() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
@@ -376,7 +398,8 @@ struct EnforcementTests {
         #expect(try h.waitUntil { h.eventRecords().count == 1 })
         #expect(rename(h.events, h.events + ".1") == 0)
         h.signalDaemon(SIGHUP, wait: false)
-        usleep(200_000)
+        // Wait for the acknowledged reopen, not for a fixed time (a sleep made this flaky on a busy machine).
+        #expect(try h.waitUntil(30) { (try h.status()["event_log_reopens"] as? Int ?? 0) >= 1 })
         let other = try h.makeUnknown("other")
         #expect(try h.exec(other) == 0)
         #expect(try h.waitUntil { h.eventRecords().count == 1 }, "a new file after rotation")

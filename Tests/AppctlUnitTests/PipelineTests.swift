@@ -431,3 +431,21 @@ extension Triage.Result: Equatable {
         #expect(Mode.choices == "enforce, monitor, learn")
     }
 }
+
+@Suite struct HardeningTests {
+    /// Issue 10, case 8: a sysctl the kernel lacks (vm.memfd_noexec before Linux 6.3) is reported, not skipped silently.
+    @Test func aMissingSysctlIsAHardeningFailure() throws {
+        let dir = TemporaryDirectory("appctl-sysctl")
+        defer { dir.remove() }
+        let missing = SysctlGuard(name: "vm.appctl_no_such_knob", enforcedValue: "2", stateDirectory: dir.path, why: "test")
+        var lines: [String] = []
+        missing.engage { lines.append($0) }
+        #expect(missing.failure.withLock { $0 } == "vm.appctl_no_such_knob: not available on this kernel")
+        #expect(lines.count == 1 && lines[0].contains("WARNING") && lines[0].contains("not covered"))
+        #expect(missing.active == nil)
+    }
+
+    @Test func confinementKeepsWhatTheHardeningNeeds() {
+        #expect(ConfinementProfile.keptCapabilities.contains { $0.rawValue == Confinement.Capability.sysResource.rawValue })
+    }
+}

@@ -2,8 +2,9 @@ import AppctlKernel
 
 /// What the confined daemon keeps: its capabilities and every syscall it makes (README, "Confinement").
 enum ConfinementProfile {
-    /// What the daemon still needs once running (see README, "Confinement").
-    static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch]
+    /// What the daemon still needs once running (see README, "Confinement"). `sysResource`: without it, a daemon
+    /// started in monitor mode and switched to enforce could not set user.max_user_namespaces, nor restore it at exit.
+    static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch, .sysResource]
 
     /// Every syscall the confined daemon makes, found with `strace -f -c` over the integration tests;
     /// anything else kills it (SIGSYS). Notably absent: execve/execveat, socket, connect, ptrace, mount.

@@ -109,7 +109,12 @@ public final class EventLog: EventSink {
                 s.reopenRequested = false
                 return (b, r, s.stopping)
             }
-            if reopen, let f = file { f.close(); file = nil }
+            if reopen {
+                file?.close()
+                file = nil
+                // Acknowledged, so that log rotation (and tests) can wait for it instead of sleeping.
+                statistics.add(.eventLogReopens)
+            }
             if !batch.isEmpty {
                 if file == nil { file = openLog() }
                 var text = ""

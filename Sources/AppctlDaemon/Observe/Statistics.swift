@@ -8,7 +8,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     case ownProcessEvents, inertOpens, deniedBySize, prehashed, prehashDropped
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
     case verityDecisions, execsSeen, execsAllowedByDaemon, execCountOverflows
-    case eventsDropped, eventWriteErrors
+    case eventsDropped, eventWriteErrors, eventLogReopens
+    /// Overflow notices from the permission group (its queue is unlimited: should stay 0).
+    case queueOverflows
     /// Requests dropped without an answer (a bug if ever non-zero): denied on the way out, see `PermissionRequest`.
     case requestsDroppedUnanswered
 
@@ -50,6 +52,8 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .execCountOverflows: "exec_count_overflows"
         case .eventsDropped: "events_dropped"
         case .eventWriteErrors: "event_write_errors"
+        case .eventLogReopens: "event_log_reopens"
+        case .queueOverflows: "queue_overflows"
         case .requestsDroppedUnanswered: "requests_dropped_unanswered"
         }
     }
@@ -71,6 +75,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .execsAllowedByDaemon: Exposition(name: "execs_allowed_by_daemon_total", help: "Exec permission events the daemon allowed (the rest were answered in the kernel).")
         case .verityDecisions: Exposition(name: "verity_decisions_total", help: "Events decided from the file's fs-verity digest, without reading it.")
         case .eventsDropped: Exposition(name: "events_dropped_total", help: "Event records dropped (queue full, log unwritable).")
+        case .queueOverflows: Exposition(name: "queue_overflows_total", help: "Overflow notices from the permission group (events the kernel allowed unasked; should be 0).")
         case .requestsDroppedUnanswered: Exposition(name: "requests_dropped_unanswered_total", help: "Permission requests dropped without an answer and denied (a bug if non-zero).")
         default: nil
         }

@@ -18,14 +18,15 @@ final class EventReader: Sendable {
     /// Nil when pre-hashing is off.
     let prehasher: Prehasher?
     let ownPID: Int32
+    let statistics: Statistics
     private let shutdown: EventNotifier
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
 
     init(group: FanotifyGroup, triage: Triage, responder: Responder, hashPool: HashPool, prehasher: Prehasher?,
-         ownPID: Int32) throws(Errno) {
+         ownPID: Int32, statistics: Statistics) throws(Errno) {
         self.group = group; self.triage = triage; self.responder = responder; self.hashPool = hashPool
-        self.prehasher = prehasher; self.ownPID = ownPID
+        self.prehasher = prehasher; self.ownPID = ownPID; self.statistics = statistics
         shutdown = try EventNotifier()
     }
 
@@ -56,7 +57,12 @@ final class EventReader: Sendable {
     }
 
     func dispatch(_ event: FanotifyEvent, shuttingDown: Bool = false) {
-        guard event.fd >= 0 else { return }   // FAN_NOFD: a queue overflow notice
+        guard event.fd >= 0 else {
+            // FAN_NOFD: a queue overflow notice. The queue is unlimited (`FanotifyGroup.create`), so this should never
+            // come; if it does, events were lost and the kernel allowed them: count it, status shows it.
+            if event.mask & FanotifyGroup.Events.queueOverflow.rawValue != 0 { statistics.add(.queueOverflows) }
+            return
+        }
         guard event.isPermissionEvent else {
             if event.isCloseWrite, event.pid != ownPID, !shuttingDown, let prehasher {
                 prehasher.submit(descriptor: event.fd)

@@ -33,7 +33,14 @@ final class SysctlGuard: Sendable {
 
     func engage(log: (String) -> Void) {
         original.withLock { original in
-            guard original == nil, let current = readValue(path) else { return }
+            guard original == nil else { return }
+            guard let current = readValue(path) else {
+                // Not on this kernel (vm.memfd_noexec is Linux 6.3+; Debian 12 ships 6.1): nothing to raise, and the
+                // admin must know that this case is not covered.
+                failure.withLock { $0 = "\(name): not available on this kernel" }
+                log("appctl: WARNING: \(name) does not exist on this kernel (\(path)); not covered: \(why)")
+                return
+            }
             // A previous run that died while enforcing left the raised value behind: its record holds the original.
             let recorded = readValue(recordPath)
             let restoreTo = recorded ?? current
@@ -57,9 +64,15 @@ final class SysctlGuard: Sendable {
     func release(log: (String) -> Void) {
         original.withLock { original in
             guard let value = original else { return }
-            if writeValue(path, value) {
+            do throws(Errno) {
+                try writeOrThrow(path, value)
                 log("appctl: \(name) restored to \(value)")
                 unlink(recordPath)
+                failure.withLock { $0 = nil }
+            } catch {
+                // The record stays in the state directory, so the next start restores the real original.
+                failure.withLock { $0 = "\(name): cannot restore \(value): \(error)" }
+                log("appctl: WARNING: cannot restore \(name) to \(value): \(error); it stays \(enforcedValue) until the next start")
             }
             original = nil
         }
