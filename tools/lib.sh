@@ -59,13 +59,13 @@ stop_pid() {
   local pid=$1 limit=$(( ${2:-10} * 100 )) i t0 rc=0
   STOPPED_AFTER_MS=0
   [[ -n $pid ]] || return 0
-  if _lib_alive "$pid"; then
+  if pid_running "$pid"; then
     t0=$(date +%s%N)
-    kill -TERM "$pid" 2>/dev/null
-    for (( i = 0; i < limit; i++ )); do _lib_alive "$pid" || break; sleep 0.01; done
-    if _lib_alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for (( i = 0; i < limit; i++ )); do pid_running "$pid" || break; sleep 0.01; done
+    if pid_running "$pid"; then
       echo "stop_pid: pid $pid ignored SIGTERM for ${2:-10} s: SIGKILL" >&2
-      kill -KILL "$pid" 2>/dev/null
+      kill -KILL "$pid" 2>/dev/null || true
     fi
     STOPPED_AFTER_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
   fi
@@ -73,8 +73,9 @@ stop_pid() {
   (( rc == 127 )) && rc=0   # not our child: its status went to its own parent
   return "$rc"
 }
-# A zombie (a child of ours not yet waited for) has finished: it no longer counts as running.
-_lib_alive() {
+# pid_running PID — true while PID exists and has not finished: a zombie (a child of ours not yet
+# waited for) has finished, though kill -0 still finds it.
+pid_running() {
   local state
   state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
   [[ -n $state && $state != Z ]]
