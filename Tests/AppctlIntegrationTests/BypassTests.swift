@@ -5,43 +5,74 @@ import AppctlTestSupport
 import Foundation
 import Testing
 
-/// The threat model's techniques against the real kernel (README, SECURITY.md): every row of
-/// `tools/bypass-suite` is a test here. A marker file written by the payload proves whether code ran.
+/// The threat model's techniques against the real kernel (README, SECURITY.md). The techniques are the
+/// catalogue in `tools/bypass/techniques.sh`, which `tools/bypass-suite` runs too: the first test runs every
+/// row of it, judged by the payload's evidence (its output or a marker file). The other tests check what a
+/// row does not: the error a user sees, allowed code that keeps working, the kernel-side cache, confinement.
 @Suite(.serialized, .enabled(if: rootTestsEnabled, "needs root: fanotify and mounts"))
 struct BypassTests {
     init() {
         #expect(isRoot, "root-only tests running without root (CI=true): run tools/test as root")
     }
 
-    /// A shared object whose constructor writes `marker`, compiled at test time.
+    /// The catalogue's payload library (`tools/bypass/payload.c`): loading it writes `marker`.
     static func buildEvilLibrary(_ h: DaemonHarness, marker: String) throws -> String {
-        let source = h.dir.file("evil.c")
-        try """
-            #include <stdio.h>
-            __attribute__((constructor)) static void evil(void) { FILE *f = fopen("\(marker)", "w"); if (f) fclose(f); }
-            unsigned int la_version(unsigned int v) { return v; }
-            """.write(toFile: source, atomically: true, encoding: .utf8)
         let out = h.mount + "/evil.so"
-        let r = try run("/usr/bin/cc", ["-shared", "-fPIC", "-o", out, source])
-        guard r.status == 0 else { throw HarnessError("cc: \(r.stderr)") }
+        try BypassCatalogue.buildPayloadLibrary(marker: marker, output: out)
         return out
     }
 
     func markerExists(_ path: String) -> Bool { (try? linkStatus(path)) != nil }
 
-    @Test func loaderRunAsAProgramCannotLoadAnUnknownBinary() throws {
+    /// Every technique twice, as `tools/bypass-suite` runs them: first with no daemon, where every payload
+    /// must run (else the row would pass without the daemon doing anything), then under an enforcing daemon
+    /// with the suite's policy (learned from the tree's ok/) and hardening, where attacks must not run and
+    /// allowed code must. Documented gaps are run but not judged.
+    @Test func everyCatalogueTechniqueRunsWithoutTheDaemonAndIsStoppedByIt() throws {
+        let techniques = try BypassCatalogue.techniques()
+        #expect(techniques.filter(\.scored).count >= 26, "the catalogue lost rows: \(techniques)")
+        let h = try DaemonHarness(); defer { h.stop() }
+        let catalogue = try BypassCatalogue(work: h.dir.file("bypass"), filesystem: h.mount)
+        let baselineTree = h.mount + "/runs/baseline", enforcedTree = h.mount + "/runs/appctl"
+        try catalogue.prepare(tree: baselineTree)
+        #expect(try !catalogue.prepare(tree: enforcedTree).isEmpty)
+
+        for technique in techniques {
+            let outcome = try catalogue.run(technique, in: baselineTree, label: "baseline")
+            #expect(outcome.ran && !outcome.preparationFailed, "without a daemon, \(technique): \(outcome)")
+        }
+
+        let learned = try appctl("learn", "--root", enforcedTree + "/ok", "--dpkg-admindir", "/nonexistent",
+                                 "--sign-with", h.keys.privatePath, "--serial", "1", "--out", h.policyPath)
+        #expect(learned.status == 0, "\(learned.stderr)")
+        try h.start(mode: "enforce", config: ["memfd-noexec = yes", "userns-restrict = yes"])
+        // Without CAP_SYS_RESOURCE the daemon cannot forbid user namespaces and says so; the user-namespace
+        // row is then a known gap, checked by noUserNamespaceMountsWhileEnforcingAndTheSettingIsRestored.
+        let usernsOpen = (try h.status()["hardening_failures"] as? [String] ?? []).contains { $0.hasPrefix("user.max_user_namespaces") }
+        for technique in techniques {
+            let outcome = try catalogue.run(technique, in: enforcedTree, label: "appctl")
+            #expect(kill(h.daemonPID, 0) == 0, "the daemon died during \(technique): every later row would fail open\n\(h.daemonLog)")
+            #expect(!outcome.preparationFailed, "\(technique): \(outcome)")
+            if technique.id == "e1" && usernsOpen { continue }
+            if technique.mustRunWhenEnforced {
+                #expect(outcome.ran, "allowed code must keep running: \(technique): \(outcome)")
+            } else if technique.mustNotRunWhenEnforced {
+                #expect(!outcome.ran, "BYPASS: \(technique): \(outcome); see \(catalogue.transcript(label: "appctl"))")
+            }
+        }
+    }
+
+    /// The loader refusing a file says why; the catalogue rows only see that the payload did not run.
+    @Test func loaderRunAsAProgramReportsTheRefusalAndStillRunsKnownPrograms() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")
-        let evil = try Self.buildEvilLibrary(h, marker: h.dir.file("marker"))
         try h.start(mode: "enforce")
         let loader = "/lib64/ld-linux-x86-64.so.2"
         #expect(try h.exec("\(loader) \(h.mount)/known") == 0, "the loader itself and known programs keep working")
+        #expect(try h.exec("\(loader) /usr/bin/true") == 0)
         let plain = try h.execResult("\(loader) \(unknown)")
         #expect(plain.status != 0)
         #expect(plain.stderr.contains("Operation not permitted"), "\(plain.stderr)")
-        #expect(try h.exec("\(loader) --library-path \(h.mount) \(unknown)") != 0)
-        _ = try h.execResult("\(loader) --preload \(evil) /usr/bin/true")
-        #expect(!markerExists(h.dir.file("marker")), "an unknown library preloaded through the loader ran")
     }
 
     @Test func unknownSharedObjectsAreNotLoaded() throws {
@@ -53,8 +84,6 @@ struct BypassTests {
         let preload = try h.execResult("LD_PRELOAD=\(evil) /usr/bin/true")
         #expect(preload.stderr.contains("cannot be preloaded"), "\(preload.stderr)")
         #expect(!markerExists(marker), "LD_PRELOAD ran an unknown library")
-        _ = try h.execResult("LD_AUDIT=\(evil) /usr/bin/true")
-        #expect(!markerExists(marker), "LD_AUDIT ran an unknown library")
         let ctypes = try h.execResult("/usr/bin/python3 -c 'import ctypes; ctypes.CDLL(\"\(evil)\")'")
         #expect(ctypes.status != 0)
         #expect(ctypes.stderr.contains("Operation not permitted"), "\(ctypes.stderr)")
@@ -74,20 +103,11 @@ struct BypassTests {
         _ = try h.writeScript("helper.py", "VALUE = 42\n")    // an import, not on the command line: data
         let rc = try h.writeScript("bashrc", "echo rc-ran\n")
         try h.writePolicy(allow: [h.mount + "/known", allowedShell, allowedPython])
-        let cases: [(String, String)] = [
-            ("sh", "#!/bin/sh\ntouch \(marker)\n"), ("bash", "touch \(marker)\n"), ("dash", "touch \(marker)\n"),
-            ("python3", "open('\(marker)', 'w')\n"), ("perl", "open(F, '>', '\(marker)');\n"),
-        ]
-        var unknown: [(String, String)] = []
-        for (interpreter, body) in cases { unknown.append((interpreter, try h.writeScript("evil-\(interpreter)", body))) }
+        // Unknown scripts handed to sh, bash, dash, python3 and perl are catalogue rows; here, what they are not:
+        // the exit status of a refused #! script, and an option before the script.
         let shebang = try h.writeScript("evil-shebang.sh", "#!/bin/sh\ntouch \(marker)\n")
         try h.start(mode: "enforce")
 
-        for (interpreter, path) in unknown {
-            let r = try h.execResult("/usr/bin/\(interpreter) \(path)")
-            #expect(r.status != 0, "\(interpreter) ran an unknown script")
-            #expect(!markerExists(marker), "\(interpreter) ran an unknown script")
-        }
         #expect(try h.exec(shebang) == 126, "./x.sh through its shebang")
         #expect(try h.exec("/bin/sh -x \(shebang)") != 0, "options before the script")
         #expect(!markerExists(marker))
@@ -98,7 +118,7 @@ struct BypassTests {
         #expect(try h.execResult("cd \(h.mount) && /usr/bin/python3 allowed.py").stdout == "allowed-py-ran 42\n")
         #expect(try h.execResult("/bin/bash --rcfile \(rc) -i -c 'echo shell-ok' 2>/dev/null").stdout.contains("shell-ok"))
         #expect(try h.execResult("/usr/bin/python3 -c 'import json, email; print(1)'").stdout == "1\n")
-        #expect(try h.execResult("cat \(unknown[0].1)").status == 0, "reading a script is not running it")
+        #expect(try h.execResult("cat \(shebang)").status == 0, "reading a script is not running it")
     }
 
     /// A script's own arguments are not its program: an allowed script reads an unknown data file named on its
@@ -187,65 +207,30 @@ struct BypassTests {
         #expect(try String(contentsOfFile: "/proc/sys/user/max_user_namespaces", encoding: .utf8) == before, "restored on exit")
     }
 
-    @Test func theLoaderCannotRunAnInterpreterOnAnUnknownScript() throws {
+    /// The catalogue's rows e4 and e5 show that renamed copies of dash and the loader refuse unknown files;
+    /// this is the other half: recognised by content, they still do their allowed job.
+    @Test func renamedCopiesOfAllowedInterpretersAndOfTheLoaderKeepWorking() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        let marker = h.dir.file("marker")
-        let python = h.mount + "/evil.py"
-        let shell = h.mount + "/evil.sh"
-        try "open('\(marker)', 'w')\n".write(toFile: python, atomically: false, encoding: .utf8)
-        try "touch \(marker)\n".write(toFile: shell, atomically: false, encoding: .utf8)
-        try h.start(mode: "enforce")
-        let loader = "/lib64/ld-linux-x86-64.so.2"
-        _ = try h.execResult("\(loader) /usr/bin/python3 \(python)")
-        #expect(!markerExists(marker), "ld.so python3 x.py ran an unknown script")
-        _ = try h.execResult("\(loader) /usr/bin/dash \(shell)")
-        #expect(!markerExists(marker), "ld.so dash x.sh ran an unknown script")
-        #expect(try h.exec("\(loader) /usr/bin/true") == 0, "the loader still runs known programs")
-    }
-
-    @Test func renamedCopiesOfAllowedInterpretersAndOfTheLoaderAreStillRecognised() throws {
-        let h = try DaemonHarness(); defer { h.stop() }
-        let marker = h.dir.file("marker")
         let myDash = try h.copyExecutable("/usr/bin/dash", to: "mydash")
         let myLoader = try h.copyExecutable("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", to: "myld")
-        let unknown = try h.makeUnknown("unknown")
-        let script = h.mount + "/evil-script"
-        try "touch \(marker)\n".write(toFile: script, atomically: false, encoding: .utf8)
-        // Both copies are allowed content (a real host's policy holds dash and the loader): the renamed dash
-        // must still count as an interpreter, recognised by content, not by its name.
-        try h.writePolicy(allow: [h.mount + "/known", myDash, myLoader])
+        let allowedScript = try h.writeScript("allowed.sh", "echo allowed-ran\n")
+        try h.writePolicy(allow: [h.mount + "/known", myDash, myLoader, allowedScript])
         try h.start(mode: "enforce")
         #expect(try h.execResult("\(myDash) -c 'echo dash-ok'").stdout == "dash-ok\n")
-        _ = try h.execResult("\(myDash) \(script)")
-        #expect(!markerExists(marker), "a renamed dash ran an unknown script")
-        #expect(try h.exec("\(myLoader) \(unknown)") != 0, "a copy of the loader loaded an unknown program")
+        #expect(try h.execResult("\(myDash) \(allowedScript)").stdout == "allowed-ran\n")
         #expect(try h.exec("\(myLoader) /usr/bin/true") == 0)
     }
 
-    @Test func writesThroughASharedMappingAndLaterModifiedHardLinksAreCaught() throws {
+    /// Beyond the catalogue's rows t08-t10, whose files belong to the attacker: a change to an already-dirty
+    /// shared page (no fault, so no ctime change), and changes to root-owned files whose verdict the kernel
+    /// holds (an ignore mark) rather than the daemon.
+    @Test func dirtySharedPagesAndChangesToKernelCachedFilesAreCaught() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        let mapped = try h.copyExecutable("/usr/bin/true", to: "mapped")
         chmod(h.mount, 0o777)   // the attacker can reach the file
         let original = try h.copyExecutable("/usr/bin/true", to: "original")
         try h.writePolicy(allow: [h.mount + "/known"])
         try h.start(mode: "enforce")
-        // The attacker's file: writable by them, so never given a kernel-side verdict.
-        chown(mapped, 65534, 65534)
-        #expect(try h.exec(mapped) == 0)
-        // Modify one byte through MAP_SHARED as that user (no write() call), restore mtime.
-        let poke = """
-            import mmap, os
-            st = os.stat('\(mapped)')
-            with open('\(mapped)', 'r+b') as f:
-                m = mmap.mmap(f.fileno(), 0)
-                m[300] = (m[300] + 1) % 256
-                m.flush(); m.close()
-            os.utime('\(mapped)', ns=(st.st_atime_ns, st.st_mtime_ns))
-            """
-        let poked = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", poke])
-        #expect(poked.status == 0, "\(poked.stderr)")
-        #expect(try h.exec(mapped) == 126, "a MAP_SHARED write must not reuse the old verdict")
-        // Harder: dirty every page first (ctime changes once), get the file hashed while unchanged, then change
+        // Dirty every page first (ctime changes once), get the file hashed while unchanged, then change
         // a page that is already dirty — no fault, so no ctime change — and run it. Without a utime call.
         let sneaky = try h.copyExecutable("/usr/bin/true", to: "sneaky")
         chown(sneaky, 65534, 65534)
@@ -306,20 +291,6 @@ struct BypassTests {
         let flushed = try h.status()
         #expect((flushed["kernel_cache_flushes"] as? Int ?? 0) >= 1)
         #expect(flushed["kernel_cached_files_at_most"] as? Int == 0, "the reload dropped every kernel-side verdict; a deny places none")
-    }
-
-    @Test func bindMountsAndOtherMountNamespacesAreCovered() throws {
-        let h = try DaemonHarness(); defer { h.stop() }
-        let unknown = try h.makeUnknown("unknown")
-        try h.start(mode: "enforce")
-        let bind = h.dir.file("bind")
-        try FileManager.default.createDirectory(atPath: bind, withIntermediateDirectories: true)
-        #expect(try run("/bin/mount", ["--bind", h.mount, bind]).status == 0)
-        defer { _ = try? run("/bin/umount", [bind]) }
-        #expect(try h.exec(bind + "/unknown") == 126, "through a bind mount")
-        let ns = try run("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", unknown])
-        #expect(ns.status == 126, "from another mount namespace: \(ns.stderr)")
-        #expect(try h.exec(h.mount + "/known") == 0)
     }
 
     @Test func confinedDaemonKeepsWorkingAndDiesOnAForbiddenCall() throws {

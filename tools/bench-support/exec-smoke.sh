@@ -89,6 +89,8 @@ pin_daemon() {   # pid: move every thread of it
 }
 CASES=${CASES:-none floor floor-open appctl-exec appctl-open fapd-ns-debian fapd-ns-known-libs fapd-bind-debian fapd-bind-known-libs fapd-ns-debug}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"   # stop_pid, pid_running, json_field
 APPCTL=${APPCTL:-$HERE/../../.build/release/appctl}
 # shellcheck source=fapolicyd.sh
 source "$HERE/fapolicyd.sh"
@@ -111,7 +113,7 @@ APPCTL_PID=
 cleanup() {
     set +e
     trap - ERR
-    if [[ -n $LISTENER_PID ]]; then kill -TERM "$LISTENER_PID" 2>/dev/null; wait "$LISTENER_PID" 2>/dev/null; fi
+    [[ -n $LISTENER_PID ]] && stop_pid "$LISTENER_PID"
     [[ -n $APPCTL_PID ]] && stop_appctl
     [[ -n ${FAPOLICYD_PID:-} ]] && fapolicyd_stop
     if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT" || umount -l "$MNT"; fi
@@ -233,14 +235,11 @@ start_listener() {   # args for floor-listener
     [[ $line == ready ]] || { echo "floor-listener did not become ready" >&2; exit 1; }
 }
 stop_listener() {
-    kill -TERM "$LISTENER_PID"
-    wait "$LISTENER_PID" 2>/dev/null || true
+    stop_pid "$LISTENER_PID" || true
     LISTENER_PID=
 }
 
 now_ms() { local t; t=$(date +%s%N); echo $(( t / 1000000 )); }
-# true while PID exists and is not a zombie (a child of ours stays a zombie until waited for)
-alive() { local s; s=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1; [[ -n $s && $s != Z ]]; }
 
 APPCTL_T0=
 APPCTL_ERR0=0
@@ -264,7 +263,7 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open
     APPCTL_PID=$!
     local i ready=0
     for (( i = 0; i < 500; i++ )); do
-        if ! alive "$APPCTL_PID"; then
+        if ! pid_running "$APPCTL_PID"; then
             echo "appctl daemon exited during start-up; its output:" >&2; tail -n 20 "$W/appctl-$c.stderr" >&2
             wait "$APPCTL_PID" 2>/dev/null || true; APPCTL_PID=; exit 1
         fi
@@ -287,25 +286,12 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open
     echo "$c $(cat /proc/"$APPCTL_PID"/fdinfo/* | grep -E '^fanotify ' | tr '\n' ' ')" >> "$W/appctl-marks.txt"
     pin_daemon "$APPCTL_PID"
 }
-jfield() {   # key json-text -> value
-    local v
-    v=$(grep -o "\"$1\":[^,}]*" <<< "$2" | head -n1) || true
-    v=${v#*:}; v=${v//\"/}
-    printf '%s' "${v:--}"
-}
-stop_appctl() {   # records status figures (when called from run_case), then SIGTERM, SIGKILL after 10 s
-    local pid=$APPCTL_PID
+jfield() { json_field "$1" <<< "$2" || printf -- -; }   # key json-text -> value, or - when missing
+stop_appctl() {   # stop_pid on the recorded PID; sets APPCTL_STOP_MS and APPCTL_RC
+    local pid=$APPCTL_PID rc=0
     [[ -n $pid ]] || return 0
-    local t0 i rc=0
-    t0=$(now_ms)
-    kill -TERM "$pid" 2>/dev/null || true
-    for (( i = 0; i < 1000; i++ )); do alive "$pid" || break; sleep 0.01; done
-    if alive "$pid"; then
-        echo "appctl pid $pid ignored SIGTERM for 10 s: SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || rc=$?
-    APPCTL_STOP_MS=$(( $(now_ms) - t0 ))
+    stop_pid "$pid" 10 || rc=$?
+    APPCTL_STOP_MS=$STOPPED_AFTER_MS
     APPCTL_RC=$rc
     APPCTL_PID=
 }

@@ -70,6 +70,8 @@
 # daemon's shutdown statistics report (allowed/denied counts, cache hits).
 
 FAPOLICYD_BIN=${FAPOLICYD_BIN:-/usr/sbin/fapolicyd}
+# shellcheck source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"   # stop_pid
 
 _fapd_err() { echo "fapolicyd.sh: $*" >&2; }
 
@@ -445,19 +447,8 @@ fapolicyd_stop() {
     if [[ -z $pid && -n ${FAPOLICYD_DIR:-} && -f $FAPOLICYD_DIR/daemon.pid ]]; then
         pid=$(cat "$FAPOLICYD_DIR/daemon.pid")
     fi
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        local i limit=$(( ${FAPOLICYD_STOP_TIMEOUT:-15} * 10 ))
-        for (( i = 0; i < limit; i++ )); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            _fapd_err "pid $pid ignored SIGTERM for ${FAPOLICYD_STOP_TIMEOUT:-15}s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null
-        fi
-        wait "$pid" 2>/dev/null || true   # only reaps in debug-deny mode (our child)
-    fi
+    # reaps it too in debug-deny mode, the one mode where it is our child
+    [[ -n $pid ]] && { stop_pid "$pid" "${FAPOLICYD_STOP_TIMEOUT:-15}" || true; }
     # the daemon removes its pid file on a clean exit; after SIGKILL it cannot
     if [[ -n $pid && -f /run/fapolicyd.pid && $(cat /run/fapolicyd.pid 2>/dev/null) == "$pid" ]]; then
         rm -f /run/fapolicyd.pid

@@ -1,0 +1,146 @@
+# tools/bypass/catalogue.sh — the machinery that runs the bypass techniques of techniques.sh.
+# Sourced by tools/bypass-suite, and by tools/bypass/technique (what BypassTests.swift calls), so
+# both run the same attacks with the same payloads and judge them by the same evidence.
+#
+# The caller sets, before bypass_init:
+#   BYPASS_WORK        a scratch directory OFF the enforced filesystem, root-owned, mode 0755: the
+#                      payloads are built here (an enforcing appctl refuses even to read an unknown
+#                      ELF file, so they must exist before any daemon starts), and the marker lives here
+#   BYPASS_FS          the mount point of the enforced filesystem (the bind-mount row binds it)
+#   BYPASS_BIND        an empty directory for the bind-mount row (default $BYPASS_WORK/bind)
+#   BYPASS_ATTACKER    the threat model's attacker, an unprivileged uid (default 65534, nobody)
+#   BYPASS_TIMEOUT     seconds before one attempt is killed (default 30)
+#   BYPASS_TRANSCRIPT  every attempt's command, exit status and output are appended here
+#                      (default $BYPASS_WORK/transcript.txt)
+#   BYPASS_DAEMON      what enforces while the techniques run: baseline, appctl, fapd-... (a label)
+#   BYPASS_MEMFD_BEFORE  vm.memfd_noexec before anything ran; the memfd row notes a different value
+#                      seen while appctl is not the one enforcing
+# Then, per enforcement under test: bypass_tree DIR (a fresh ok/ + pay/ tree on the enforced
+# filesystem), and bypass_run ID for each ID of BYPASS_ROWS and BYPASS_PROBES. bypass_run sets
+# RAN (1: the payload's code ran), DETAIL (exit status and the last stderr line) and PREP_FAIL
+# (1: the attack could not even be set up, so the row proves nothing either way).
+#
+# Evidence, not exit status: ELF payloads are /usr/bin/true plus appended bytes, run with
+# --version, so running prints "true (GNU coreutils) ..."; scripts and the shared object
+# (payload.c) create the marker file $BYPASS_WORK/m/marker.
+# Needs root (setpriv, mounts); bash 4 or later.
+
+BYPASS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LDSO=/lib64/ld-linux-x86-64.so.2
+
+bypass_say() { echo "${PROG:-bypass}: $*" >&2; }
+
+# bypass_init: checks the contract, builds the payloads in $BYPASS_WORK (once) and the marker directory.
+bypass_init() {
+    WORK=${BYPASS_WORK:?BYPASS_WORK must name a scratch directory}
+    FS=${BYPASS_FS:?BYPASS_FS must name the enforced filesystem}
+    BIND=${BYPASS_BIND:-$WORK/bind}
+    ATT=${BYPASS_ATTACKER:-65534}
+    TIMEOUT=${BYPASS_TIMEOUT:-30}
+    MARKDIR=$WORK/m
+    MARK=$MARKDIR/marker
+    UNKNOWN_BIN=$WORK/unknown-bin
+    getent passwd "$ATT" >/dev/null || { bypass_say "no user with uid $ATT"; return 1; }
+    mkdir -p "$MARKDIR" "$BIND" || return 1
+    chown "$ATT:$ATT" "$MARKDIR"
+    [[ -f $WORK/evil.so && -f $UNKNOWN_BIN ]] && return 0
+    /usr/bin/cc -shared -fPIC "-DMARKER=\"$MARK\"" -o "$WORK/evil.so" "$BYPASS_DIR/payload.c" || { bypass_say "cc failed"; return 1; }
+    cp /usr/bin/true "$UNKNOWN_BIN" && printf '\n#bypass-suite unknown payload\n' >> "$UNKNOWN_BIN" && chmod 755 "$UNKNOWN_BIN"
+    base64 < "$UNKNOWN_BIN" > "$WORK/unknown.b64"
+}
+
+# Read at each use: the suite changes BYPASS_TRANSCRIPT and BYPASS_DAEMON between columns.
+bypass_transcript() { printf '%s' "${BYPASS_TRANSCRIPT:-$WORK/transcript.txt}"; }
+
+# bypass_use_tree DIR: point RUN, OK and PAY at a tree bypass_tree made.
+bypass_use_tree() { RUN=$1 OK=$1/ok PAY=$1/pay; }
+
+# bypass_tree DIR: a fresh tree on the enforced filesystem. ok/ holds what a policy allows (copies
+# of /usr/bin/true, one per row that modifies one, of dash and of the loader, whose content a real
+# host's policy holds, and a #! script); pay/ holds the payloads. The policy or trust file under
+# test is made from ok/ before the daemon starts.
+bypass_tree() {
+    bypass_use_tree "$1"
+    mkdir -p "$OK" "$PAY" "$RUN/later" "$RUN/userns"
+    local f
+    for f in true append samesize rename truncate mmap hardlink; do cp /usr/bin/true "$OK/$f"; done
+    cp /usr/bin/dash "$OK/dash"
+    cp "$(realpath "$LDSO")" "$OK/ld.so"
+    printf '#!/bin/sh\necho allowed-script-ran\n' > "$OK/allowed.sh"
+    chmod 755 "$OK"/*
+    cp "$UNKNOWN_BIN" "$PAY/unknown"
+    cp "$WORK/unknown.b64" "$PAY/unknown.b64"
+    cp "$WORK/evil.so" "$PAY/evil.so"
+    printf '#!/bin/sh\ntouch %s\necho payload-ran\n' "$MARK" > "$PAY/unknown-sh"
+    printf 'touch %s\necho payload-ran\n' "$MARK" > "$PAY/unknown-bash"
+    printf 'touch %s\necho payload-ran\n' "$MARK" > "$PAY/unknown-dash"
+    printf "import os\nopen('%s', 'w').close()\nprint('payload-ran')\n" "$MARK" > "$PAY/unknown.py"
+    printf "use strict;\nopen(my \$f, '>', '%s') or die;\nclose(\$f);\nprint \"payload-ran\\\\n\";\n" "$MARK" > "$PAY/unknown.pl"
+    printf '#!/bin/sh\ntouch %s\necho payload-ran\n' "$MARK" > "$PAY/unknown-shebang.sh"
+    chmod 755 "$PAY"/unknown*
+    chmod 644 "$PAY/unknown.b64"
+    # the attacker's own files: writable by them (so never eligible for appctl's kernel-side cache
+    # of root-only-writable files, and modifiable, which the rows that change a file need)
+    chown -R "$ATT:$ATT" "$RUN"
+    sync
+}
+
+# The registry. techniques.sh calls these once per row, next to the row's function (named ID).
+BYPASS_ROWS=() BYPASS_PROBES=()
+declare -gA TITLE EXPECT
+technique() { BYPASS_ROWS+=("$1"); EXPECT[$1]=$2 TITLE[$1]=$3; }   # ID EXPECTED TITLE: a scored row
+probe() { BYPASS_PROBES+=("$1"); EXPECT[$1]=$2 TITLE[$1]=$3; }     # the same, not scored
+
+# bypass_run ID: one technique in the current tree; sets RAN, DETAIL, PREP_FAIL.
+bypass_run() {
+    CURRENT="$1 ${TITLE[$1]}"
+    RAN=0 DETAIL='' PREP_FAIL=0
+    "$1"
+    (( PREP_FAIL )) && DETAIL="PREPARATION FAILED; $DETAIL"
+    return 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# What the techniques are written with. try SNIPPET runs it with bash in $PAY under a timeout, as
+# the attacker, or as root with TRY_AS=root. attacker CMD... runs a preparation step (a file
+# change) as the attacker. judge_elf / judge_marker set RAN and DETAIL from the evidence.
+OUT='' ERR='' RC='' RAN=0 DETAIL='' PREP_FAIL=0 TRY_PID=''
+attacker() { env HOME="$MARKDIR" setpriv --reuid="$ATT" --regid="$ATT" --clear-groups -- "$@" || prep_failed "$*"; }
+# A preparation step that failed, or a file that did not change, makes the row invalid rather than
+# letting it pass. sig reads only metadata: an enforcing appctl would refuse to open an unknown ELF.
+prep_failed() { PREP_FAIL=1; bypass_say "preparation failed: $*"; }
+sig() { stat -c '%i:%s:%z' -- "$1" 2>/dev/null; }
+must_change() { [[ $(sig "$1") != "$2" ]] || prep_failed "$1 did not change"; }
+try() {
+    local as=${TRY_AS:-attacker} who=()
+    [[ $as == root ]] || who=(setpriv --reuid="$ATT" --regid="$ATT" --clear-groups --)
+    rm -f "$MARK"
+    RC=0
+    # In the background + wait: timeout(1) leaves the terminal's process group and exits normally
+    # on Ctrl-C, and bash then ignores the SIGINT of a foreground child; "wait" lets a trap run.
+    (cd "$PAY" && exec env HOME="$MARKDIR" timeout -k 5 "$TIMEOUT" "${who[@]}" /usr/bin/bash -c "$1") \
+        >"$WORK/out" 2>"$WORK/err" </dev/null &
+    TRY_PID=$!
+    wait "$TRY_PID" || RC=$?
+    TRY_PID=
+    OUT=$(cat "$WORK/out") ERR=$(cat "$WORK/err")
+    (( RC == 124 || RC == 137 )) && ERR+=" [killed after ${TIMEOUT}s]"
+    printf '### %s (as %s)\n$ %s\nexit %s\n--- stdout\n%s\n--- stderr\n%s\n' "$CURRENT" "$as" "$1" "$RC" "$OUT" "$ERR" >> "$(bypass_transcript)"
+}
+short() {   # a short, path-free form of the last stderr line
+    local s
+    s=$(printf '%s\n' "$ERR" | grep -v '^[[:space:]]*$' | tail -n 1 |
+        sed -E 's#^[^ :]*(bash|sh|dash)(: line [0-9]+|: [0-9]+)?: ##')
+    s=${s//$BIND\/${PAY#"$FS"/}\//}
+    s=${s//$PAY\//}; s=${s//$OK\//ok\/}; s=${s//$RUN\//}; s=${s//$WORK\//}
+    s=${s//|/\\|}
+    (( ${#s} > 100 )) && s="${s:0:97}..."
+    printf '%s' "$s"
+}
+evidence_elf() { [[ $OUT == *"coreutils"* ]]; }
+evidence_marker() { [[ -e $MARK ]]; }
+judge_elf() { if evidence_elf; then RAN=1; else RAN=0; fi; DETAIL="exit $RC${ERR:+: $(short)}"; }
+judge_marker() { if evidence_marker; then RAN=1; else RAN=0; fi; DETAIL="exit $RC${ERR:+: $(short)}"; }
+
+# shellcheck source=techniques.sh
+source "$BYPASS_DIR/techniques.sh"

@@ -1,0 +1,214 @@
+# tools/bypass/techniques.sh — THE catalogue of bypass techniques: the threat model's attacks
+# (README, SECURITY.md), each one row here and nowhere else. tools/bypass-suite runs them against
+# no daemon, appctl and fapolicyd and writes SECURITY.md's tables; BypassTests.swift runs them
+# against the daemon its harness starts. Sourced by catalogue.sh, whose header documents the
+# environment and the helpers used below (try, attacker, judge_elf, judge_marker, must_change, sig).
+#
+# A row:   technique ID EXPECTED 'TITLE'    (probe ... for the further, unscored probes)
+#          ID() { ...set up as the attacker..., try "COMMAND"; judge_elf or judge_marker; }
+# EXPECTED is what an allow-lister that keeps the threat model's promise does: runs (allowed
+# code keeps working), blocked (the exec is refused), 'not run' (the loader or interpreter
+# refuses the file), 'runs (documented gap)' (a gap SECURITY.md states). Titles are Markdown:
+# they go into SECURITY.md as they are. Rows run in this order, in one tree, under one daemon.
+# In scope: $OK (allowed files), $PAY (payloads, the working directory of try), $RUN (the tree),
+# $FS (the enforced filesystem), $BIND, $WORK, $UNKNOWN_BIN, $ATT, $LDSO, $BYPASS_DAEMON.
+
+technique t01 runs 'allowed binary runs'
+t01() { try "$OK/true --version"; judge_elf; }
+
+technique t02 runs 'allowed script (`./x.sh`)'
+t02() { try "cd $OK && ./allowed.sh"; if [[ $OUT == *allowed-script-ran* ]]; then RAN=1; else RAN=0; fi; DETAIL="exit $RC${ERR:+: $(short)}"; }
+
+technique t03 runs 'copy of the allowed binary at a new path'
+t03() { attacker cp "$OK/true" "$PAY/true-copy"; try "$PAY/true-copy --version"; judge_elf; }
+
+technique t04 blocked 'unknown binary'
+t04() { try "./unknown --version"; judge_elf; }
+
+# Rows t05-t10 change an allowed file after it ran once (so any cached verdict exists), as the
+# attacker who owns it; must_change makes sure the change happened.
+technique t05 blocked 'allowed binary modified by append'
+t05() {
+    try "$OK/append --version"
+    local b; b=$(sig "$OK/append")
+    attacker bash -c "printf X >> '$OK/append'"; must_change "$OK/append" "$b"
+    try "$OK/append --version"; judge_elf
+}
+
+technique t06 blocked 'same-size rewrite, mtime restored'
+t06() {
+    try "$OK/samesize --version"
+    local b; b=$(sig "$OK/samesize")
+    attacker /usr/bin/python3 - "$OK/samesize" <<'EOF'
+import os, sys
+p = sys.argv[1]
+st = os.stat(p)
+data = open(p, 'rb').read()
+off = data.find(b'GNU coreutils')
+fd = os.open(p, os.O_WRONLY)
+os.pwrite(fd, b'gnu', off)
+os.close(fd)
+os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+st2 = os.stat(p)
+assert st2.st_size == st.st_size and st2.st_mtime_ns == st.st_mtime_ns
+EOF
+    must_change "$OK/samesize" "$b"
+    try "$OK/samesize --version"; judge_elf
+}
+
+technique t07 blocked 'rename-over of an allowed name'
+t07() {
+    try "$OK/rename --version"
+    local b; b=$(sig "$OK/rename")
+    attacker bash -c "cp '$UNKNOWN_BIN' '$PAY/other' && mv -f '$PAY/other' '$OK/rename'"
+    must_change "$OK/rename" "$b"
+    try "$OK/rename --version"; judge_elf
+}
+
+technique t08 blocked 'truncate + rewrite'
+t08() {
+    try "$OK/truncate --version"
+    local b; b=$(sig "$OK/truncate")
+    attacker bash -c "{ cat /usr/bin/true; printf '\\n'; } > '$OK/truncate'"
+    must_change "$OK/truncate" "$b"
+    try "$OK/truncate --version"; judge_elf
+}
+
+technique t09 blocked 'write through MAP_SHARED, mtime restored'
+t09() {
+    try "$OK/mmap --version"
+    local b; b=$(sig "$OK/mmap")
+    attacker /usr/bin/python3 - "$OK/mmap" <<'EOF'
+import mmap, os, sys
+p = sys.argv[1]
+st = os.stat(p)
+with open(p, 'r+b') as f:
+    m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+    off = m.find(b'GNU coreutils')
+    m[off:off + 3] = b'GnU'
+    m.flush(); m.close()
+os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+EOF
+    must_change "$OK/mmap" "$b"
+    try "$OK/mmap --version"; judge_elf
+}
+
+technique t10 blocked 'hard link to an allowed file, then file modified'
+t10() {
+    try "$OK/hardlink --version"
+    attacker ln "$OK/hardlink" "$PAY/linked"
+    try "$PAY/linked --version"
+    local b; b=$(sig "$OK/hardlink")
+    attacker bash -c "printf X >> '$OK/hardlink'"; must_change "$OK/hardlink" "$b"
+    try "$PAY/linked --version"; judge_elf
+    local ran1=$RAN d1=$DETAIL
+    try "$OK/hardlink --version"; judge_elf
+    (( RAN = RAN || ran1 ))
+    DETAIL="link: $d1; original: $DETAIL"
+}
+
+technique t11 blocked '`ld.so ./unknown`'
+t11() { try "$LDSO ./unknown --version"; judge_elf; }
+
+technique t12 blocked '`ld.so --library-path DIR ./unknown`'
+t12() { try "$LDSO --library-path $PAY ./unknown --version"; judge_elf; }
+
+technique t13 'not run' '`ld.so --preload ./evil.so /usr/bin/true`'
+t13() { try "$LDSO --preload $PAY/evil.so /usr/bin/true"; judge_marker; }
+
+technique t14 'not run' '`LD_PRELOAD=./evil.so /usr/bin/true`'
+t14() { try "LD_PRELOAD=$PAY/evil.so /usr/bin/true"; judge_marker; }
+
+technique t15 'not run' '`LD_AUDIT=./evil.so /usr/bin/true`'
+t15() { try "LD_AUDIT=$PAY/evil.so /usr/bin/true"; judge_marker; }
+
+technique t16 'not run' "python3 \`ctypes.CDLL('./evil.so')\`"
+t16() { try "/usr/bin/python3 -c 'import ctypes; ctypes.CDLL(\"./evil.so\")'"; judge_marker; }
+
+technique t17 'not run' '`sh ./unknown-script`'
+t17() { try "/bin/sh ./unknown-sh"; judge_marker; }
+
+technique t18 'not run' '`bash ./unknown-script`'
+t18() { try "/usr/bin/bash ./unknown-bash"; judge_marker; }
+
+technique t19 'not run' '`dash ./unknown-script`'
+t19() { try "/usr/bin/dash ./unknown-dash"; judge_marker; }
+
+technique t20 'not run' '`python3 ./unknown.py`'
+t20() { try "/usr/bin/python3 ./unknown.py"; judge_marker; }
+
+technique t21 'not run' '`perl ./unknown.pl`'
+t21() { try "/usr/bin/perl ./unknown.pl"; judge_marker; }
+
+technique t22 blocked '`./unknown.sh` via its shebang'
+t22() { try "./unknown-shebang.sh"; judge_marker; }
+
+technique t23 blocked 'memfd_create + fexecve (python3)'
+t23() {
+    try "/usr/bin/python3 -c '
+import base64, os
+data = base64.b64decode(open(\"unknown.b64\", \"rb\").read())
+fd = os.memfd_create(\"payload\", 0)
+os.write(fd, data)
+os.execv(f\"/proc/self/fd/{fd}\", [\"payload\", \"--version\"])
+'"
+    judge_elf
+    # vm.memfd_noexec is machine-wide: another appctl (or a test) may have raised it meanwhile
+    local v; v=$(cat /proc/sys/vm/memfd_noexec 2>/dev/null)
+    [[ ${BYPASS_DAEMON:-} != appctl && -n ${BYPASS_MEMFD_BEFORE:-} && $v != "$BYPASS_MEMFD_BEFORE" ]] &&
+        DETAIL+="; vm.memfd_noexec was $v, not $BYPASS_MEMFD_BEFORE"
+    echo "vm.memfd_noexec=$v" >> "$(bypass_transcript)"
+}
+
+technique t24 blocked 'tmpfs mounted under the image after start'
+t24() {
+    # root mounts it after the daemon started, under the enforced filesystem's mount point; the
+    # attacker copies the payload there and runs it at once (no waiting for the daemon to notice),
+    # then once more a second later
+    mount -t tmpfs -o size=16m,mode=1777 bypass-suite-later "$RUN/later" || { RAN=0; DETAIL="mount failed"; return; }
+    try "cp $UNKNOWN_BIN $RUN/later/unknown && $RUN/later/unknown --version"; judge_elf
+    local ran1=$RAN d1=$DETAIL
+    sleep 1
+    try "$RUN/later/unknown --version"; judge_elf
+    umount "$RUN/later" || umount -l "$RUN/later"
+    if (( ran1 != RAN )); then DETAIL="at once: $d1 ($( ((ran1)) && echo ran || echo blocked)); 1 s later: $DETAIL ($( ((RAN)) && echo ran || echo blocked))"; fi
+    (( RAN = RAN || ran1 ))
+}
+
+technique t25 blocked 'bind mount of the image elsewhere'
+t25() {
+    mount --bind "$FS" "$BIND" || { RAN=0; DETAIL="bind mount failed"; return; }
+    try "$BIND/${PAY#"$FS"/}/unknown --version"; judge_elf
+    umount "$BIND" || umount -l "$BIND"
+}
+
+technique t26 blocked 'other mount namespace (`unshare -m`)'
+t26() {   # root makes the namespace (unshare -m needs it), the attacker runs the payload inside
+    TRY_AS=root try "unshare -m --propagation private setpriv --reuid=$ATT --regid=$ATT --clear-groups -- /bin/sh -c '$PAY/unknown --version'"
+    judge_elf
+}
+
+# Further probes (not scored): the threat model beyond the 26 rows, and documented gaps.
+probe e1 blocked 'unprivileged user: tmpfs inside `unshare -Urm`, unknown binary there'
+e1() {
+    try "unshare -Urm /bin/sh -c 'mount -t tmpfs -o size=8m none $RUN/userns && cp $UNKNOWN_BIN $RUN/userns/unknown && $RUN/userns/unknown --version'"
+    judge_elf
+}
+
+probe e2 'not run' '`ld.so /usr/bin/python3 ./unknown.py`'
+e2() { try "$LDSO /usr/bin/python3 ./unknown.py"; judge_marker; }
+
+probe e3 'not run' '`ld.so /usr/bin/dash ./unknown-script`'
+e3() { try "$LDSO /usr/bin/dash ./unknown-dash"; judge_marker; }
+
+probe e4 'not run' 'copy of an allowed interpreter (dash) at a new path runs an unknown script'
+e4() { attacker cp "$OK/dash" "$PAY/mydash"; try "./mydash ./unknown-dash"; judge_marker; }
+
+probe e5 blocked 'copy of the (allowed) loader at a new path: `./myld ./unknown`'
+e5() { attacker cp "$OK/ld.so" "$PAY/myld"; try "./myld ./unknown --version"; judge_elf; }
+
+probe e6 'runs (documented gap)' '`sh < ./unknown-script` (stdin; documented gap)'
+e6() { try "/bin/sh < ./unknown-dash"; judge_marker; }
+
+probe e7 'runs (documented gap)' "python3 \`exec(open('x').read())\` (documented gap)"
+e7() { try "/usr/bin/python3 -c 'exec(open(\"unknown.py\").read())'"; judge_marker; }
