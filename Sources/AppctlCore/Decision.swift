@@ -7,6 +7,9 @@ public enum Reason: String, Sendable {
     case ownProcess = "own-process"
     /// The file could not be read to hash it.
     case unreadable
+    /// Code that someone other than root could still change after the verdict: a script an interpreter reads as
+    /// it goes, a library or program the loader maps (MAP_PRIVATE pages not yet copied show later writes).
+    case mutable
 }
 
 public struct Decision: Equatable, Sendable {
@@ -40,6 +43,12 @@ public struct Decision: Equatable, Sendable {
             case .learn: return Decision(allow: true, reason: .unknown, record: true)
             }
         }
+    }
+
+    /// Code whose content could change while it is used (`Reason.mutable`): whatever its digest says now, the
+    /// verdict would not hold. Denied in enforce mode; in monitor and learn modes it runs, reported as would-deny.
+    public static func mutable(mode: Mode) -> Decision {
+        mode == .enforce ? Decision(allow: false, reason: .mutable) : Decision(allow: true, reason: .mutable, wouldDeny: true)
     }
 
     /// A file that could not be hashed: fail closed in enforce mode, as for unknown content.

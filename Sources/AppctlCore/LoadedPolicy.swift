@@ -126,7 +126,9 @@ public struct LoadedPolicy: Sendable {
 
     /// Reads, verifies the signature against `key`, and checks expiry against `now`.
     /// Nothing of the file is returned unless every check passes.
-    public static func load(path: String, key: Ed25519PublicKey, now: Timestamp = .now) throws(PolicyError) -> LoadedPolicy {
+    /// - Parameter acceptExpired: for a policy this host already applied (its last-known-good copy): expiry refuses
+    ///   new policies, it never drops one already in force.
+    public static func load(path: String, key: Ed25519PublicKey, now: Timestamp = .now, acceptExpired: Bool = false) throws(PolicyError) -> LoadedPolicy {
         var allows: [SHA256Digest] = []
         var denies: [SHA256Digest] = []
         var sizes = SizeFilter()
@@ -143,7 +145,7 @@ public struct LoadedPolicy: Sendable {
                 if let verity = line.verity { verityPairs.append(VerityPair(verity: verity, content: line.digest)) }
             },
             onDeny: { entry, _ in denies.append(entry.digest) })
-        try verify(result, path: path, key: key, now: now)
+        try verify(result, path: path, key: key, now: now, acceptExpired: acceptExpired)
         var policy = LoadedPolicy(header: result.header, allowed: DigestSet(sortingInPlace: &allows),
                                   denied: DigestSet(sortingInPlace: &denies), path: path, isSigned: true)
         policy.allowedSizes = sizes
@@ -152,7 +154,8 @@ public struct LoadedPolicy: Sendable {
     }
 
     /// The checks that make a read policy trustworthy: signed, by this key, not expired.
-    public static func verify(_ result: PolicyReadResult, path: String, key: Ed25519PublicKey, now: Timestamp) throws(PolicyError) {
+    public static func verify(_ result: PolicyReadResult, path: String, key: Ed25519PublicKey, now: Timestamp,
+                              acceptExpired: Bool = false) throws(PolicyError) {
         guard let signature = result.signature else {
             throw PolicyError(.unsigned, file: path, "not signed (an inventory must be signed with 'appctl policy sign' before use)")
         }
@@ -165,7 +168,7 @@ public struct LoadedPolicy: Sendable {
         guard key.isValidSignature(signature, for: signedMessage(contentDigest: result.contentDigest)) else {
             throw PolicyError(.badSignature, file: path, "signature does not verify with key \(key.keyID): the file was changed after signing")
         }
-        if let expires = result.header.expires, expires <= now {
+        if !acceptExpired, let expires = result.header.expires, expires <= now {
             throw PolicyError(.expired, file: path, "expired at \(expires) (now \(now)); sign a new policy with a later --expires")
         }
     }

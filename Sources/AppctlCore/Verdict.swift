@@ -20,6 +20,8 @@ public struct Verdict: Equatable, Sendable {
         case ownProcess = "own-process"
         /// The file could not be identified or read.
         case unreadable
+        /// Code that someone other than root can change while it is used (a script, a library, a mapped program).
+        case mutable
         /// The daemon is stopping: what is still queued is let through (the kernel would allow it once the group closes).
         case shutdown
     }

@@ -46,7 +46,6 @@ public final class Daemon: Sendable {
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
         learned = LearnRecorder(hostname: hostname)
-        facts = KernelFileFacts(configuredInterpreters: configuration.interpreters)
         hardening = Hardening(configuration: configuration)
         let log: @Sendable (String) -> Void = { Daemon.log($0) }
         let execCounter: FanotifyGroup?
@@ -62,11 +61,13 @@ public final class Daemon: Sendable {
         var events: FanotifyGroup.Events = configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
         if configuration.prehash { events.insert(.closeWrite) }
         marker = FilesystemMarker(group: group, execCounter: execCounter, events: events, configuration: configuration, log: log)
+        facts = KernelFileFacts(configuredInterpreters: configuration.interpreters, untrustedOwnership: marker.untrustedOwnership)
         kernelCache = KernelVerdictCache(responder: group, enabled: configuration.kernelCache, watchedEvents: events, statistics: statistics, log: log)
         let caches = DecisionCaches()
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
                                   statistics: statistics, logAllows: configuration.logAllows, log: log)
-        let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID, kernelCache: configuration.kernelCache)
+        let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
+                            kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, workers: configuration.hashThreads)
         prehasher = configuration.prehash ? Prehasher(caches: caches, statistics: statistics) : nil
         do {
@@ -76,16 +77,29 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// Loads the configured policy at start. Enforce mode refuses to start without a valid one; the other modes
-    /// start without (monitor reports everything as would-deny, learn records it).
+    /// Loads the configured policy at start. When it is missing, corrupt, out of scope or expired, the newest
+    /// policy this host applied before (its last-known-good copy in the state directory) is enforced instead, and
+    /// `status` says so (`policy_source`): a reboot after a policy expired, or a bad file pushed by a channel, must
+    /// not leave the host open. Enforce mode refuses to start only when there is neither.
     public func loadInitialPolicy() throws(DaemonStartError) {
-        guard let path = configuration.policyPath, configuration.publicKeyPath != nil else {
+        guard let path = configuration.policyPath, let keyPath = configuration.publicKeyPath else {
             if policy.mode == .enforce { throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: no --policy and --key") }
             return
         }
-        guard policy.mode == .enforce || (try? linkStatus(path)) != nil else { return }
-        if case .failure(let refusal) = reload(reason: "start-up"), policy.mode == .enforce {
-            throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: \(refusal)")
+        let refusal: PolicyRefusal
+        if policy.mode == .enforce || (try? linkStatus(path)) != nil {
+            guard case .failure(let why) = reload(reason: "start-up") else { return }
+            refusal = why
+        } else {
+            refusal = PolicyRefusal("\(path): no such file")
+        }
+        switch policy.applyLastKnownGood(keyPath: keyPath, because: refusal) {
+        case .success(let header):
+            Self.log("appctl: WARNING: enforcing the last-known-good policy, serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny), because the configured one was refused: \(refusal)")
+        case .failure(let none):
+            if policy.mode == .enforce {
+                throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: \(refusal) (and \(none))")
+            }
         }
     }
 

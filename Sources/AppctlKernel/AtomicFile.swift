@@ -104,3 +104,37 @@ public func createParentDirectory(of path: String, mode: mode_t) {
     guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
     if mkdir(String(path[..<slash]), mode) == 0 { chmod(String(path[..<slash]), mode) }
 }
+
+/// Copies a file, atomically (the target appears whole or not at all), streaming 1 MiB at a time.
+public func copyFile(from source: String, to target: String, permissions: mode_t) throws(Errno) {
+    let input = try FileDescriptor.open(source, [.readOnly, .nonBlocking])
+    defer { input.close() }
+    let file = try AtomicFileWriter(path: target, permissions: permissions)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+    defer { buffer.deallocate() }
+    do throws(Errno) {
+        while true {
+            let n = try input.read(into: buffer)
+            if n == 0 { break }
+            try file.descriptor.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+        try file.commit()
+    } catch {
+        file.abort()
+        throw error
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+public func listDirectory(_ path: String) throws(Errno) -> [String] {
+    guard let dir = opendir(path) else { throw Errno.current }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafePointer(to: &entry.pointee.d_name) {
+            String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

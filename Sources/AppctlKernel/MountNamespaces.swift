@@ -17,14 +17,10 @@ public enum MountNamespaces {
     /// that exit meanwhile are skipped.
     public static func others() -> [(namespace: String, pid: String)] {
         guard let ownNamespace = readLink("/proc/self/ns/mnt"), let ownRoot = readLink("/proc/self/root"),
-              let dir = opendir("/proc") else { return [] }
-        defer { closedir(dir) }
+              let names = try? listDirectory("/proc") else { return [] }
         var seen: Set<String> = [ownNamespace + " " + ownRoot]
         var found: [(String, String)] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: &entry.pointee.d_name) {
-                String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
-            }
+        for name in names {
             guard let first = name.utf8.first, first >= UInt8(ascii: "1"), first <= UInt8(ascii: "9"),
                   name.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
                   let ns = namespace(ofProcess: name), let root = readLink("/proc/\(name)/root"),

@@ -202,6 +202,12 @@ int appctl_seccomp_install(const int *allowed, size_t allowed_count,
 int appctl_drop_capabilities(const int *keep, size_t keep_count) {
     uint32_t mask[2] = {0, 0};
     for (size_t i = 0; i < keep_count; i++) mask[keep[i] / 32] |= 1u << (keep[i] % 32);
+    struct __user_cap_header_struct current_header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct current[2];
+    if (syscall(SYS_capget, &current_header, current) != 0) return -1;
+    /* A capability this process does not have cannot be kept (capset would refuse the whole set): keep what
+       there is; the hardening that needs a missing one reports itself. */
+    for (int i = 0; i < 2; i++) mask[i] &= current[i].permitted;
     for (int cap = 0; cap <= CAP_LAST_CAP; cap++) {
         if (mask[cap / 32] & (1u << (cap % 32))) continue;
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1;

@@ -368,6 +368,38 @@ struct EnforcementTests {
         }
     }
 
+    /// Issue 10, case 10: a restart after the policy in force expired (or with a corrupt policy file) keeps
+    /// enforcing the policy last applied, and says so; it does not leave the host open.
+    @Test func restartWithAnExpiredOrCorruptPolicyEnforcesTheLastKnownGood() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let unknown = try h.makeUnknown("unknown")
+        try h.writePolicy(serial: 10, expires: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch + 5))
+        try h.start(mode: "enforce")
+        #expect(try h.waitUntil(30) { try h.status()["policy_expired"] as? Bool == true }, "the policy expires while in force")
+        #expect(try h.exec(unknown) == 126, "an expired policy in force is still enforced")
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        // Restart: the configured policy is now expired.
+        try h.start(mode: "enforce")
+        var status = try h.status()
+        #expect(status["policy_source"] as? String == "last-known-good")
+        #expect(status["policy_serial"] as? Int == 10)
+        #expect((status["last_policy_error"] as? String ?? "").contains("expired"))
+        #expect(try h.exec(unknown) == 126)
+        #expect(try h.exec(h.mount + "/known") == 0)
+        #expect(h.daemonLog.contains("last-known-good"))
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        // And a corrupt file in its place.
+        try "not a policy\n".write(toFile: h.policyPath, atomically: false, encoding: .utf8)
+        try h.start(mode: "enforce")
+        status = try h.status()
+        #expect(status["policy_source"] as? String == "last-known-good")
+        #expect(try h.exec(unknown) == 126)
+        // A valid new policy still replaces it at once.
+        try h.writePolicy(serial: 11)
+        #expect(try appctl("reload", "--socket", h.socket).status == 0)
+        #expect(try h.status()["policy_source"] as? String == "configured")
+    }
+
     /// Issue 10, case 6: a bounded queue drops new permission events when full and the kernel allows them.
     /// The group must be created unlimited (queue and marks): the kernel shows its flags in fdinfo.
     @Test func permissionGroupHasAnUnlimitedQueueAndMarks() throws {

@@ -178,6 +178,36 @@ extension Triage.Result {
         p.facts.programs.insert(program.descriptor)
         #expect(p.decide(program).allows == false)
         #expect(p.sink.outcomes == [.deny, .deny, .deny])
+        // All three were refused unread: files others can change are `mutable` before any digest is taken.
+        #expect(p.sink.records.withLock { $0.map(\.reason) } == [.mutable, .mutable, .mutable])
+    }
+
+    @Test func codeOthersCanChangeIsMutableButExecsAndSealedFilesAreNot() throws {
+        let p = try Pipeline(mode: .enforce)
+        // A library the attacker owns: mutable, whatever its digest.
+        let library = p.decide(p.request(exec: false, key: userWritable(40), contentClass: .elf))
+        #expect(library.layer == .mutable && library.allows == false)
+        // The exec of the same file, and the open that completes it, go on to be hashed.
+        #expect(p.peek(p.request(exec: true, pid: 300, key: userWritable(41))).needsHash)
+        #expect(p.peek(p.request(exec: false, pid: 300, key: userWritable(41), contentClass: .elf)).needsHash)
+        // fs-verity seals content whoever owns it.
+        #expect(!(p.peek(p.request(exec: false, key: userWritable(42).withVerity(), contentClass: .elf)).layer == .mutable))
+        // Root-only libraries are decided by content.
+        #expect(p.peek(p.request(exec: false, key: rootOnly(43), contentClass: .elf)).needsHash)
+        // Monitor mode: would-deny.
+        let m = try Pipeline(mode: .monitor)
+        m.decide(m.request(exec: false, key: userWritable(44), contentClass: .elf))
+        #expect(m.sink.outcomes == [.wouldDeny])
+    }
+
+    @Test func theDocumentedSwitchDecidesMutableCodeByDigest() throws {
+        let p = try Pipeline(mode: .enforce)
+        let lenient = Triage(policy: p.policy, caches: p.caches, facts: p.facts, statistics: p.statistics, ownPID: 4242,
+                             kernelCache: true, allowMutableCode: true)
+        let r = p.request(exec: false, key: userWritable(45), contentClass: .elf)
+        let result = lenient.triage(r)
+        r.answer(allow: true, via: RecordingResponder())
+        #expect(result.needsHash)
     }
 
     @Test func cachedDigestsDecideOnlyRootOnlyFiles() throws {

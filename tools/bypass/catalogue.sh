@@ -67,6 +67,10 @@ bypass_tree() {
     cp /usr/bin/dash "$OK/dash"
     cp "$(realpath "$LDSO")" "$OK/ld.so"
     printf '#!/bin/sh\necho allowed-script-ran\n' > "$OK/allowed.sh"
+    # An allowed script whose first command waits for a file named by its argument (rows t27-t28 append to a copy).
+    printf '#!/bin/sh\nwhile [ ! -e "$1" ]; do sleep 0.01; done\n' > "$OK/wait.sh"
+    # An allowed library: the payload library's own content (rows t29-t30 load the attacker's copy of it).
+    cp "$WORK/evil.so" "$OK/lib.so"
     chmod 755 "$OK"/*
     cp "$UNKNOWN_BIN" "$PAY/unknown"
     cp "$WORK/unknown.b64" "$PAY/unknown.b64"
@@ -82,6 +86,12 @@ bypass_tree() {
     # the attacker's own files: writable by them (so never eligible for appctl's kernel-side cache
     # of root-only-writable files, and modifiable, which the rows that change a file need)
     chown -R "$ATT:$ATT" "$RUN"
+    # Scripts and libraries run where only root can change them (a shell reads its script as it goes; the
+    # loader's private mappings show later writes): root deployed these, as on a real host.
+    # The binaries the rows only run or copy are root's too (a system's /usr/bin/true, dash and loader); the ones
+    # rows t05-t10 change stay the attacker's.
+    chown root:root "$OK/allowed.sh" "$OK/wait.sh" "$OK/lib.so" "$OK/true" "$OK/dash" "$OK/ld.so"
+    chmod 755 "$OK/allowed.sh" "$OK/wait.sh" "$OK/lib.so" "$OK/true" "$OK/dash" "$OK/ld.so"
     sync
 }
 
@@ -105,12 +115,27 @@ bypass_run() {
 # the attacker, or as root with TRY_AS=root. attacker CMD... runs a preparation step (a file
 # change) as the attacker. judge_elf / judge_marker set RAN and DETAIL from the evidence.
 OUT='' ERR='' RC='' RAN=0 DETAIL='' PREP_FAIL=0 TRY_PID=''
-attacker() { env HOME="$MARKDIR" setpriv --reuid="$ATT" --regid="$ATT" --clear-groups -- "$@" || prep_failed "$*"; }
+# The attacker's last step's stderr is kept: an enforcer may refuse the change itself (appctl refuses to open
+# an ELF object that someone other than root can change), which must_change then reports as a refusal.
+ATT_ERR=''
+attacker() {
+    env HOME="$MARKDIR" setpriv --reuid="$ATT" --regid="$ATT" --clear-groups -- "$@" 2>"$WORK/att-err" || prep_failed "$*"
+    ATT_ERR=$(cat "$WORK/att-err"); [[ -z $ATT_ERR ]] || printf '%s\n' "$ATT_ERR" >&2
+}
 # A preparation step that failed, or a file that did not change, makes the row invalid rather than
 # letting it pass. sig reads only metadata: an enforcing appctl would refuse to open an unknown ELF.
 prep_failed() { PREP_FAIL=1; bypass_say "preparation failed: $*"; }
 sig() { stat -c '%i:%s:%z' -- "$1" 2>/dev/null; }
-must_change() { [[ $(sig "$1") != "$2" ]] || prep_failed "$1 did not change"; }
+# must_change FILE SIG: the row's change happened (return 0), or the enforcer refused the change itself
+# (return 1: RAN=0, the row is judged blocked with that detail; the caller returns), or neither (invalid row).
+must_change() {
+    [[ $(sig "$1") != "$2" ]] && return 0
+    if [[ $ATT_ERR == *"Operation not permitted"* ]]; then
+        PREP_FAIL=0 RAN=0 DETAIL="the change itself was refused: $(ERR=$ATT_ERR short)"
+        return 1
+    fi
+    prep_failed "$1 did not change"
+}
 try() {
     local as=${TRY_AS:-attacker} who=()
     [[ $as == root ]] || who=(setpriv --reuid="$ATT" --regid="$ATT" --clear-groups --)

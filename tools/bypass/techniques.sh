@@ -26,12 +26,12 @@ technique t04 blocked 'unknown binary'
 t04() { try "./unknown --version"; judge_elf; }
 
 # Rows t05-t10 change an allowed file after it ran once (so any cached verdict exists), as the
-# attacker who owns it; must_change makes sure the change happened.
+# attacker who owns it; must_change makes sure the change happened, or that the enforcer refused it.
 technique t05 blocked 'allowed binary modified by append'
 t05() {
     try "$OK/append --version"
     local b; b=$(sig "$OK/append")
-    attacker bash -c "printf X >> '$OK/append'"; must_change "$OK/append" "$b"
+    attacker bash -c "printf X >> '$OK/append'"; must_change "$OK/append" "$b" || return 0
     try "$OK/append --version"; judge_elf
 }
 
@@ -52,7 +52,7 @@ os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
 st2 = os.stat(p)
 assert st2.st_size == st.st_size and st2.st_mtime_ns == st.st_mtime_ns
 EOF
-    must_change "$OK/samesize" "$b"
+    must_change "$OK/samesize" "$b" || return 0
     try "$OK/samesize --version"; judge_elf
 }
 
@@ -61,7 +61,7 @@ t07() {
     try "$OK/rename --version"
     local b; b=$(sig "$OK/rename")
     attacker bash -c "cp '$UNKNOWN_BIN' '$PAY/other' && mv -f '$PAY/other' '$OK/rename'"
-    must_change "$OK/rename" "$b"
+    must_change "$OK/rename" "$b" || return 0
     try "$OK/rename --version"; judge_elf
 }
 
@@ -70,7 +70,7 @@ t08() {
     try "$OK/truncate --version"
     local b; b=$(sig "$OK/truncate")
     attacker bash -c "{ cat /usr/bin/true; printf '\\n'; } > '$OK/truncate'"
-    must_change "$OK/truncate" "$b"
+    must_change "$OK/truncate" "$b" || return 0
     try "$OK/truncate --version"; judge_elf
 }
 
@@ -89,7 +89,7 @@ with open(p, 'r+b') as f:
     m.flush(); m.close()
 os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
 EOF
-    must_change "$OK/mmap" "$b"
+    must_change "$OK/mmap" "$b" || return 0
     try "$OK/mmap --version"; judge_elf
 }
 
@@ -99,7 +99,7 @@ t10() {
     attacker ln "$OK/hardlink" "$PAY/linked"
     try "$PAY/linked --version"
     local b; b=$(sig "$OK/hardlink")
-    attacker bash -c "printf X >> '$OK/hardlink'"; must_change "$OK/hardlink" "$b"
+    attacker bash -c "printf X >> '$OK/hardlink'"; must_change "$OK/hardlink" "$b" || return 0
     try "$PAY/linked --version"; judge_elf
     local ran1=$RAN d1=$DETAIL
     try "$OK/hardlink --version"; judge_elf
@@ -189,6 +189,20 @@ t26() {   # root makes the namespace (unshare -m needs it), the attacker runs th
 }
 
 # Further probes (not scored): the threat model beyond the 26 rows, and documented gaps.
+# Rows t27-t30 (issue 10): content that changes under a verdict. The attacker owns a copy of allowed
+# content, and changes it after the allow-lister has looked at it.
+technique t27 'not run' 'copy of an allowed script, appended to while it runs (`sh ./copy.sh`)'
+t27() { try "cp $OK/wait.sh ./grow.sh && { sh ./grow.sh ./go-27 & p=\$!; echo 'touch $MARK' >> ./grow.sh; touch ./go-27; wait \$p; }"; judge_marker; }
+
+technique t28 'not run' 'copy of an allowed script, appended to while it runs (`./copy.sh` via its shebang)'
+t28() { try "cp $OK/wait.sh ./grow2.sh && chmod 755 ./grow2.sh && { ./grow2.sh ./go-28 & p=\$!; echo 'touch $MARK' >> ./grow2.sh; touch ./go-28; wait \$p; }"; judge_marker; }
+
+technique t29 'not run' 'copy of an allowed library, changed after it was checked (`LD_PRELOAD=./copy.so`)'
+t29() { try "cp $OK/lib.so ./copy.so && LD_PRELOAD=./copy.so $OK/true --version"; judge_marker; }
+
+technique t30 'not run' 'copy of an allowed library opened with `dlopen` (python3 ctypes)'
+t30() { try "cp $OK/lib.so ./copy2.so && python3 -c \"import ctypes; ctypes.CDLL('./copy2.so')\""; judge_marker; }
+
 probe e1 blocked 'unprivileged user: tmpfs inside `unshare -Urm`, unknown binary there'
 e1() {
     try "unshare -Urm /bin/sh -c 'mount -t tmpfs -o size=8m none $RUN/userns && cp $UNKNOWN_BIN $RUN/userns/unknown && $RUN/userns/unknown --version'"

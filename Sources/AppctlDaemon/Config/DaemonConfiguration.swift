@@ -45,6 +45,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Count every exec with a second, notification-only fanotify group, so that `status` can tell the execs
     /// the kernel answered from its cache from those the daemon answered (about 4 µs per exec; BENCHMARKS.md).
     public var countExecs = true
+    /// Let scripts, libraries and loader-mapped programs that someone other than root can change be decided by
+    /// their digest anyway (off by default). The risk: such content can change after the verdict (a shell reads
+    /// its script as it runs; the loader's private mappings show later writes to pages not yet copied), so a
+    /// user who owns a copy of an allowed script or library can run code of their choice.
+    public var allowMutableCode = false
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
 
@@ -100,6 +105,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "kernel-cache": kernelCache = try bool()
             case "count-execs": countExecs = try bool()
             case "prehash": prehash = try bool()
+            case "allow-mutable-code": allowMutableCode = try bool()
             case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":
                 if !configuredInterpreters { interpreters = []; configuredInterpreters = true }

@@ -23,6 +23,8 @@ final class FilesystemMarker: Sendable {
     /// Superblocks mounted only in other mount namespaces → where they were marked. Refreshed by every scan.
     private let markedElsewhere = Mutex<[String: String]>([:])
     private let execCountGaps = Mutex<Set<String>>([])
+    /// Marked filesystems whose ownership means nothing (`MountTable.ownershipIsMeaningless`), by device number.
+    let untrustedOwnership = UntrustedOwnership()
     /// Set once start-up is done: from then on, newly marked filesystems are announced.
     let announce = Atomic<Bool>(false)
 
@@ -69,6 +71,7 @@ final class FilesystemMarker: Sendable {
                     if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: events) {
                         if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         marked[m.device] = m.mountPoint
+                        untrustedOwnership.note(m)
                         markExecCounter(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device)
                     } else {
                         failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
@@ -98,6 +101,7 @@ final class FilesystemMarker: Sendable {
                 let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
                 if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: events)) == true {
                     present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
+                    untrustedOwnership.note(m)
                     markExecCounter(mountPoint: path, mountID: m.mountID, device: m.device)
                 }
             }
@@ -134,5 +138,26 @@ final class FilesystemMarker: Sendable {
         let (count, overflowed) = execCounter.drainCount(of: .openExec)
         statistics.add(.execsSeen, count)
         if overflowed { statistics.add(.execCountOverflows) }
+    }
+}
+
+/// The device numbers of marked filesystems whose file ownership means nothing (FUSE, network filesystems). Read
+/// on the event thread from a set the marker fills as it marks: no filesystem is asked (`fstatfs` on a FUSE file
+/// goes to its server, which may never answer).
+final class UntrustedOwnership: Sendable {
+    private let devices = Mutex<Set<UInt64>>([])
+
+    func note(_ mount: MountEntry) {
+        guard MountTable.ownershipIsMeaningless(mount.filesystemType), let device = Self.deviceNumber(mount.device) else { return }
+        devices.withLock { _ = $0.insert(device) }
+    }
+
+    func contains(_ device: UInt64) -> Bool { devices.withLock { $0.contains(device) } }
+
+    /// "major:minor" (mountinfo) → the kernel's dev_t encoding, as `stat` reports it.
+    static func deviceNumber(_ name: String) -> UInt64? {
+        let parts = name.split(separator: ":")
+        guard parts.count == 2, let major = UInt64(parts[0]), let minor = UInt64(parts[1]) else { return nil }
+        return (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~UInt64(0xff)) << 12) | ((major & ~UInt64(0xfff)) << 32)
     }
 }

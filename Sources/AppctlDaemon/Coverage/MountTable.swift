@@ -16,6 +16,14 @@ public enum MountTable {
         "rpc_pipefs", "nfsd",
     ]
 
+    /// Filesystems whose file ownership says nothing about who can change the content: a FUSE server answers every
+    /// read itself, and a network filesystem's server (or another client) changes files behind this host's back.
+    /// Their files are never "only root can write", whatever their owner and mode say.
+    public static func ownershipIsMeaningless(_ type: String) -> Bool {
+        type == "fuse" || type == "fuseblk" || type.hasPrefix("fuse.") || type.hasPrefix("nfs") || type == "cifs" || type == "smb3"
+            || type == "9p" || type == "ceph" || type == "afs" || type == "virtiofs" || type == "lustre" || type == "glusterfs"
+    }
+
     /// Parses mountinfo (proc(5)): `id parent major:minor root mountpoint options [optional...] - fstype source superoptions`.
     public static func parse(_ text: String) -> [MountEntry] {
         var entries: [MountEntry] = []

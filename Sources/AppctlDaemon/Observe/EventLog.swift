@@ -26,13 +26,17 @@ public struct EventRecord: Sendable {
     public var process: ProcessSnapshot
     public var serial: UInt64?
     public var mode: Mode
+    /// For `mutable` verdicts: who besides root could change the file ("uid 1000", "gid 50", "everyone",
+    /// "the filesystem's server").
+    public var writableBy: String? = nil
 
     var jsonLine: String {
         "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(outcome.rawValue)),\"reason\":\(jsonString(reason.rawValue)),"
             + "\"path\":\(jsonString(path)),\"sha256\":\(digest.map { jsonString($0.hex) } ?? "null"),\"size\":\(size),"
             + "\"dev\":\(device),\"ino\":\(inode),\"pid\":\(pid),\"ppid\":\(process.ppid),\"uid\":\(process.uid),"
             + "\"exe\":\(jsonString(process.exe)),\"comm\":\(jsonString(process.comm)),"
-            + "\"policy_serial\":\(serial.map(String.init) ?? "null"),\"mode\":\(jsonString(mode.rawValue))}\n"
+            + "\"policy_serial\":\(serial.map(String.init) ?? "null"),\"mode\":\(jsonString(mode.rawValue))"
+            + (writableBy.map { ",\"writable_by\":\(jsonString($0))" } ?? "") + "}\n"
     }
 
     var humanLine: String {

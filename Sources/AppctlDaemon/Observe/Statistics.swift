@@ -6,6 +6,8 @@ public enum Counter: Int, CaseIterable, Sendable {
     case allowed, denied, wouldDeny
     case cacheHits, cacheMisses, hashesComputed, bytesHashed, hashesInFlight
     case ownProcessEvents, inertOpens, deniedBySize, prehashed, prehashDropped
+    /// Scripts, libraries and mapped programs someone other than root can change (`Reason.mutable`).
+    case mutableDenials
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
     case verityDecisions, execsSeen, execsAllowedByDaemon, execCountOverflows
     case eventsDropped, eventWriteErrors, eventLogReopens
@@ -37,6 +39,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .ownProcessEvents: "own_process_events"
         case .inertOpens: "inert_opens"
         case .deniedBySize: "denied_by_size"
+        case .mutableDenials: "mutable_code_refused"
         case .prehashed: "prehashed"
         case .prehashDropped: "prehash_dropped"
         case .ignoreMarksPlaced: "ignore_marks_placed"
@@ -66,6 +69,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .cacheHits: Exposition(name: "cache_hits_total", help: "Events answered from the userspace digest cache.")
         case .cacheMisses: Exposition(name: "cache_misses_total", help: "Events that needed a hash.")
         case .inertOpens: Exposition(name: "inert_opens_total", help: "Plain opens of data answered without hashing.")
+        case .mutableDenials: Exposition(name: "mutable_code_total", help: "Scripts, libraries and mapped programs refused (or would-deny) because someone other than root can change them.")
         case .hashesComputed: Exposition(name: "hashes_total", help: "Files hashed.")
         case .bytesHashed: Exposition(name: "hashed_bytes_total", help: "Bytes hashed.")
         case .ignoreMarksPlaced: Exposition(name: "ignore_marks_total", help: "Kernel-side verdicts placed (ignore marks).")

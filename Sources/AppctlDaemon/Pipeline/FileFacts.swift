@@ -24,9 +24,11 @@ final class KernelFileFacts: FileFacts {
     /// Rebuilt on every reload, so an upgraded interpreter is recognised by its new content.
     private let interpreters: Mutex<InterpreterRule>
     private let configuredInterpreters: [String]
+    private let untrustedOwnership: UntrustedOwnership
 
-    init(configuredInterpreters: [String]) {
+    init(configuredInterpreters: [String], untrustedOwnership: UntrustedOwnership) {
         self.configuredInterpreters = configuredInterpreters
+        self.untrustedOwnership = untrustedOwnership
         interpreters = Mutex(InterpreterRule(configured: configuredInterpreters))
     }
 
@@ -37,7 +39,10 @@ final class KernelFileFacts: FileFacts {
     }
 
     func identity(of descriptor: Int32) -> FileKey? {
-        (try? FileDescriptor(rawValue: descriptor).identity()).map(FileKey.init)
+        guard var key = (try? FileDescriptor(rawValue: descriptor).identity()).map(FileKey.init) else { return nil }
+        // Root's ownership on FUSE or a network filesystem proves nothing about who can change the content.
+        if key.onlyRootCanWrite && untrustedOwnership.contains(key.device) { key.onlyRootCanWrite = false }
+        return key
     }
 
     func contentClass(of descriptor: Int32) -> ContentClass {

@@ -88,6 +88,7 @@ final class Responder: Sendable {
         let notable = outcome?.isNotable == true
         let process = notable ? ProcessSnapshot(pid: pid) : nil
         var path = notable ? pathOfDescriptor(fd) : nil
+        let writableBy = verdict.decision.reason == .mutable ? Self.writers(of: fd) : nil
 
         // Latency ends when the answer is ready: the write that follows can hand the CPU straight to the woken
         // process, which is not time the decision took.
@@ -116,8 +117,19 @@ final class Responder: Sendable {
             events.submit(EventRecord(
                 time: rfc3339Now(), outcome: outcome, reason: verdict.decision.reason, path: path ?? "?",
                 digest: answer.digest, size: key?.size ?? -1, device: key?.device ?? 0, inode: key?.inode ?? 0,
-                pid: pid, process: process ?? ProcessSnapshot(pid: pid), serial: verdict.serial, mode: verdict.mode))
+                pid: pid, process: process ?? ProcessSnapshot(pid: pid), serial: verdict.serial, mode: verdict.mode,
+                writableBy: writableBy))
         }
+    }
+
+    /// Who besides root could change the file behind `fd`, for the event record of a `mutable` verdict.
+    static func writers(of fd: Int32) -> String {
+        guard let st = try? FileDescriptor(rawValue: fd).status() else { return "unknown" }
+        var who: [String] = []
+        if st.st_uid != 0 { who.append("uid \(st.st_uid)") }
+        if st.st_mode & 0o020 != 0 { who.append("gid \(st.st_gid)") }
+        if st.st_mode & 0o002 != 0 { who.append("everyone") }
+        return who.isEmpty ? "the filesystem's server" : who.joined(separator: ", ")
     }
 
     private func reportAnswerFailure(_ error: Errno) {

@@ -9,9 +9,13 @@ import AppctlKernel
 /// The rungs, in order (each names the test that pins it in `TriageTests`):
 /// 1. the daemon's own process: allowed (it must never wait on itself);
 /// 2. a descriptor that cannot be identified: unreadable (denied in enforce mode);
-/// 3. the open that completes an exec just decided, for a file only root can write: the same answer, silently;
+/// 3. the open that completes an exec just decided, for a file only root can write: the same answer, silently
+///    (for anyone else's file it is decided like the exec: hashed again);
 /// 4. a plain open (not an exec) of data, not an ELF object and not an interpreter's program: allowed
 ///    unread; a root-only data file is cached in the kernel;
+/// 4a. any other open (a library, a program the loader maps, a script an interpreter reads) of a file someone
+///    other than root can change, unless fs-verity seals it: `mutable`, whatever its digest (a shell reads its
+///    script as it goes; the loader's private mappings show later writes): denied in enforce mode;
 /// 5. a file only root can write whose digest is cached: decided from the cache;
 /// 6. shutting down: allowed (the kernel would allow it once the group closes anyway);
 /// 7. an fs-verity file the policy pairs with a content digest: decided by that digest, sealed;
@@ -44,10 +48,13 @@ final class Triage: Sendable {
     let ownPID: Int32
     /// Kernel-side verdicts enabled (`kernel-cache`).
     let kernelCache: Bool
+    /// `allow-mutable-code`: rung 4a off (documented risk).
+    let allowMutableCode: Bool
 
-    init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool) {
+    init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool,
+         allowMutableCode: Bool = false) {
         self.policy = policy; self.caches = caches; self.facts = facts; self.statistics = statistics
-        self.ownPID = ownPID; self.kernelCache = kernelCache
+        self.ownPID = ownPID; self.kernelCache = kernelCache; self.allowMutableCode = allowMutableCode
     }
 
     func triage(_ request: borrowing PermissionRequest, shuttingDown: Bool = false) -> Result {
@@ -59,19 +66,26 @@ final class Triage: Sendable {
         guard let key = facts.identity(of: fd) else {
             return .answer(Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }))
         }
+        var completesExec = false
         if isExec {
             caches.lastExec.withLock { $0.insert(key, for: pid) }
-        } else if key.onlyRootCanWrite,
-                  caches.lastExec.withLock({ $0[pid] == key ? $0.removeValue(forKey: pid) : nil }) != nil,
-                  let digest = caches.digest(of: key) {
-            return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key, repeatsExec: true))
+        } else if caches.lastExec.withLock({ $0[pid] == key ? $0.removeValue(forKey: pid) : nil }) != nil {
+            completesExec = true
+            if key.onlyRootCanWrite, let digest = caches.digest(of: key) {
+                return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key, repeatsExec: true))
+            }
         }
-        if !isExec {
+        if !isExec && !completesExec {
             let (isProgram, contentClass) = isProgramOpen(pid: pid, key: key, descriptor: fd)
             if !isProgram {
                 statistics.add(.inertOpens)
                 // Later opens of this unchanged root-owned data file stay in the kernel.
                 return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other)
+            }
+            if !key.onlyRootCanWrite && !key.isVerity && !allowMutableCode {
+                // An exec is different: from the kernel's write denial on, nobody can change a running program.
+                statistics.add(.mutableDenials)
+                return .answer(Answer(verdict: policy.verdict(layer: .mutable) { Decision.mutable(mode: $0) }, key: key))
             }
         }
         // Only files that only root can write are cached: a write through a shared mapping to a page that is

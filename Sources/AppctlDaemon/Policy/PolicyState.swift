@@ -18,7 +18,26 @@ public final class PolicyState: Sendable {
         var policy: LoadedPolicy?
         var mode: Mode
         var lastError: String?
+        var source: Source = .configured
     }
+
+    /// Where the policy in force came from.
+    public enum Source: Equatable, Sendable {
+        /// The configured policy file.
+        case configured
+        /// The state directory's copy of a policy applied before, because the configured one was refused at start.
+        case lastKnownGood(because: String)
+
+        public var name: String {
+            switch self {
+            case .configured: "configured"
+            case .lastKnownGood: "last-known-good"
+            }
+        }
+    }
+
+    /// How many applied policies are kept as last-known-good copies (the newest serials).
+    static let keptCopies = 3
 
     private let current: Mutex<Current>
     public let stateDirectory: String
@@ -68,23 +87,26 @@ public final class PolicyState: Sendable {
         public var path: String?
         public var mode: Mode
         public var lastError: String?
+        public var source: Source
         public var allowCount: Int { policy?.allowCount ?? 0 }
         public var denyCount: Int { policy?.denyCount ?? 0 }
     }
 
     public var snapshot: Snapshot {
-        current.withLock { c in Snapshot(policy: c.policy?.header, path: c.policy?.path, mode: c.mode, lastError: c.lastError) }
+        current.withLock { c in Snapshot(policy: c.policy?.header, path: c.policy?.path, mode: c.mode, lastError: c.lastError, source: c.source) }
     }
 
     /// Loads, verifies and applies a policy; on any failure the current policy stays and the reason is kept.
     @discardableResult
     public func apply(path: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
         let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
+        if case .success(let policy) = result { keepCopy(of: policy) }
         current.withLock { c in
             switch result {
             case .success(let policy):
                 c.policy = policy
                 c.lastError = nil
+                c.source = .configured
             case .failure(let refusal):
                 c.lastError = refusal.description
             }
@@ -92,7 +114,61 @@ public final class PolicyState: Sendable {
         return result.map(\.header)
     }
 
-    private func load(path: String, keyPath: String, allowRollback: Bool) -> Result<LoadedPolicy, PolicyRefusal> {
+    /// At start, when the configured policy is missing, corrupt, out of scope or expired: applies the newest copy
+    /// of a policy this host applied before (verified again with the configured key; expiry does not drop a policy
+    /// already applied). The daemon keeps enforcing rather than start with nothing.
+    public func applyLastKnownGood(keyPath: String, because refusal: PolicyRefusal) -> Result<PolicyHeader, PolicyRefusal> {
+        let copies = appliedCopies()
+        guard !copies.isEmpty else { return .failure(PolicyRefusal("no last-known-good policy in \(copiesDirectory)")) }
+        var reasons: [String] = []
+        for (_, path) in copies {
+            switch load(path: path, keyPath: keyPath, allowRollback: false, acceptExpired: true) {
+            case .success(let policy):
+                current.withLock { c in
+                    c.policy = policy
+                    c.lastError = refusal.description
+                    c.source = .lastKnownGood(because: refusal.description)
+                }
+                return .success(policy.header)
+            case .failure(let why):
+                reasons.append(why.description)
+            }
+        }
+        return .failure(PolicyRefusal("no usable last-known-good policy: " + reasons.joined(separator: "; ")))
+    }
+
+    var copiesDirectory: String { stateDirectory + "/applied" }
+
+    /// The kept copies, newest serial first.
+    func appliedCopies() -> [(serial: UInt64, path: String)] {
+        guard let names = try? listDirectory(copiesDirectory) else { return [] }
+        return names.compactMap { name -> (UInt64, String)? in
+            guard name.hasPrefix("policy-"), name.hasSuffix(".txt"),
+                  let serial = UInt64(name.dropFirst("policy-".count).dropLast(".txt".count)) else { return nil }
+            return (serial, copiesDirectory + "/" + name)
+        }.sorted { $0.0 > $1.0 }
+    }
+
+    /// Keeps a copy of a policy just applied, for `applyLastKnownGood`. Copied after verification; the copy is
+    /// verified again whenever it is used, so a file replaced in between is refused then, not trusted.
+    private func keepCopy(of policy: LoadedPolicy) {
+        guard let serial = policy.header.serial else { return }
+        let path = policy.path
+        mkdir(stateDirectory, 0o700)
+        mkdir(copiesDirectory, 0o700)
+        let target = copiesDirectory + "/policy-\(serial).txt"
+        do {
+            try copyFile(from: path, to: target, permissions: 0o600)
+        } catch {
+            Self.warn("appctl: WARNING: cannot keep a last-known-good copy of \(path) in \(copiesDirectory): \(error)")
+            return
+        }
+        for (_, old) in appliedCopies().dropFirst(Self.keptCopies) { unlink(old) }
+    }
+
+    private static func warn(_ line: String) { try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8)) }
+
+    private func load(path: String, keyPath: String, allowRollback: Bool, acceptExpired: Bool = false) -> Result<LoadedPolicy, PolicyRefusal> {
         let key: Ed25519PublicKey
         do {
             key = try Ed25519PublicKey(pem: try readSmallFile(keyPath, limit: 64 * 1024))
@@ -100,7 +176,7 @@ public final class PolicyState: Sendable {
             return .failure(PolicyRefusal("\(keyPath): cannot use public key: \(error)"))
         }
         let policy: LoadedPolicy
-        do { policy = try LoadedPolicy.load(path: path, key: key) } catch {
+        do { policy = try LoadedPolicy.load(path: path, key: key, acceptExpired: acceptExpired) } catch {
             return .failure(PolicyRefusal(error.description))
         }
         let header = policy.header
