@@ -76,7 +76,7 @@ extension Daemon: DaemonControl {
             ("policy_deny_entries", .int(s.denyCount)),
             ("last_policy_error", .string(s.lastError)),
             ("learned_files", .int(learned.count)),
-            ("kernel_cache", .bool(configuration.kernelCache)),
+            ("kernel_cache", .bool(kernelCache.enabled)),
         ]
         fields += StatusReport.counterFields(statistics, execsCounted: counted)
         fields += [

@@ -62,16 +62,23 @@ public final class Daemon: Sendable {
         if configuration.prehash { events.insert(.closeWrite) }
         marker = FilesystemMarker(group: group, execCounter: execCounter, events: events, configuration: configuration, log: log)
         facts = KernelFileFacts(configuredInterpreters: configuration.interpreters, untrustedOwnership: marker.untrustedOwnership)
-        kernelCache = KernelVerdictCache(responder: group, enabled: configuration.kernelCache, watchedEvents: events, statistics: statistics, log: log)
+        // The kernel-side verdict cache needs the metadata watch; a kernel that refuses the group gets no cache.
+        let attributeWatch = configuration.kernelCache ? try? FanotifyGroup.createAttributeWatch() : nil
+        if configuration.kernelCache && attributeWatch == nil {
+            log("appctl: WARNING: this kernel refused a FAN_REPORT_FID group for FAN_ATTRIB: the kernel-side verdict cache stays off")
+        }
+        kernelCache = KernelVerdictCache(responder: group, attributeWatch: attributeWatch, enabled: configuration.kernelCache,
+                                         watchedEvents: events, statistics: statistics, log: log)
         let caches = DecisionCaches()
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
-                                  statistics: statistics, logAllows: configuration.logAllows, log: log)
+                                  statistics: statistics, logAllows: configuration.logAllows, facts: facts, log: log)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, workers: configuration.hashThreads)
         prehasher = configuration.prehash ? Prehasher(caches: caches, statistics: statistics) : nil
         do {
-            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID, statistics: statistics)
+            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID,
+                                 statistics: statistics, attributeWatch: attributeWatch, kernelCache: kernelCache)
         } catch {
             throw DaemonStartError(description: "cannot create the event reader's eventfd: \(error)")
         }

@@ -22,6 +22,9 @@ public struct FanotifyGroup: Sendable {
         public static let openPermission = Events(rawValue: UInt64(FAN_OPEN_PERM))
         /// `FAN_OPEN_EXEC` — a file was opened to be executed, after every permission check passed (a notification).
         public static let openExec = Events(rawValue: UInt64(FAN_OPEN_EXEC))
+        /// `FAN_ATTRIB` — metadata changed: owner, mode, ACL and other extended attributes, link count, times
+        /// (a notification; needs a `FAN_REPORT_FID` group).
+        public static let attributes = Events(rawValue: UInt64(FAN_ATTRIB))
         /// `FAN_CLOSE_WRITE` — a file opened for writing was closed (a notification, not a question).
         public static let closeWrite = Events(rawValue: UInt64(FAN_CLOSE_WRITE))
         /// `FAN_Q_OVERFLOW` — the event queue overflowed. For a group with a bounded queue the kernel then drops new
@@ -53,6 +56,25 @@ public struct FanotifyGroup: Sendable {
             fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY))
         }
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
+    /// A notification group that watches the metadata of the inodes whose verdict the kernel holds:
+    /// `fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_MARKS)`.
+    /// Its queue keeps the default bound: an overflow notice means "something changed" just as well.
+    public static func createAttributeWatch() throws(Errno) -> FanotifyGroup {
+        let fd = try retryingOnInterrupt {
+            fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_MARKS), UInt32(O_RDONLY))
+        }
+        return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
+    /// An inode mark: `events` on the inode behind `descriptor` are reported to this group, until the inode is
+    /// evicted (`FAN_MARK_EVICTABLE`: the mark does not pin it) or the group's inode marks are flushed.
+    /// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_EVICTABLE, events, descriptor, NULL)`.
+    public func watchInode(of descriptor: Int32, events: Events) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            fanotify_mark(self.descriptor.rawValue, UInt32(FAN_MARK_ADD | FAN_MARK_EVICTABLE), events.rawValue, descriptor, nil)
+        }
     }
 
     /// Reads every waiting event of a counting group: how many carry `events`, and whether the queue

@@ -38,17 +38,21 @@ struct SoundVerdictTests {
     @Test(arguments: ["sh", "bash", "shebang"])
     func aScriptThatGrowsWhileItRunsNeverRuns(_ how: String) throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        let wait = try h.writeScript("wait.sh", "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.01; done\n")
-        let marker = h.dir.file("marker")
+        // Its first command says it runs; then it waits for the go-ahead. The attacker appends only once the
+        // script runs (its content was checked by then), and waits for that, not for a fixed time.
+        let wait = try h.writeScript("wait.sh", "#!/bin/sh\ntouch \"$1.started\"\nwhile [ ! -e \"$1\" ]; do sleep 0.01; done\n")
+        let home = try attackerHome(h)
+        let marker = home + "/marker"   // where the attacker can write it
         try h.writePolicy(allow: [h.mount + "/known", wait])
         try h.start(mode: "enforce")
-        let home = try attackerHome(h)
         // Root's own copy runs: the promise is kept for code only root can change.
         #expect(try h.exec("touch \(h.dir.file("go")); sh \(wait) \(h.dir.file("go"))") == 0)
+        #expect((try? linkStatus(h.dir.file("go.started"))) != nil)
         let start = how == "shebang" ? "./copy.sh" : "\(how) ./copy.sh"
         let attack = try asNobody("""
             cd \(home) && cp \(wait) copy.sh && chmod 755 copy.sh
             \(start) ./go & pid=$!
+            while kill -0 $pid 2>/dev/null && [ ! -e ./go.started ]; do sleep 0.01; done
             echo 'touch \(marker)' >> copy.sh
             touch ./go
             wait $pid
@@ -66,11 +70,11 @@ struct SoundVerdictTests {
     /// pages not yet copied show later writes to the file.
     @Test func anAttackerOwnedCopyOfAnAllowedLibraryIsNotLoaded() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        let marker = h.dir.file("marker")
+        let home = try attackerHome(h)
+        let marker = home + "/marker"   // where the attacker's process can write it
         let library = try BypassTests.buildEvilLibrary(h, marker: marker)
         try h.writePolicy(allow: [h.mount + "/known", library])
         try h.start(mode: "enforce")
-        let home = try attackerHome(h)
         // Root's copy loads.
         _ = try h.execResult("LD_PRELOAD=\(library) /usr/bin/true")
         #expect((try? linkStatus(marker)) != nil, "an allowed root-owned library must load")
@@ -98,5 +102,37 @@ struct SoundVerdictTests {
         #expect(h.signalDaemon(SIGTERM) == 0)
         try h.start(mode: "enforce", config: ["allow-mutable-code = yes"])
         #expect(try asNobody("cd \(home) && sh ./copy.sh").stdout.contains("ok-ran"), "allow-mutable-code = yes decides by digest")
+    }
+
+    /// Case 4: a verdict cached in the kernel (an ignore mark) for a root-only file must not survive `chown`: after a
+    /// deploy's `chown -R app`, user `app` could change the file through a shared mapping, which clears no mark.
+    @Test(arguments: ["chown", "chmod"])
+    func aKernelVerdictDoesNotSurviveAChangeOfOwnerOrMode(_ change: String) throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        chmod(h.mount, 0o777)
+        let program = try h.copyExecutable("/usr/bin/true", to: "deployed")
+        try h.writePolicy(allow: [h.mount + "/known", program])
+        try h.start(mode: "enforce")
+        let before = try h.status()["ignore_marks_placed"] as? Int ?? 0
+        #expect(try h.exec("\(program) --version") == 0)
+        #expect(try h.waitUntil(10) { (try h.status()["ignore_marks_placed"] as? Int ?? 0) > before }, "the verdict is in the kernel")
+        if change == "chown" { chown(program, 65534, 65534) } else { chmod(program, 0o777) }
+        let attack = """
+            import mmap, subprocess, sys
+            try:
+                f = open('\(program)', 'r+b'); m = mmap.mmap(f.fileno(), 0)
+            except PermissionError:
+                print('refused'); sys.exit(0)
+            o = m.find(b'GNU coreutils'); m[o:o + 3] = b'GnU'
+            m.close(); f.close()
+            try:
+                r = subprocess.run(['\(program)', '--version'], capture_output=True)
+                print('ran' if b'GnU' in r.stdout else 'old')
+            except PermissionError:
+                print('denied')
+            """
+        let r = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", attack])
+        #expect(r.stdout == "refused\n" || r.stdout == "denied\n", "changed code ran under the old kernel verdict: \(r.stdout) \(r.stderr)")
+        #expect((try h.status()["kernel_cache_flushes_for_attributes"] as? Int ?? 0) >= 1)
     }
 }

@@ -13,8 +13,13 @@ import Glibc
 // fanotify. The real-kernel behaviour is pinned by AppctlIntegrationTests.
 
 /// Records every answer, ignore mark and flush instead of talking to a fanotify group.
-final class RecordingResponder: PermissionResponder, @unchecked Sendable {
-    struct State { var answers: [(fd: Int32, allow: Bool)] = []; var marks: [(fd: Int32, events: FanotifyGroup.Events)] = []; var flushes = 0 }
+final class RecordingResponder: PermissionResponder, AttributeWatch, @unchecked Sendable {
+    struct State {
+        var answers: [(fd: Int32, allow: Bool)] = []; var marks: [(fd: Int32, events: FanotifyGroup.Events)] = []; var flushes = 0
+        var watches: [Int32] = []
+    }
+    func watchInode(of descriptor: Int32, events: FanotifyGroup.Events) throws(Errno) { state.withLock { $0.watches.append(descriptor) } }
+    var watches: [Int32] { state.withLock { $0.watches } }
     let state = Mutex(State())
     func respond(to eventDescriptor: Int32, allow: Bool) throws(Errno) { state.withLock { $0.answers.append((eventDescriptor, allow)) } }
     func ignoreInode(of eventDescriptor: Int32, events: FanotifyGroup.Events) throws(Errno) { state.withLock { $0.marks.append((eventDescriptor, events)) } }
@@ -58,10 +63,11 @@ final class Pipeline: @unchecked Sendable {
     let known = SHA256Digest.of(Array("known content".utf8))
     let blocked = SHA256Digest.of(Array("blocked content".utf8))
     let unknown = SHA256Digest.of(Array("unknown content".utf8))
-    lazy var kernelCache = KernelVerdictCache(responder: kernel, enabled: true, watchedEvents: [.openExecPermission, .openPermission],
-                                              statistics: statistics, log: { _ in })
+    let attributeWatch = RecordingResponder()
+    lazy var kernelCache = KernelVerdictCache(responder: kernel, attributeWatch: attributeWatch, enabled: true,
+                                              watchedEvents: [.openExecPermission, .openPermission], statistics: statistics, log: { _ in })
     lazy var responder = Responder(responder: kernel, kernelCache: kernelCache, policy: policy, learned: learned, events: sink,
-                                   statistics: statistics, logAllows: false, log: { _ in })
+                                   statistics: statistics, logAllows: false, facts: facts, log: { _ in })
     lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true)
 
     init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = []) throws {
@@ -159,8 +165,8 @@ extension Triage.Result {
 
     @Test func plainDataOpensAreInertAndRootOnlyDataIsCachedInTheKernel() throws {
         let p = try Pipeline(mode: .enforce)
-        #expect(p.decide(p.request(exec: false, key: rootOnly(2))) == .inert(markInKernel: true))
-        #expect(p.decide(p.request(exec: false, key: userWritable(3))) == .inert(markInKernel: false))
+        #expect(p.decide(p.request(exec: false, key: rootOnly(2))) == .inert(markInKernel: rootOnly(2)))
+        #expect(p.decide(p.request(exec: false, key: userWritable(3))) == .inert(markInKernel: nil))
         #expect(p.kernel.answers.map(\.allow) == [true, true])
         #expect(p.kernel.marks.count == 1 && p.kernel.marks[0].events == [.openPermission])
         #expect(p.statistics[.inertOpens] == 2 && p.sink.outcomes.isEmpty)
@@ -286,6 +292,27 @@ extension Triage.Result: Equatable {
 }
 
 @Suite(.serialized) struct ResponderTests {
+    /// Issue 10, case 4: every kernel-side verdict is watched for metadata changes, and a file that changed while
+    /// its verdict was being placed is flushed at once.
+    @Test func kernelVerdictsAreWatchedAndAChangeWhileMarkingFlushes() throws {
+        let p = try Pipeline(mode: .enforce)
+        let key = rootOnly(50)
+        p.caches.remember(p.known, for: key)
+        let request = p.request(exec: true, key: key)
+        let fd = request.descriptor
+        p.decide(request)
+        #expect(p.attributeWatch.watches == [fd] && p.kernel.marks.count == 1 && p.kernel.flushes == 0)
+        // The same, but the file was chowned between the verdict and the mark: its identity changed.
+        let changed = p.request(exec: true, key: key)
+        p.facts.identities[changed.descriptor] = userWritable(50)   // what fstat says by the time of the mark
+        p.responder.finish(changed, Triage.Answer(verdict: p.policy.decide(p.known), digest: p.known, key: key))
+        #expect(p.kernel.flushes == 1, "a verdict placed for a file that changed meanwhile is flushed")
+        // No watch, no kernel verdict.
+        let unwatched = KernelVerdictCache(responder: p.kernel, attributeWatch: nil, enabled: true, watchedEvents: [.openPermission],
+                                           statistics: p.statistics, log: { _ in })
+        #expect(!unwatched.enabled)
+    }
+
     @Test func aRequestDroppedWithoutAnAnswerIsCounted() throws {
         let before = PermissionRequest.droppedUnanswered.load(ordering: .relaxed)
         do {
@@ -351,7 +378,7 @@ extension Triage.Result: Equatable {
             func flushInodeMarks() throws(Errno) {}
         }
         let responder = Responder(responder: KillingResponder(pid: pid, child: child), kernelCache: p.kernelCache, policy: p.policy,
-                                  learned: p.learned, events: p.sink, statistics: p.statistics, logAllows: false, log: { _ in })
+                                  learned: p.learned, events: p.sink, statistics: p.statistics, logAllows: false, facts: p.facts, log: { _ in })
         let key = userWritable(30)
         responder.finish(p.request(exec: true, pid: pid, key: key), Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: key))
         let record = p.sink.records.withLock { $0.first }

@@ -81,8 +81,10 @@ public func run(_ executable: String, _ arguments: [String], environment: [Strin
                          stderr: String(decoding: errData, as: UTF8.self))
 }
 
-/// The `appctl` binary built next to the test bundle (tools/test builds it first).
+/// The `appctl` binary built next to the test bundle (tools/test builds it first), or `APPCTL_TEST_BINARY`:
+/// another build, to show that a test fails on the build before a fix.
 public let appctlBinary: String = {
+    if let other = ProcessInfo.processInfo.environment["APPCTL_TEST_BINARY"], !other.isEmpty { return other }
     let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     var dir = (exe as NSString).deletingLastPathComponent
     // The test binary lives in .build/<config>/appctlPackageTests.xctest (a file on Linux).

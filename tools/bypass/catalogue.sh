@@ -67,8 +67,9 @@ bypass_tree() {
     cp /usr/bin/dash "$OK/dash"
     cp "$(realpath "$LDSO")" "$OK/ld.so"
     printf '#!/bin/sh\necho allowed-script-ran\n' > "$OK/allowed.sh"
-    # An allowed script whose first command waits for a file named by its argument (rows t27-t28 append to a copy).
-    printf '#!/bin/sh\nwhile [ ! -e "$1" ]; do sleep 0.01; done\n' > "$OK/wait.sh"
+    # An allowed script that says it runs ($1.started), then waits for the file $1 (rows t27-t28 append to a copy
+    # once it runs).
+    printf '#!/bin/sh\ntouch "$1.started"\nwhile [ ! -e "$1" ]; do sleep 0.01; done\n' > "$OK/wait.sh"
     # An allowed library: the payload library's own content (rows t29-t30 load the attacker's copy of it).
     cp "$WORK/evil.so" "$OK/lib.so"
     chmod 755 "$OK"/*

@@ -192,10 +192,10 @@ t26() {   # root makes the namespace (unshare -m needs it), the attacker runs th
 # Rows t27-t30 (issue 10): content that changes under a verdict. The attacker owns a copy of allowed
 # content, and changes it after the allow-lister has looked at it.
 technique t27 'not run' 'copy of an allowed script, appended to while it runs (`sh ./copy.sh`)'
-t27() { try "cp $OK/wait.sh ./grow.sh && { sh ./grow.sh ./go-27 & p=\$!; echo 'touch $MARK' >> ./grow.sh; touch ./go-27; wait \$p; }"; judge_marker; }
+t27() { try "cp $OK/wait.sh ./grow.sh && { sh ./grow.sh ./go-27 & p=\$!; while kill -0 \$p 2>/dev/null && [ ! -e ./go-27.started ]; do sleep 0.01; done; echo 'touch $MARK' >> ./grow.sh; touch ./go-27; wait \$p; }"; judge_marker; }
 
 technique t28 'not run' 'copy of an allowed script, appended to while it runs (`./copy.sh` via its shebang)'
-t28() { try "cp $OK/wait.sh ./grow2.sh && chmod 755 ./grow2.sh && { ./grow2.sh ./go-28 & p=\$!; echo 'touch $MARK' >> ./grow2.sh; touch ./go-28; wait \$p; }"; judge_marker; }
+t28() { try "cp $OK/wait.sh ./grow2.sh && chmod 755 ./grow2.sh && { ./grow2.sh ./go-28 & p=\$!; while kill -0 \$p 2>/dev/null && [ ! -e ./go-28.started ]; do sleep 0.01; done; echo 'touch $MARK' >> ./grow2.sh; touch ./go-28; wait \$p; }"; judge_marker; }
 
 technique t29 'not run' 'copy of an allowed library, changed after it was checked (`LD_PRELOAD=./copy.so`)'
 t29() { try "cp $OK/lib.so ./copy.so && LD_PRELOAD=./copy.so $OK/true --version"; judge_marker; }

@@ -9,6 +9,8 @@ public enum Counter: Int, CaseIterable, Sendable {
     /// Scripts, libraries and mapped programs someone other than root can change (`Reason.mutable`).
     case mutableDenials
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
+    /// Flushes because a cached file's metadata changed (`FAN_ATTRIB`).
+    case attributeFlushes
     case verityDecisions, execsSeen, execsAllowedByDaemon, execCountOverflows
     case eventsDropped, eventWriteErrors, eventLogReopens
     /// Overflow notices from the permission group (its queue is unlimited: should stay 0).
@@ -49,6 +51,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .ignoreMarksSinceFlush: "kernel_cached_files_at_most"
         case .ignoreMarkErrors: "ignore_mark_errors"
         case .kernelCacheFlushes: "kernel_cache_flushes"
+        case .attributeFlushes: "kernel_cache_flushes_for_attributes"
         case .verityDecisions: "verity_decisions"
         case .execsSeen: "execs_seen"
         case .execsAllowedByDaemon: "execs_allowed_by_daemon"

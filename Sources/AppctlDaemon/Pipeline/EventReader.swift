@@ -19,14 +19,18 @@ final class EventReader: Sendable {
     let prehasher: Prehasher?
     let ownPID: Int32
     let statistics: Statistics
+    /// The metadata watch of the kernel-side verdicts (nil: the kernel cache is off).
+    let attributeWatch: FanotifyGroup?
+    let kernelCache: KernelVerdictCache
     private let shutdown: EventNotifier
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
 
     init(group: FanotifyGroup, triage: Triage, responder: Responder, hashPool: HashPool, prehasher: Prehasher?,
-         ownPID: Int32, statistics: Statistics) throws(Errno) {
+         ownPID: Int32, statistics: Statistics, attributeWatch: FanotifyGroup?, kernelCache: KernelVerdictCache) throws(Errno) {
         self.group = group; self.triage = triage; self.responder = responder; self.hashPool = hashPool
         self.prehasher = prehasher; self.ownPID = ownPID; self.statistics = statistics
+        self.attributeWatch = attributeWatch; self.kernelCache = kernelCache
         shutdown = try EventNotifier()
     }
 
@@ -42,9 +46,19 @@ final class EventReader: Sendable {
     private func run() {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
         defer { buffer.deallocate(); finished.signal() }
+        var watched: [(FileDescriptor, Int16)] = [(group.descriptor, Int16(POLLIN)), (shutdown.descriptor, Int16(POLLIN))]
+        if let attributeWatch { watched.append((attributeWatch.descriptor, Int16(POLLIN))) }
         while !stopping.load(ordering: .relaxed) {
-            let revents = (try? pollDescriptors([(group.descriptor, Int16(POLLIN)), (shutdown.descriptor, Int16(POLLIN))],
-                                                timeoutMilliseconds: -1)) ?? [0, 0]
+            let revents = (try? pollDescriptors(watched, timeoutMilliseconds: -1)) ?? [0, 0]
+            // Metadata changes first: a verdict must not stay cached in the kernel after its file's owner, mode or
+            // ACL changed, and the events read next may be about that very file.
+            if revents.count > 2, revents[2] & Int16(POLLIN) != 0, let attributeWatch {
+                let (changes, overflowed) = attributeWatch.drainCount(of: .attributes)
+                if changes > 0 || overflowed {
+                    statistics.add(.attributeFlushes)
+                    kernelCache.flush(reason: "a cached file's owner, mode, ACL or links changed")
+                }
+            }
             if revents[0] & Int16(POLLIN) != 0 {
                 guard let events = try? group.readEvents(into: buffer) else { continue }
                 for event in events { dispatch(event) }

@@ -1,34 +1,63 @@
 import AppctlCore
 import AppctlKernel
 
+/// Watches the metadata of inodes whose verdict the kernel holds: the real one is a `FAN_REPORT_FID`
+/// notification group (`FAN_ATTRIB`), tests use a recorder.
+protocol AttributeWatch: Sendable {
+    func watchInode(of descriptor: Int32, events: FanotifyGroup.Events) throws(Errno)
+    func flushInodeMarks() throws(Errno)
+}
+
+extension FanotifyGroup: AttributeWatch {}
+
 /// The kernel-side verdict cache: ignore marks on inodes whose verdict holds for every later opener, and the
-/// flush that drops them all (reload, mode switch, a revocation seen while marking).
+/// flush that drops them all (reload, mode switch, a revocation seen while marking, a change of a cached
+/// file's owner, mode or ACL).
+///
+/// A verdict may live in the kernel only while nobody but root can change the file. An ignore mark survives
+/// `chown`, `chmod` and `setfacl` (and a write through a shared mapping never clears it), so every marked inode
+/// is also watched for `FAN_ATTRIB`; the event reader flushes on any such event. The order closes the race
+/// with a change made while marking: watch first, then mark, then look at the file again; a change before
+/// the look is seen by the look, a change after it by the watch.
 final class KernelVerdictCache: Sendable {
     let responder: any PermissionResponder
+    let attributeWatch: (any AttributeWatch)?
     let enabled: Bool
     let statistics: Statistics
     /// The events the group watches: an ignore mark for an event it does not watch is refused by the kernel.
     let watchedEvents: FanotifyGroup.Events
     let log: @Sendable (String) -> Void
 
-    init(responder: any PermissionResponder, enabled: Bool, watchedEvents: FanotifyGroup.Events, statistics: Statistics,
-         log: @escaping @Sendable (String) -> Void) {
-        self.responder = responder; self.enabled = enabled; self.watchedEvents = watchedEvents
-        self.statistics = statistics; self.log = log
+    /// Without an attribute watch (a kernel that refuses the group) the cache stays off: a verdict that could
+    /// outlive a chown must not be placed.
+    init(responder: any PermissionResponder, attributeWatch: (any AttributeWatch)?, enabled: Bool, watchedEvents: FanotifyGroup.Events,
+         statistics: Statistics, log: @escaping @Sendable (String) -> Void) {
+        self.responder = responder; self.attributeWatch = attributeWatch; self.enabled = enabled && attributeWatch != nil
+        self.watchedEvents = watchedEvents; self.statistics = statistics; self.log = log
     }
 
-    func place(on descriptor: Int32, _ events: FanotifyGroup.Events) {
-        guard enabled else { return }
+    /// Places the kernel-side verdict for the file behind `descriptor`, decided for `key`. `stillHolds` looks at
+    /// the file again after the mark exists (a changed identity, or one no longer only root can write, flushes).
+    func place(on descriptor: Int32, _ events: FanotifyGroup.Events, key: FileKey, stillHolds: () -> Bool) {
+        guard enabled, let attributeWatch else { return }
+        do {
+            try attributeWatch.watchInode(of: descriptor, events: .attributes)
+        } catch {
+            statistics.add(.ignoreMarkErrors)
+            return
+        }
         do {
             try responder.ignoreInode(of: descriptor, events: events.intersection(watchedEvents))
             statistics.add(.ignoreMarksPlaced)
             statistics.add(.ignoreMarksSinceFlush)
         } catch {
             statistics.add(.ignoreMarkErrors)
+            return
         }
+        if !stillHolds() { flush(reason: "the file changed while its verdict was cached") }
     }
 
-    /// Drops every kernel-side verdict: after a reload or mode change, everything is asked again.
+    /// Drops every kernel-side verdict (and the attribute watches that guard them): everything is asked again.
     func flush(reason: String) {
         guard enabled else { return }
         do {
@@ -38,6 +67,7 @@ final class KernelVerdictCache: Sendable {
         } catch {
             log("appctl: cannot flush the kernel verdict cache (\(reason)): \(error)")
         }
+        try? attributeWatch?.flushInodeMarks()
     }
 }
 
@@ -51,18 +81,20 @@ final class Responder: Sendable {
     let events: any EventSink
     let statistics: Statistics
     let logAllows: Bool
+    /// To look at a file again after its verdict is cached in the kernel.
+    let facts: any FileFacts
     let log: @Sendable (String) -> Void
 
     init(responder: any PermissionResponder, kernelCache: KernelVerdictCache, policy: PolicyState, learned: LearnRecorder,
-         events: any EventSink, statistics: Statistics, logAllows: Bool, log: @escaping @Sendable (String) -> Void) {
+         events: any EventSink, statistics: Statistics, logAllows: Bool, facts: any FileFacts, log: @escaping @Sendable (String) -> Void) {
         self.responder = responder; self.kernelCache = kernelCache; self.policy = policy; self.learned = learned
-        self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.log = log
+        self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.facts = facts; self.log = log
     }
 
-    /// A plain open of data: allowed, and cached in the kernel when `markInKernel`.
-    func allowInert(_ request: consuming PermissionRequest, markInKernel: Bool) {
+    /// A plain open of data: allowed, and cached in the kernel when `markInKernel` (the key it was judged by).
+    func allowInert(_ request: consuming PermissionRequest, markInKernel key: FileKey?) {
         request.answer(allow: true, via: responder, onError: reportAnswerFailure) { fd in
-            if markInKernel { kernelCache.place(on: fd, [.openPermission]) }
+            if let key { kernelCache.place(on: fd, [.openPermission], key: key) { facts.identity(of: fd) == key } }
         }
     }
 
@@ -97,7 +129,13 @@ final class Responder: Sendable {
             && (answer.key?.onlyRootCanWrite == true || answer.verityDigest != nil)
         request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure) { fd in
             // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel.
-            if cacheInKernel { kernelCache.place(on: fd, [.openExecPermission, .openPermission]) }
+            if cacheInKernel, let key = answer.key {
+                kernelCache.place(on: fd, [.openExecPermission, .openPermission], key: key) {
+                    // Sealed content stays sealed; anything else must still be the same, root-only file.
+                    guard let now = facts.identity(of: fd) else { return false }
+                    return answer.verityDigest != nil ? now.isVerity : now == key
+                }
+            }
             if outcome != nil && path == nil { path = pathOfDescriptor(fd) }
         }
         if cacheInKernel, let digest = answer.digest {

@@ -24,8 +24,8 @@ import AppctlKernel
 final class Triage: Sendable {
     enum Result {
         case answer(Answer)
-        /// A plain open of data: allowed; `markInKernel` when the kernel may answer later opens of it.
-        case inert(markInKernel: Bool)
+        /// A plain open of data: allowed; `markInKernel` (the file's key) when the kernel may answer later opens of it.
+        case inert(markInKernel: FileKey?)
         /// The content must be hashed before anyone can say.
         case needsHash(FileKey)
     }
@@ -80,7 +80,7 @@ final class Triage: Sendable {
             if !isProgram {
                 statistics.add(.inertOpens)
                 // Later opens of this unchanged root-owned data file stay in the kernel.
-                return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other)
+                return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other ? key : nil)
             }
             if !key.onlyRootCanWrite && !key.isVerity && !allowMutableCode {
                 // An exec is different: from the kernel's write denial on, nobody can change a running program.
