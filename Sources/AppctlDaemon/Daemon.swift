@@ -58,9 +58,10 @@ public final class Daemon: Sendable {
         PermissionRequest.lastResortGroup.store(group.descriptor.rawValue, ordering: .relaxed)
         // Exec events always; open events unless `open-events = no` (they close the loader, library and
         // interpreter bypasses, see Policies/INTERPRETERS.md); close-write events feed the pre-hasher.
-        var events: FanotifyGroup.Events = configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
-        if configuration.prehash { events.insert(.closeWrite) }
-        marker = FilesystemMarker(group: group, execCounter: execCounter, events: events, configuration: configuration, log: log)
+        let events: FanotifyGroup.Events = configuration.openEvents ? [.openExecPermission, .openPermission] : [.openExecPermission]
+        let closeWriteNotifier = configuration.prehash ? try? FanotifyGroup.createNotifier() : nil
+        marker = FilesystemMarker(group: group, execCounter: execCounter, closeWriteNotifier: closeWriteNotifier, events: events,
+                                  configuration: configuration, log: log)
         facts = KernelFileFacts(configuredInterpreters: configuration.interpreters, untrustedOwnership: marker.untrustedOwnership)
         // The kernel-side verdict cache needs the metadata watch; a kernel that refuses the group gets no cache.
         let attributeWatch = configuration.kernelCache ? try? FanotifyGroup.createAttributeWatch() : nil
@@ -71,13 +72,15 @@ public final class Daemon: Sendable {
                                          watchedEvents: events, statistics: statistics, log: log)
         let caches = DecisionCaches()
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
-                                  statistics: statistics, logAllows: configuration.logAllows, facts: facts, log: log)
+                                  statistics: statistics, logAllows: configuration.logAllows, facts: facts, caches: caches, log: log)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
-        hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, workers: configuration.hashThreads)
-        prehasher = configuration.prehash ? Prehasher(caches: caches, statistics: statistics) : nil
+        hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
+                            workers: configuration.hashThreads)
+        let pid = ownPID, counters = statistics
+        prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }
         do {
-            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, prehasher: prehasher, ownPID: ownPID,
+            reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, ownPID: ownPID,
                                  statistics: statistics, attributeWatch: attributeWatch, kernelCache: kernelCache)
         } catch {
             throw DaemonStartError(description: "cannot create the event reader's eventfd: \(error)")

@@ -58,6 +58,17 @@ public struct FanotifyGroup: Sendable {
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
     }
 
+    /// A notification group whose events carry an open descriptor of the file (`FAN_CLASS_NOTIF | FAN_CLOEXEC |
+    /// FAN_NONBLOCK`, read-only descriptors): for `FAN_CLOSE_WRITE`, which the pre-hasher reads. Its queue keeps
+    /// the default bound (16,384 events): a reader that lags loses notifications (`FAN_Q_OVERFLOW`), never kernel
+    /// memory without limit, and nobody waits for it.
+    public static func createNotifier() throws(Errno) -> FanotifyGroup {
+        let fd = try retryingOnInterrupt {
+            fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK), UInt32(O_RDONLY | O_CLOEXEC))
+        }
+        return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))
+    }
+
     /// A notification group that watches the metadata of the inodes whose verdict the kernel holds:
     /// `fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_MARKS)`.
     /// Its queue keeps the default bound: an overflow notice means "something changed" just as well.

@@ -400,6 +400,27 @@ struct EnforcementTests {
         #expect(try h.status()["policy_source"] as? String == "configured")
     }
 
+    /// Review finding: after an explicit rollback the fallback must enforce what was rolled back *to*, and must not
+    /// raise the recorded serial; an unreadable serial record refuses rather than switching rollback protection off.
+    @Test func lastKnownGoodFollowsAnExplicitRollback() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        try h.writePolicy(serial: 20)
+        try h.start(mode: "enforce", extra: ["--allow-rollback"])
+        try h.writePolicy(serial: 5)
+        #expect(try appctl("reload", "--socket", h.socket).status == 0)
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        try "garbage\n".write(toFile: h.policyPath, atomically: false, encoding: .utf8)
+        try h.start(mode: "enforce")
+        let status = try h.status()
+        #expect(status["policy_source"] as? String == "last-known-good")
+        #expect(status["policy_serial"] as? Int == 5, "the fallback enforced the policy rolled back from")
+        #expect((try? String(contentsOfFile: h.stateDir + "/last-serial", encoding: .utf8)) == "5\n")
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        try "not a number\n".write(toFile: h.stateDir + "/last-serial", atomically: false, encoding: .utf8)
+        #expect(throws: (any Error).self) { try h.start(mode: "enforce") }
+        #expect(h.daemonLog.contains("rollback protection needs it"))
+    }
+
     /// Issue 10, case 6: a bounded queue drops new permission events when full and the kernel allows them.
     /// The group must be created unlimited (queue and marks): the kernel shows its flags in fdinfo.
     @Test func permissionGroupHasAnUnlimitedQueueAndMarks() throws {

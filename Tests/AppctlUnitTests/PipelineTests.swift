@@ -67,7 +67,7 @@ final class Pipeline: @unchecked Sendable {
     lazy var kernelCache = KernelVerdictCache(responder: kernel, attributeWatch: attributeWatch, enabled: true,
                                               watchedEvents: [.openExecPermission, .openPermission], statistics: statistics, log: { _ in })
     lazy var responder = Responder(responder: kernel, kernelCache: kernelCache, policy: policy, learned: learned, events: sink,
-                                   statistics: statistics, logAllows: false, facts: facts, log: { _ in })
+                                   statistics: statistics, logAllows: false, facts: facts, caches: caches, log: { _ in })
     lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true)
 
     init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = []) throws {
@@ -100,6 +100,17 @@ final class Pipeline: @unchecked Sendable {
         case .answer(let answer): responder.finish(request, answer)
         case .inert(let mark): responder.allowInert(request, markInKernel: mark)
         case .needsHash: responder.allowAtShutdown(request)   // not under test here: released
+        case .checkCommandLine(let key, let family):
+            // What a hash worker does with it, here on the test's thread.
+            if facts.opensAsProgram(pid: request.pid, family: family, key: key, descriptor: request.descriptor) {
+                switch triage.decideProgram(request, key: key, opensAsProgram: true) {
+                case .answer(let answer): responder.finish(request, answer)
+                default: responder.allowAtShutdown(request)
+                }
+            } else {
+                statistics.add(.inertOpens)
+                responder.allowInert(request, markInKernel: nil)
+            }
         }
         return result
     }
@@ -178,11 +189,14 @@ extension Triage.Result {
         // A #! script opened by an interpreter is its program, whatever its command line says.
         p.facts.interpreters[200] = .shell
         #expect(p.decide(p.request(exec: false, pid: 200, key: userWritable(5, size: 99), contentClass: .shebang)).allows == false)
-        // A plain file an interpreter opens counts only when it is its program.
-        #expect(p.decide(p.request(exec: false, pid: 200, key: userWritable(6, size: 99))).isInert)
+        // A plain file an interpreter opens counts only when it is its program, which its command line says: that is
+        // read off the event thread (issue 10, case 7: attacker-chosen paths, symlink chains, filesystems that hang).
+        #expect(p.peek(p.request(exec: false, pid: 200, key: userWritable(6, size: 99))) == .checkCommandLine(userWritable(6, size: 99), .shell))
+        p.decide(p.request(exec: false, pid: 200, key: userWritable(6, size: 99)))
+        #expect(p.statistics[.inertOpens] == 1)
         let program = p.request(exec: false, pid: 200, key: userWritable(7, size: 99))
         p.facts.programs.insert(program.descriptor)
-        #expect(p.decide(program).allows == false)
+        #expect(p.decide(program) == .checkCommandLine(userWritable(7, size: 99), .shell))
         #expect(p.sink.outcomes == [.deny, .deny, .deny])
         // All three were refused unread: files others can change are `mutable` before any digest is taken.
         #expect(p.sink.records.withLock { $0.map(\.reason) } == [.mutable, .mutable, .mutable])
@@ -204,6 +218,25 @@ extension Triage.Result {
         let m = try Pipeline(mode: .monitor)
         m.decide(m.request(exec: false, key: userWritable(44), contentClass: .elf))
         #expect(m.sink.outcomes == [.wouldDeny])
+    }
+
+    /// Review finding: a denied exec is followed by no open, so its entry must not let a later open by the same
+    /// process pass for the exec's own.
+    @Test func aDeniedExecLeavesNoEntryForALaterOpen() throws {
+        let p = try Pipeline(mode: .enforce)
+        let key = userWritable(46)
+        // The exec goes to be hashed; the hash pool finds unknown content and denies it.
+        #expect(p.peek(p.request(exec: true, pid: 301, key: key)).needsHash)
+        p.responder.finish(p.request(exec: true, pid: 301, key: key), Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: key))
+        let later = p.decide(p.request(exec: false, pid: 301, key: key, contentClass: .elf))
+        #expect(later.layer == .mutable, "a later open passed for the denied exec's own")
+    }
+
+    @Test func execsFromFilesystemsWhoseServerCanChangeThemAreMutable() throws {
+        let p = try Pipeline(mode: .enforce)
+        var key = userWritable(47)
+        key.onUntrustedFilesystem = true
+        #expect(p.peek(p.request(exec: true, key: key)).layer == .mutable)
     }
 
     @Test func theDocumentedSwitchDecidesMutableCodeByDigest() throws {
@@ -285,6 +318,7 @@ extension Triage.Result: Equatable {
         switch (a, b) {
         case (.inert(let x), .inert(let y)): return x == y
         case (.needsHash(let x), .needsHash(let y)): return x == y
+        case (.checkCommandLine(let x, let f), .checkCommandLine(let y, let g)): return x == y && f == g
         case (.answer(let x), .answer(let y)): return x.verdict == y.verdict && x.digest == y.digest
         default: return false
         }
@@ -378,7 +412,8 @@ extension Triage.Result: Equatable {
             func flushInodeMarks() throws(Errno) {}
         }
         let responder = Responder(responder: KillingResponder(pid: pid, child: child), kernelCache: p.kernelCache, policy: p.policy,
-                                  learned: p.learned, events: p.sink, statistics: p.statistics, logAllows: false, facts: p.facts, log: { _ in })
+                                  learned: p.learned, events: p.sink, statistics: p.statistics, logAllows: false, facts: p.facts,
+                                  caches: p.caches, log: { _ in })
         let key = userWritable(30)
         responder.finish(p.request(exec: true, pid: pid, key: key), Triage.Answer(verdict: p.policy.decide(p.unknown), digest: p.unknown, key: key))
         let record = p.sink.records.withLock { $0.first }
@@ -408,7 +443,8 @@ extension Triage.Result: Equatable {
         let p = try Pipeline(mode: .enforce, extraAllows: [(digest, UInt64(content.count))])
         try p.dir.write("allowed", content)
         try p.dir.write("unknown", Array("something else".utf8))
-        let pool = HashPool(policy: p.policy, caches: p.caches, responder: p.responder, statistics: p.statistics, workers: 2)
+        let pool = HashPool(policy: p.policy, caches: p.caches, responder: p.responder, statistics: p.statistics, triage: p.triage,
+                            facts: p.facts, workers: 2)
         pool.start()
         defer { pool.stop() }
         var waiting: [Int32: Bool] = [:]

@@ -52,8 +52,9 @@
 # a shared machine must not do (the sysctl is checked after every run).
 # --path restricts its marks to the filesystems mounted at or below $MNT; the
 # marks are checked in /proc/PID/fdinfo after start-up (exactly one mark, on
-# the image's superblock, mask 40008 = FAN_OPEN_EXEC_PERM|FAN_CLOSE_WRITE for appctl-exec,
-# 50008 = FAN_OPEN_PERM|FAN_OPEN_EXEC_PERM|FAN_CLOSE_WRITE for appctl-open), else the run
+# the image's superblock, mask 40000 = FAN_OPEN_EXEC_PERM for appctl-exec, 50000 =
+# FAN_OPEN_PERM|FAN_OPEN_EXEC_PERM for appctl-open; beside it the exec counter's 1000 = FAN_OPEN_EXEC and the
+# pre-hasher's 8 = FAN_CLOSE_WRITE notification marks on the same image), else the run
 # stops it and aborts. Ready = "appctl status" exits 0 (polled every 20 ms, 10 s
 # at most). Before stopping: "appctl status --json" and VmRSS/VmHWM. Stopped by
 # PID: SIGTERM, SIGKILL after 10 s; exit code and stop time recorded.
@@ -248,7 +249,7 @@ ODD_STDERR='^appctl: (start-up: applied policy serial|ready, mode|stopped$)'
 start_appctl() {   # case round; case: appctl-exec | appctl-open
     local c=$1 r=$2 kind=${1#appctl-} want
     # + FAN_CLOSE_WRITE (0x8): appctl pre-hashes freshly written programs
-    [[ $kind == exec ]] && want=40008 || want=50008
+    [[ $kind == exec ]] && want=40000 || want=50000
     # safety: the mount point we hand to --path is our loop device's and nothing else
     [[ $(awk -v m="$MNT" '$2 == m { print $1 }' /proc/mounts) == "$LOOP" ]] || { echo "$MNT is not $LOOP" >&2; exit 1; }
     rm -f "$W/appctl.sock"
@@ -276,7 +277,7 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open
     # exec counter's notification mark, FAN_OPEN_EXEC = 0x1000, on the same image)
     local marks
     marks=$(cat /proc/"$APPCTL_PID"/fdinfo/* 2>/dev/null | grep -E '^fanotify (sdev|mnt_id|ino):' |
-            grep -v -x "fanotify sdev:$KDEV mflags:0 mask:1000 ignored_mask:0" || true)
+            grep -v -x -e "fanotify sdev:$KDEV mflags:0 mask:1000 ignored_mask:0" -e "fanotify sdev:$KDEV mflags:0 mask:8 ignored_mask:0" || true)
     APPCTL_MARKS=$marks
     if [[ $marks != "fanotify sdev:$KDEV mflags:0 mask:$want ignored_mask:0" ]]; then
         echo "appctl ($c) holds unexpected fanotify marks (want sdev:$KDEV mask:$want):" >&2

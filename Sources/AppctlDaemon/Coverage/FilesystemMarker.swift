@@ -11,6 +11,8 @@ final class FilesystemMarker: Sendable {
     /// Counts every exec on the marked filesystems, so that `status` can say how many the kernel answered
     /// (nil if off or refused by the kernel). Filesystems that cannot report file handles are not counted.
     let execCounter: FanotifyGroup?
+    /// The pre-hasher's close-write notifications (nil when pre-hashing is off), marked where the permission group is.
+    let closeWriteNotifier: FanotifyGroup?
     let events: FanotifyGroup.Events
     let paths: [String]
     let excludedTypes: [String]
@@ -28,9 +30,9 @@ final class FilesystemMarker: Sendable {
     /// Set once start-up is done: from then on, newly marked filesystems are announced.
     let announce = Atomic<Bool>(false)
 
-    init(group: FanotifyGroup, execCounter: FanotifyGroup?, events: FanotifyGroup.Events, configuration: DaemonConfiguration,
-         log: @escaping @Sendable (String) -> Void) {
-        self.group = group; self.execCounter = execCounter; self.events = events
+    init(group: FanotifyGroup, execCounter: FanotifyGroup?, closeWriteNotifier: FanotifyGroup?, events: FanotifyGroup.Events,
+         configuration: DaemonConfiguration, log: @escaping @Sendable (String) -> Void) {
+        self.group = group; self.execCounter = execCounter; self.closeWriteNotifier = closeWriteNotifier; self.events = events
         paths = configuration.paths
         excludedTypes = configuration.excludedFilesystemTypes
         excludedMountPoints = configuration.excludedMountPoints
@@ -67,11 +69,13 @@ final class FilesystemMarker: Sendable {
             // Every wanted filesystem is marked again on every change (adding a mark is idempotent): a device
             // number reused by a new superblock, or a mark that went astray, is put right.
             for m in wanted(mounts) {
+                // Before the mark: from the mark on, events come, and a FUSE server's files must never pass for
+                // root-only in between.
+                untrustedOwnership.note(m)
                 do {
                     if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: events) {
                         if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         marked[m.device] = m.mountPoint
-                        untrustedOwnership.note(m)
                         markExecCounter(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device)
                     } else {
                         failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
@@ -97,11 +101,11 @@ final class FilesystemMarker: Sendable {
         for (namespace, pid) in MountNamespaces.others() {
             guard let bytes = try? readSmallFile("/proc/\(pid)/mountinfo", limit: 16 << 20) else { continue }
             for m in wanted(MountTable.parse(String(decoding: bytes, as: UTF8.self))) where !ownDevices.contains(m.device) && present[m.device] == nil {
+                untrustedOwnership.note(m)   // before the mark, as above
                 // "/." and not "/": /proc/PID/root itself is a magic link, which O_NOFOLLOW would refuse.
                 let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
                 if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: events)) == true {
                     present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
-                    untrustedOwnership.note(m)
                     markExecCounter(mountPoint: path, mountID: m.mountID, device: m.device)
                 }
             }
@@ -118,6 +122,10 @@ final class FilesystemMarker: Sendable {
     /// Marks a filesystem for the exec counter too. A filesystem without file handles (FAN_REPORT_FID needs
     /// them) is not counted, and `status` says so instead of under-reporting silently.
     private func markExecCounter(mountPoint: String, mountID: UInt64, device: String) {
+        // The pre-hasher's notifications go with the exec counter's: both only watch where the permission group does.
+        if let closeWriteNotifier {
+            _ = try? closeWriteNotifier.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.closeWrite])
+        }
         guard let execCounter else { return }
         let counted = (try? execCounter.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.openExec])) == true
         execCountGaps.withLock { gaps in

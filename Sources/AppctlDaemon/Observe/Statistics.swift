@@ -8,6 +8,8 @@ public enum Counter: Int, CaseIterable, Sendable {
     case ownProcessEvents, inertOpens, deniedBySize, prehashed, prehashDropped
     /// Scripts, libraries and mapped programs someone other than root can change (`Reason.mutable`).
     case mutableDenials
+    /// Interpreter command lines read off the event thread (is this open the interpreter's program?).
+    case commandLineChecks
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
     /// Flushes because a cached file's metadata changed (`FAN_ATTRIB`).
     case attributeFlushes
@@ -42,6 +44,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .inertOpens: "inert_opens"
         case .deniedBySize: "denied_by_size"
         case .mutableDenials: "mutable_code_refused"
+        case .commandLineChecks: "command_line_checks"
         case .prehashed: "prehashed"
         case .prehashDropped: "prehash_dropped"
         case .ignoreMarksPlaced: "ignore_marks_placed"

@@ -15,6 +15,9 @@ public struct FileKey: Hashable, Sendable {
     /// write): only such files may get a kernel-side verdict, which a write through a shared
     /// mapping would not clear.
     public var onlyRootCanWrite = false
+    /// On a filesystem whose ownership means nothing (FUSE, network): its server can change the content at any
+    /// time, even under a running program.
+    public var onUntrustedFilesystem = false
 
     public init(_ id: FileIdentity) {
         device = id.device; inode = id.inode; changeTime = id.changeTimeNanoseconds; size = id.size

@@ -15,8 +15,6 @@ final class EventReader: Sendable {
     let triage: Triage
     let responder: Responder
     let hashPool: HashPool
-    /// Nil when pre-hashing is off.
-    let prehasher: Prehasher?
     let ownPID: Int32
     let statistics: Statistics
     /// The metadata watch of the kernel-side verdicts (nil: the kernel cache is off).
@@ -26,10 +24,10 @@ final class EventReader: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
 
-    init(group: FanotifyGroup, triage: Triage, responder: Responder, hashPool: HashPool, prehasher: Prehasher?,
+    init(group: FanotifyGroup, triage: Triage, responder: Responder, hashPool: HashPool,
          ownPID: Int32, statistics: Statistics, attributeWatch: FanotifyGroup?, kernelCache: KernelVerdictCache) throws(Errno) {
         self.group = group; self.triage = triage; self.responder = responder; self.hashPool = hashPool
-        self.prehasher = prehasher; self.ownPID = ownPID; self.statistics = statistics
+        self.ownPID = ownPID; self.statistics = statistics
         self.attributeWatch = attributeWatch; self.kernelCache = kernelCache
         shutdown = try EventNotifier()
     }
@@ -78,11 +76,7 @@ final class EventReader: Sendable {
             return
         }
         guard event.isPermissionEvent else {
-            if event.isCloseWrite, event.pid != ownPID, !shuttingDown, let prehasher {
-                prehasher.submit(descriptor: event.fd)
-            } else {
-                Glibc.close(event.fd)
-            }
+            Glibc.close(event.fd)   // this group asks only questions; close-write notifications have a group of their own
             return
         }
         let request = PermissionRequest(event, receivedAt: monotonicNanoseconds())
@@ -90,6 +84,7 @@ final class EventReader: Sendable {
         case .answer(let answer): responder.finish(request, answer)
         case .inert(let markInKernel): responder.allowInert(request, markInKernel: markInKernel)
         case .needsHash(let key): hashPool.enqueue(request, key: key)
+        case .checkCommandLine(let key, let family): hashPool.enqueueCommandLineCheck(request, key: key, family: family)
         }
     }
 }

@@ -41,7 +41,10 @@ final class KernelFileFacts: FileFacts {
     func identity(of descriptor: Int32) -> FileKey? {
         guard var key = (try? FileDescriptor(rawValue: descriptor).identity()).map(FileKey.init) else { return nil }
         // Root's ownership on FUSE or a network filesystem proves nothing about who can change the content.
-        if key.onlyRootCanWrite && untrustedOwnership.contains(key.device) { key.onlyRootCanWrite = false }
+        if untrustedOwnership.contains(key.device) {
+            key.onlyRootCanWrite = false
+            key.onUntrustedFilesystem = true
+        }
         return key
     }
 

@@ -20,17 +20,30 @@ final class HashPool: Sendable {
     let caches: DecisionCaches
     let responder: Responder
     let statistics: Statistics
+    /// Set once the daemon is built (the triage and the pool refer to each other's results, not to each other).
+    let triage: Triage
+    let facts: any FileFacts
     /// Files being hashed → every request waiting for that hash.
     private let pending = Mutex<[FileKey: [Waiting]]>([:])
-    private let jobs = Mutex<[FileKey]>([])
+    private enum Job { case hash(FileKey), commandLine(Waiting, FileKey, InterpreterFamily) }
+    private let jobs = Mutex<[Job]>([])
     private let jobsAvailable = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     private let workersExited = DispatchSemaphore(value: 0)
     private let workerCount: Int
 
-    init(policy: PolicyState, caches: DecisionCaches, responder: Responder, statistics: Statistics, workers: Int) {
+    init(policy: PolicyState, caches: DecisionCaches, responder: Responder, statistics: Statistics, triage: Triage, facts: any FileFacts,
+         workers: Int) {
         self.policy = policy; self.caches = caches; self.responder = responder; self.statistics = statistics
+        self.triage = triage; self.facts = facts
         workerCount = workers
+    }
+
+    /// Queues the check of an interpreter's command line for a request (is this open its program?).
+    func enqueueCommandLineCheck(_ request: consuming PermissionRequest, key: FileKey, family: InterpreterFamily) {
+        let waiting = Waiting(request)
+        jobs.withLock { $0.append(.commandLine(waiting, key, family)) }
+        jobsAvailable.signal()
     }
 
     func start() {
@@ -48,7 +61,7 @@ final class HashPool: Sendable {
             return isNew
         }
         if isNewJob {
-            jobs.withLock { $0.append(key) }
+            jobs.withLock { $0.append(.hash(key)) }
             jobsAvailable.signal()
         }
     }
@@ -65,6 +78,11 @@ final class HashPool: Sendable {
             return all
         }
         for w in waiting { if let request = w.request.take() { responder.allowAtShutdown(request) } }
+        let checks = jobs.withLock { j -> [Waiting] in
+            defer { j.removeAll() }
+            return j.compactMap { if case .commandLine(let w, _, _) = $0 { return w }; return nil }
+        }
+        for w in checks { if let request = w.request.take() { responder.allowAtShutdown(request) } }
     }
 
     private func work() {
@@ -75,7 +93,14 @@ final class HashPool: Sendable {
         while true {
             jobsAvailable.wait()
             if stopping.load(ordering: .relaxed) { return }
-            guard let key = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+            guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+            let key: FileKey
+            switch job {
+            case .hash(let k): key = k
+            case .commandLine(let waiting, let k, let family):
+                if let request = waiting.request.take() { checkCommandLine(request, key: k, family: family) }
+                continue
+            }
             guard let descriptor = pending.withLock({ $0[key]?.first?.request?.descriptor }) else { continue }
             let digest = hash(descriptor, key: key, with: hasher)
             let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
@@ -88,6 +113,22 @@ final class HashPool: Sendable {
                     responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }, key: key))
                 }
             }
+        }
+    }
+
+    /// Whether the interpreter opens the file as its program (its command line, read here off the event thread,
+    /// within `InterpreterRule`'s budget); then the rest of the ladder, or a plain data open.
+    private func checkCommandLine(_ request: consuming PermissionRequest, key: FileKey, family: InterpreterFamily) {
+        statistics.add(.commandLineChecks)
+        guard facts.opensAsProgram(pid: request.pid, family: family, key: key, descriptor: request.descriptor) else {
+            statistics.add(.inertOpens)
+            responder.allowInert(request, markInKernel: nil)
+            return
+        }
+        switch triage.decideProgram(request, key: key, opensAsProgram: true) {
+        case .answer(let answer): responder.finish(request, answer)
+        case .needsHash(let key): enqueue(request, key: key)
+        case .inert, .checkCommandLine: responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }, key: key))
         }
     }
 
@@ -108,7 +149,9 @@ final class HashPool: Sendable {
 
 /// Hashes freshly written files that hold executable content (ELF, `#!`, an execute bit) at the lowest
 /// priority. The digest goes into the same cache as any other, keyed by (dev, ino, ctime, size): if the file
-/// changes again before it runs, the key no longer matches and the exec hashes.
+/// changes again before it runs, the key no longer matches and the exec hashes. It reads its own notification
+/// group (`FAN_CLOSE_WRITE`, bounded queue): the permission group's queue is unlimited, and notifications
+/// nobody waits for must not grow it while the event thread is busy.
 final class Prehasher: Sendable {
     /// Installers set the mode and times right after closing (tar, install): wait this long (50 ms) after the
     /// close before hashing, so the digest is stored under the file's final (ctime, size) key.
@@ -118,12 +161,16 @@ final class Prehasher: Sendable {
 
     let caches: DecisionCaches
     let statistics: Statistics
+    /// Nil in tests, which `submit` by hand.
+    let notifier: FanotifyGroup?
+    let ownPID: Int32
     private let queue = Mutex<[(fd: Int32, closedAt: UInt64)]>([])
-    private let available = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
+    private let wakeup: EventNotifier?
 
-    init(caches: DecisionCaches, statistics: Statistics) {
-        self.caches = caches; self.statistics = statistics
+    init(caches: DecisionCaches, statistics: Statistics, notifier: FanotifyGroup? = nil, ownPID: Int32 = getpid()) {
+        self.caches = caches; self.statistics = statistics; self.notifier = notifier; self.ownPID = ownPID
+        wakeup = try? EventNotifier()
     }
 
     func start() { startThread(name: "appctl-prehash") { [self] in work() } }
@@ -135,41 +182,58 @@ final class Prehasher: Sendable {
             q.append((descriptor, monotonicNanoseconds()))
             return true
         }
-        if queued { available.signal(); return }
+        if queued { return }
         if !stopping.load(ordering: .relaxed) { statistics.add(.prehashDropped) }
         Glibc.close(descriptor)
     }
 
     func stop() {
         stopping.store(true, ordering: .relaxed)
+        wakeup?.signal()
         let dropped = queue.withLock { q -> [Int32] in defer { q.removeAll() }; return q.map(\.fd) }
         for fd in dropped { Glibc.close(fd) }
-        available.signal()
     }
 
     private func work() {
         setThreadNice(19)
         let hasher = FileHasher()
-        while true {
-            available.wait()
-            guard let (fd, closedAt) = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
-                if stopping.load(ordering: .relaxed) { return }
-                continue
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
+        defer { buffer.deallocate() }
+        var watched: [(FileDescriptor, Int16)] = []
+        if let notifier { watched.append((notifier.descriptor, Int16(POLLIN))) }
+        if let wakeup { watched.append((wakeup.descriptor, Int16(POLLIN))) }
+        while !stopping.load(ordering: .relaxed) {
+            let idle = queue.withLock { $0.isEmpty }
+            let revents = (try? pollDescriptors(watched, timeoutMilliseconds: idle ? -1 : 0)) ?? []
+            if let notifier, revents.first.map({ $0 & Int16(POLLIN) != 0 }) == true, let events = try? notifier.readEvents(into: buffer) {
+                for event in events {
+                    if event.fd < 0 {   // FAN_Q_OVERFLOW: notifications lost; their first execs hash on demand
+                        statistics.add(.prehashDropped)
+                    } else if event.pid == ownPID || !event.isCloseWrite {
+                        Glibc.close(event.fd)
+                    } else {
+                        submit(descriptor: event.fd)
+                    }
+                }
             }
-            defer { Glibc.close(fd) }
-            if stopping.load(ordering: .relaxed) { continue }
-            let settled = closedAt + Self.settleNanoseconds
-            let now = monotonicNanoseconds()
-            if now < settled { usleep(UInt32((settled - now) / 1000)) }
-            let file = FileDescriptor(rawValue: fd)
-            guard let key = (try? file.identity()).map(FileKey.init), key.onlyRootCanWrite, caches.digest(of: key) == nil,
-                  let st = try? file.status() else { continue }
-            guard ContentClassifier.sniff(file.readBytes(at: 0, count: ContentClassifier.sniffLength)) != .other || st.isExecutableByMode else { continue }
-            guard let result = try? hasher.hash(file, sizeHint: key.size),
-                  (try? file.identity()).map(FileKey.init) == key, result.bytesRead == key.size else { continue }
-            caches.remember(result.sha256, for: key)
-            statistics.add(.prehashed)
-            statistics.add(.bytesHashed, Int(result.bytesRead))
+            guard let (fd, closedAt) = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+            prehash(fd, closedAt: closedAt, with: hasher)
+            Glibc.close(fd)
         }
+    }
+
+    private func prehash(_ fd: Int32, closedAt: UInt64, with hasher: FileHasher) {
+        let settled = closedAt + Self.settleNanoseconds
+        let now = monotonicNanoseconds()
+        if now < settled { usleep(UInt32((settled - now) / 1000)) }
+        let file = FileDescriptor(rawValue: fd)
+        guard let key = (try? file.identity()).map(FileKey.init), key.onlyRootCanWrite, caches.digest(of: key) == nil,
+              let st = try? file.status() else { return }
+        guard ContentClassifier.sniff(file.readBytes(at: 0, count: ContentClassifier.sniffLength)) != .other || st.isExecutableByMode else { return }
+        guard let result = try? hasher.hash(file, sizeHint: key.size),
+              (try? file.identity()).map(FileKey.init) == key, result.bytesRead == key.size else { return }
+        caches.remember(result.sha256, for: key)
+        statistics.add(.prehashed)
+        statistics.add(.bytesHashed, Int(result.bytesRead))
     }
 }

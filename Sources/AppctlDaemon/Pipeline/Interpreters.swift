@@ -93,7 +93,11 @@ struct InterpreterRule: Sendable {
             }
         }
         let cwd = Array("/proc/\(pid)/cwd/".utf8), root = Array("/proc/\(pid)/root".utf8)
+        // Runs on a hash worker, not the event thread; still bounded: past the budget the open counts as the
+        // program's (fail closed), so a command line of symlink chains cannot keep a worker for long.
+        let deadline = monotonicNanoseconds() + Self.budgetNanoseconds
         for argument in candidates where !argument.isEmpty {
+            if monotonicNanoseconds() > deadline { return true }
             if let name = argument.split(separator: UInt8(ascii: "/")).last, String(decoding: name, as: UTF8.self) == openedName { return true }
             let path = argument.first == UInt8(ascii: "/") ? root + argument : cwd + argument
             guard let id = try? fileIdentity(bytes: path) else { continue }
@@ -106,4 +110,6 @@ struct InterpreterRule: Sendable {
     }
 
     static let maximumArguments = 4096
+    /// Time one command-line check may take (250 ms) before it fails closed.
+    static let budgetNanoseconds: UInt64 = 250_000_000
 }

@@ -83,12 +83,16 @@ final class Responder: Sendable {
     let logAllows: Bool
     /// To look at a file again after its verdict is cached in the kernel.
     let facts: any FileFacts
+    /// To forget a denied exec (its open never follows, and a later open must not pass for it).
+    let caches: DecisionCaches
     let log: @Sendable (String) -> Void
 
     init(responder: any PermissionResponder, kernelCache: KernelVerdictCache, policy: PolicyState, learned: LearnRecorder,
-         events: any EventSink, statistics: Statistics, logAllows: Bool, facts: any FileFacts, log: @escaping @Sendable (String) -> Void) {
+         events: any EventSink, statistics: Statistics, logAllows: Bool, facts: any FileFacts, caches: DecisionCaches,
+         log: @escaping @Sendable (String) -> Void) {
         self.responder = responder; self.kernelCache = kernelCache; self.policy = policy; self.learned = learned
-        self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.facts = facts; self.log = log
+        self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.facts = facts; self.caches = caches
+        self.log = log
     }
 
     /// A plain open of data: allowed, and cached in the kernel when `markInKernel` (the key it was judged by).
@@ -114,6 +118,11 @@ final class Responder: Sendable {
             return
         }
         let fd = request.descriptor, pid = request.pid, isExec = request.isExec
+        if isExec && !verdict.allow, let key = answer.key {
+            // No open follows a denied exec: its entry would let a later open of the same file by this process pass
+            // for the exec's own (and skip the `mutable` rung). Before the answer, while the process still waits.
+            caches.lastExec.withLock { if $0[pid] == key { _ = $0.removeValue(forKey: pid) } }
+        }
         // Learn mode: record each new file once (not every exec of it).
         let learnedNew = verdict.decision.record && answer.digest.map { learned.record(digest: $0, size: answer.key?.size ?? 0, fd: fd) } == true
         let outcome = verdict.outcome(logAllows: logAllows, learnedNewFile: learnedNew)

@@ -28,6 +28,10 @@ final class Triage: Sendable {
         case inert(markInKernel: FileKey?)
         /// The content must be hashed before anyone can say.
         case needsHash(FileKey)
+        /// An interpreter opens a file that is neither ELF nor `#!`: whether it is its program depends on its
+        /// command line, whose arguments are attacker-chosen paths (up to 4,096, each through symlink chains or
+        /// a filesystem that may not answer). Checked off the event thread (`HashPool`), then `decideProgram`.
+        case checkCommandLine(FileKey, InterpreterFamily)
     }
 
     /// An answer with what the responder needs to log it and to cache it in the kernel.
@@ -76,17 +80,29 @@ final class Triage: Sendable {
             }
         }
         if !isExec && !completesExec {
-            let (isProgram, contentClass) = isProgramOpen(pid: pid, key: key, descriptor: fd)
-            if !isProgram {
+            switch openKind(pid: pid, key: key, descriptor: fd) {
+            case .data(let contentClass):
                 statistics.add(.inertOpens)
                 // Later opens of this unchanged root-owned data file stay in the kernel.
                 return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other ? key : nil)
+            case .program:
+                break
+            case .dependsOnCommandLine(let family):
+                return .checkCommandLine(key, family)
             }
-            if !key.onlyRootCanWrite && !key.isVerity && !allowMutableCode {
-                // An exec is different: from the kernel's write denial on, nobody can change a running program.
-                statistics.add(.mutableDenials)
-                return .answer(Answer(verdict: policy.verdict(layer: .mutable) { Decision.mutable(mode: $0) }, key: key))
-            }
+        }
+        return decideProgram(request, key: key, shuttingDown: shuttingDown, opensAsProgram: !isExec && !completesExec)
+    }
+
+    /// Rungs 4a to 9, for a file that is being run: an exec, the open that completes one, or a program open.
+    func decideProgram(_ request: borrowing PermissionRequest, key: FileKey, shuttingDown: Bool = false, opensAsProgram: Bool) -> Result {
+        let fd = request.descriptor, isExec = request.isExec
+        let changeable = opensAsProgram ? !key.onlyRootCanWrite : key.onUntrustedFilesystem
+        if changeable && !key.isVerity && !allowMutableCode {
+            // An exec is different: from the kernel's write denial on, nobody on this host can change a running
+            // program. Not so on FUSE or a network filesystem, whose server can change what it reads at any time.
+            statistics.add(.mutableDenials)
+            return .answer(Answer(verdict: policy.verdict(layer: .mutable) { Decision.mutable(mode: $0) }, key: key))
         }
         // Only files that only root can write are cached: a write through a shared mapping to a page that is
         // already dirty changes content without changing ctime, so anyone else's file is hashed every time.
@@ -118,9 +134,16 @@ final class Triage: Sendable {
         return .needsHash(key)
     }
 
+    enum OpenKind {
+        case data(ContentClass)
+        case program
+        case dependsOnCommandLine(InterpreterFamily)
+    }
+
     /// Whether a plain open (not an exec) needs a decision: an ELF object (whoever opens it may map it as code),
-    /// or a script an interpreter opens as its program. Returns the content class too (for the kernel cache).
-    func isProgramOpen(pid: Int32, key: FileKey, descriptor: Int32) -> (Bool, ContentClass) {
+    /// or a script an interpreter opens as its program (a `#!` file at once; any other file depending on the
+    /// interpreter's command line, which is not read here).
+    func openKind(pid: Int32, key: FileKey, descriptor: Int32) -> OpenKind {
         let contentClass: ContentClass
         if key.onlyRootCanWrite, let cached = caches.contentClasses.withLock({ $0[key] }) {
             contentClass = cached
@@ -133,10 +156,10 @@ final class Triage: Sendable {
         }
         switch contentClass {
         case .elf:
-            return (true, contentClass)
+            return .program
         case .shebang, .other:
-            guard let family = facts.interpreter(of: pid, executableDigest: caches.executableDigest) else { return (false, contentClass) }
-            return (contentClass == .shebang || facts.opensAsProgram(pid: pid, family: family, key: key, descriptor: descriptor), contentClass)
+            guard let family = facts.interpreter(of: pid, executableDigest: caches.executableDigest) else { return .data(contentClass) }
+            return contentClass == .shebang ? .program : .dependsOnCommandLine(family)
         }
     }
 }

@@ -117,12 +117,18 @@ public final class PolicyState: Sendable {
     /// At start, when the configured policy is missing, corrupt, out of scope or expired: applies the newest copy
     /// of a policy this host applied before (verified again with the configured key; expiry does not drop a policy
     /// already applied). The daemon keeps enforcing rather than start with nothing.
+    /// The copy tried first is the one whose serial is the last applied (an explicit rollback included: copies
+    /// above it are never used); the fallback never records a serial of its own.
     public func applyLastKnownGood(keyPath: String, because refusal: PolicyRefusal) -> Result<PolicyHeader, PolicyRefusal> {
-        let copies = appliedCopies()
+        let last: UInt64?
+        do { last = try lastAppliedSerial() } catch {
+            return .failure(PolicyRefusal(error.description))
+        }
+        let copies = appliedCopies().filter { last == nil || $0.serial <= last! }
         guard !copies.isEmpty else { return .failure(PolicyRefusal("no last-known-good policy in \(copiesDirectory)")) }
         var reasons: [String] = []
         for (_, path) in copies {
-            switch load(path: path, keyPath: keyPath, allowRollback: false, acceptExpired: true) {
+            switch load(path: path, keyPath: keyPath, allowRollback: true, acceptExpired: true, recordsSerial: false) {
             case .success(let policy):
                 current.withLock { c in
                     c.policy = policy
@@ -163,12 +169,15 @@ public final class PolicyState: Sendable {
             Self.warn("appctl: WARNING: cannot keep a last-known-good copy of \(path) in \(copiesDirectory): \(error)")
             return
         }
+        // A rollback (`--allow-rollback`) supersedes the copies above it: never fall back to what was rolled back from.
+        for (copySerial, old) in appliedCopies() where copySerial > serial { unlink(old) }
         for (_, old) in appliedCopies().dropFirst(Self.keptCopies) { unlink(old) }
     }
 
     private static func warn(_ line: String) { try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8)) }
 
-    private func load(path: String, keyPath: String, allowRollback: Bool, acceptExpired: Bool = false) -> Result<LoadedPolicy, PolicyRefusal> {
+    private func load(path: String, keyPath: String, allowRollback: Bool, acceptExpired: Bool = false,
+                      recordsSerial: Bool = true) -> Result<LoadedPolicy, PolicyRefusal> {
         let key: Ed25519PublicKey
         do {
             key = try Ed25519PublicKey(pem: try readSmallFile(keyPath, limit: 64 * 1024))
@@ -184,11 +193,12 @@ public final class PolicyState: Sendable {
             return .failure(PolicyRefusal("\(path): policy is for hosts \(header.scope.joined(separator: ",")), not \(hostname)"))
         }
         let serial = header.serial!
-        let last = lastAppliedSerial()
+        let last: UInt64?
+        do { last = try lastAppliedSerial() } catch { return .failure(PolicyRefusal(error.description)) }
         if let last, serial < last, !allowRollback {
             return .failure(PolicyRefusal("\(path): serial \(serial) is lower than \(last), the last applied on this host (rollback refused; --allow-rollback overrides)"))
         }
-        if last == nil || serial > last! || allowRollback {
+        if recordsSerial && (last == nil || serial > last! || allowRollback) {
             do { try recordSerial(serial) } catch {
                 return .failure(PolicyRefusal("\(stateDirectory)/last-serial: cannot record the serial: \(error)"))
             }
@@ -198,9 +208,18 @@ public final class PolicyState: Sendable {
 
     private var serialFile: String { stateDirectory + "/last-serial" }
 
-    public func lastAppliedSerial() -> UInt64? {
-        guard let bytes = try? readSmallFile(serialFile, limit: 4096) else { return nil }
-        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingSpaces().split(separator: "\n").first ?? "")
+    /// The serial last applied on this host; nil when none was ever recorded. A record that exists but cannot be
+    /// read or parsed is an error, never "none": that would switch rollback protection off.
+    public func lastAppliedSerial() throws(PolicyRefusal) -> UInt64? {
+        let bytes: [UInt8]
+        do { bytes = try readSmallFile(serialFile, limit: 4096) } catch {
+            if error == .noSuchFile { return nil }
+            throw PolicyRefusal("\(serialFile): cannot read the last applied serial: \(error) (rollback protection needs it; fix or remove it)")
+        }
+        guard let serial = UInt64(String(decoding: bytes, as: UTF8.self).trimmingSpaces().split(separator: "\n").first ?? "") else {
+            throw PolicyRefusal("\(serialFile): not a serial number (rollback protection needs it; fix or remove it)")
+        }
+        return serial
     }
 
     private func recordSerial(_ serial: UInt64) throws(Errno) {
