@@ -100,6 +100,14 @@ public struct SizeFilter: Sendable {
     }
 }
 
+/// An allow entry that is an interpreter (format version 3): its content, its language, and where it was learned.
+public struct DeclaredInterpreter: Sendable, Equatable {
+    public var digest: SHA256Digest
+    public var kind: InterpreterKind
+    public var path: String
+    public init(digest: SHA256Digest, kind: InterpreterKind, path: String) { self.digest = digest; self.kind = kind; self.path = path }
+}
+
 /// A policy that was read completely, verified, and is ready to answer decisions.
 public struct LoadedPolicy: Sendable {
     public var header: PolicyHeader
@@ -112,6 +120,9 @@ public struct LoadedPolicy: Sendable {
     public var allowedSizes: SizeFilter?
     /// fs-verity digests of the allow entries that have one.
     public var verity = VerityIndex()
+    /// The allow entries learn recognised as interpreters (format version 3): every host treats these programs as
+    /// interpreters, by content and at their path.
+    public var interpreters: [DeclaredInterpreter] = []
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
@@ -133,6 +144,7 @@ public struct LoadedPolicy: Sendable {
         var denies: [SHA256Digest] = []
         var sizes = SizeFilter()
         var verityPairs: [VerityPair] = []
+        var interpreters: [DeclaredInterpreter] = []
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
@@ -143,6 +155,10 @@ public struct LoadedPolicy: Sendable {
                 allows.append(line.digest)
                 sizes.insert(line.size)
                 if let verity = line.verity { verityPairs.append(VerityPair(verity: verity, content: line.digest)) }
+                if let kind = line.interpreter {
+                    interpreters.append(DeclaredInterpreter(digest: line.digest, kind: kind,
+                                                            path: PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
+                }
             },
             onDeny: { entry, _ in denies.append(entry.digest) })
         try verify(result, path: path, key: key, now: now, acceptExpired: acceptExpired)
@@ -150,6 +166,7 @@ public struct LoadedPolicy: Sendable {
                                   denied: DigestSet(sortingInPlace: &denies), path: path, isSigned: true)
         policy.allowedSizes = sizes
         policy.verity = VerityIndex(sortingInPlace: &verityPairs)
+        policy.interpreters = interpreters
         return policy
     }
 

@@ -64,14 +64,20 @@ public struct AllowEntry: Hashable, Sendable {
     /// The file's fs-verity digest (SHA-256 algorithm) when it was learned with fs-verity enabled: a host
     /// then decides by `FS_IOC_MEASURE_VERITY` instead of reading the file. Needs format version 2.
     public var verity: SHA256Digest?
+    /// The language this program interprets, detected by `learn` from what it is (format version 3): every host
+    /// then treats it as an interpreter, wherever it is installed.
+    public var interpreter: InterpreterKind?
 
-    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, escapedPath: String, verity: SHA256Digest? = nil) {
+    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, escapedPath: String, verity: SHA256Digest? = nil,
+                interpreter: InterpreterKind? = nil) {
         self.digest = digest; self.size = size; self.kind = kind; self.origin = origin; self.escapedPath = escapedPath
-        self.verity = verity
+        self.verity = verity; self.interpreter = interpreter
     }
 
-    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, path: [UInt8], verity: SHA256Digest? = nil) {
-        self.init(digest: digest, size: size, kind: kind, origin: origin, escapedPath: PathEscaping.escapeToken(path), verity: verity)
+    public init(digest: SHA256Digest, size: UInt64, kind: FileKind, origin: Origin, path: [UInt8], verity: SHA256Digest? = nil,
+                interpreter: InterpreterKind? = nil) {
+        self.init(digest: digest, size: size, kind: kind, origin: origin, escapedPath: PathEscaping.escapeToken(path), verity: verity,
+                  interpreter: interpreter)
     }
 
     /// Canonical order: by escaped path bytes, then digest.
@@ -103,7 +109,18 @@ public struct PolicyHeader: Hashable, Sendable {
     /// Version 1; version 2 adds the optional fs-verity field to allow entries. Writers use 1 whenever
     /// no entry has that field, so such policies stay readable by every appctl.
     public static let formatVersion = 1
-    public static let newestFormatVersion = 2
+    public static let newestFormatVersion = 3
+
+    /// The version a policy with these entries is written in: the lowest that can hold them (one spelling per
+    /// policy): 3 with an interpreter field, else 2 with an fs-verity digest, else 1.
+    public static func formatVersion(for allows: some Sequence<AllowEntry>) -> Int {
+        var version = formatVersion
+        for entry in allows {
+            if entry.interpreter != nil { return 3 }
+            if entry.verity != nil { version = 2 }
+        }
+        return version
+    }
     /// The format version of the file (the first line), 1 or 2.
     public var version = PolicyHeader.formatVersion
 

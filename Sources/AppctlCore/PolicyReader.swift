@@ -14,13 +14,15 @@ public struct AllowLine {
     public let lineNumber: Int
     public let originBytes: UnsafeBufferPointer<UInt8>
     public let pathBytes: UnsafeBufferPointer<UInt8>
-    /// The fs-verity digest (format version 2 only), when the entry has one.
+    /// The fs-verity digest (format version 2 and later), when the entry has one.
     public let verity: SHA256Digest?
+    /// The language the program interprets (format version 3), when learn found it to be an interpreter.
+    public let interpreter: InterpreterKind?
 
     public func entry() -> AllowEntry {
         AllowEntry(digest: digest, size: size, kind: kind,
                    origin: Origin(String(decoding: originBytes, as: UTF8.self))!,
-                   escapedPath: String(decoding: pathBytes, as: UTF8.self), verity: verity)
+                   escapedPath: String(decoding: pathBytes, as: UTF8.self), verity: verity, interpreter: interpreter)
     }
 }
 
@@ -85,6 +87,7 @@ private struct Parser {
     var lineNumber = 0
     var version = 1
     var verityEntries = 0
+    var interpreterEntries = 0
     var section = Section.header
     var headerStep = 0
     var serial: UInt64?
@@ -183,6 +186,9 @@ private struct Parser {
             // One spelling per policy: without fs-verity digests it is version 1.
             throw fail(.malformed, "format version 2 but no entry has an fs-verity digest (write it as version 1)", line: 1)
         }
+        if version == 3 && interpreterEntries == 0 {
+            throw fail(.malformed, "format version 3 but no entry has an interpreter field (write it as version \(verityEntries > 0 ? 2 : 1))", line: 1)
+        }
         return PolicyReadResult(header: currentHeader(), signature: signature, contentDigest: digest.finish().sha256)
     }
 
@@ -205,8 +211,9 @@ private struct Parser {
         if lineNumber == 1 {
             if line.elementsEqual("appctl-policy 1".utf8) { return }
             if line.elementsEqual("appctl-policy 2".utf8) { version = 2; return }
+            if line.elementsEqual("appctl-policy 3".utf8) { version = 3; return }
             if line.starts(with: "appctl-policy ".utf8) {
-                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 and 2)")
+                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 3)")
             }
             throw fail(.notAPolicy, "not an appctl policy (the first line must be 'appctl-policy 1')")
         }
@@ -328,18 +335,33 @@ private struct Parser {
         let kindBytes = UnsafeBufferPointer(rebasing: line[(bounds.1 + 1)..<bounds.2])
         let origin = UnsafeBufferPointer(rebasing: line[(bounds.2 + 1)..<bounds.3])
         var pathBytes = UnsafeBufferPointer(rebasing: line[(bounds.3 + 1)...])
-        // Version 2: the path may be followed by one more field, the fs-verity digest.
+        // Version 2: the path may be followed by the fs-verity digest; version 3: then by the interpreter field.
         var verity: SHA256Digest?
+        var interpreter: InterpreterKind?
         if version >= 2, let sp = pathBytes.firstIndex(of: space) {
-            let field = UnsafeBufferPointer(rebasing: pathBytes[(sp + 1)...])   // rebased views index from 0
-            let prefix = verityFieldPrefix.utf8
-            guard field.count == prefix.count + 64, field.starts(with: prefix),
-                  let v = parseDigest(field, at: prefix.count) else {
-                throw fail(.malformed, "malformed allow entry: after the path only '\(verityFieldPrefix)<64 lowercase hex digits>' may follow, got '\(text(field))'")
-            }
-            verity = v
-            verityEntries += 1
+            var rest = UnsafeBufferPointer(rebasing: pathBytes[(sp + 1)...])   // rebased views index from 0
             pathBytes = UnsafeBufferPointer(rebasing: pathBytes[..<sp])
+            let verityPrefix = verityFieldPrefix.utf8, interpreterPrefix = interpreterFieldPrefix.utf8
+            let fieldEnd = rest.firstIndex(of: space) ?? rest.count
+            if rest.starts(with: verityPrefix) {
+                let field = UnsafeBufferPointer(rebasing: rest[..<fieldEnd])
+                guard field.count == verityPrefix.count + 64, let v = parseDigest(field, at: verityPrefix.count) else {
+                    throw fail(.malformed, "malformed allow entry: '\(verityFieldPrefix)' must be followed by 64 lowercase hex digits, got '\(text(field))'")
+                }
+                verity = v
+                verityEntries += 1
+                rest = fieldEnd < rest.count ? UnsafeBufferPointer(rebasing: rest[(fieldEnd + 1)...]) : UnsafeBufferPointer(rebasing: rest[rest.count...])
+            }
+            if !rest.isEmpty || verity == nil {
+                guard version >= 3, rest.starts(with: interpreterPrefix),
+                      let kind = InterpreterKind.allCases.first(where: { rest.dropFirst(interpreterPrefix.count).elementsEqual($0.rawValue.utf8) }) else {
+                    throw fail(.malformed, "malformed allow entry: after the path only '\(verityFieldPrefix)<64 hex digits>'"
+                        + (version >= 3 ? " and then '\(interpreterFieldPrefix)<\(InterpreterKind.allCases.map(\.rawValue).joined(separator: "|"))>'" : "")
+                        + " may follow, got '\(text(rest))'")
+                }
+                interpreter = kind
+                interpreterEntries += 1
+            }
         }
         guard let size = parseDecimal(sizeBytes) else {
             throw fail(.malformed, "malformed allow entry: size '\(text(sizeBytes))' is not a canonical number")
@@ -370,7 +392,7 @@ private struct Parser {
         previousLine = lineNumber
         allowsSeen += 1
         try onAllow(AllowLine(digest: digest, size: size, kind: kind, lineNumber: lineNumber,
-                              originBytes: origin, pathBytes: pathBytes, verity: verity))
+                              originBytes: origin, pathBytes: pathBytes, verity: verity, interpreter: interpreter))
     }
 
     mutating func handleDeny(_ line: UnsafeBufferPointer<UInt8>) throws(PolicyError) {

@@ -7,8 +7,10 @@ public func signedMessage(contentDigest: SHA256Digest) -> [UInt8] {
     Array("appctl-policy-v1-signature\0".utf8) + contentDigest.bytes
 }
 
-/// The optional last field of a version-2 allow entry: `fsverity-sha256:<64 hex digits>`.
+/// The optional field of a version-2 allow entry: `fsverity-sha256:<64 hex digits>`.
 let verityFieldPrefix = "fsverity-sha256:"
+/// The optional last field of a version-3 allow entry: `interpreter:<python|perl|ruby|node|tcl>`.
+let interpreterFieldPrefix = "interpreter:"
 
 /// Streams a policy in canonical form to a descriptor, hashing as it goes, and optionally signs it.
 /// Checks the canonical order and the counts announced in the header, so that nothing it writes
@@ -76,14 +78,20 @@ public final class PolicyWriter {
         guard deniesWritten == 0 else { throw PolicyError(.outOfOrder, file: name, "allow entry after deny entries") }
         previousAllow = entry
         allowsWritten += 1
+        var text = "allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath)"
         if let verity = entry.verity {
             guard header!.version >= 2 else {
                 throw PolicyError(.malformed, file: name, "\(entry.escapedPath) has an fs-verity digest, which format version 1 cannot hold")
             }
-            try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath) \(verityFieldPrefix)\(verity.hex)")
-        } else {
-            try line("allow \(entry.digest.hex) \(entry.size) \(entry.kind.rawValue) \(entry.origin) \(entry.escapedPath)")
+            text += " \(verityFieldPrefix)\(verity.hex)"
         }
+        if let interpreter = entry.interpreter {
+            guard header!.version >= 3 else {
+                throw PolicyError(.malformed, file: name, "\(entry.escapedPath) is marked as an interpreter, which format version \(header!.version) cannot hold")
+            }
+            text += " \(interpreterFieldPrefix)\(interpreter.rawValue)"
+        }
+        try line(text)
     }
 
     public func writeDeny(_ entry: DenyEntry) throws(PolicyError) {
@@ -123,7 +131,7 @@ extension PolicyWriter {
         var header = header
         header.allowCount = allows.count
         header.denyCount = denies.count
-        header.version = allows.contains { $0.verity != nil } ? 2 : PolicyHeader.formatVersion
+        header.version = PolicyHeader.formatVersion(for: allows)
         let file: AtomicFileWriter
         do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
             throw PolicyError(.io, file: path, "cannot create: \(error)")

@@ -16,15 +16,19 @@ extension Daemon: DaemonControl {
         if case .success = result {
             kernelCache.flush(reason: reason)
             releaseFreeHeapMemory()   // the previous policy's arrays and the reader's buffers
-            // Interpreters may have been upgraded since start-up (read here, off the event thread; at start-up the
-            // rule was built before any mark existed).
-            if ready.load(ordering: .relaxed) { facts.rebuildInterpreters() }
+            policyApplied()
         }
         switch result {
         case .success(let header): Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
         case .failure(let refusal): Self.log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
         }
         return result
+    }
+
+    /// After any policy is applied (a reload, or a last-known-good copy at start): interpreters may have been
+    /// upgraded, and the policy may declare others (read here, off the event thread).
+    func policyApplied() {
+        facts.rebuildInterpreters(declared: policy.declaredInterpreters)
     }
 
     public func setMode(_ mode: Mode) -> Result<Mode, ControlReply> {

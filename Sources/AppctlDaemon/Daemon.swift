@@ -105,6 +105,8 @@ public final class Daemon: Sendable {
         }
         switch policy.applyLastKnownGood(keyPath: keyPath, because: refusal) {
         case .success(let header):
+            kernelCache.flush(reason: "last-known-good policy")
+            policyApplied()
             Self.log("appctl: WARNING: enforcing the last-known-good policy, serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny), because the configured one was refused: \(refusal)")
         case .failure(let none):
             if policy.mode == .enforce {

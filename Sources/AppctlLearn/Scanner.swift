@@ -294,6 +294,9 @@ public final class Scanner: Sendable {
             // below is of the very content the verity digest stands for. Measured after, a file's owner could
             // rewrite it and enable fs-verity in between, pairing harmless content with a digest of their choosing.
             let verity = fd.verityDigestIfAny
+            // Interpreters are recognised by what they are (their dynamic symbols), not by name: a Python built into
+            // /usr/local or pyenv is one. Read before the hash; the checks after it catch a change in between.
+            let interpreter = kind == .elfExec ? InterpreterDetector.detect(fileSize: UInt64(before.st_size), readAt: fd.readBytes) : nil
             let hashed = try hasher.hash(fd, withMD5: records != nil, sizeHint: Int64(before.st_size))
             counters.bytes.wrappingAdd(hashed.bytesRead, ordering: .relaxed)
             let after = try fd.status()
@@ -314,7 +317,7 @@ public final class Scanner: Sendable {
             }
             // With fs-verity enabled, hosts can decide from the kernel's O(1) measurement instead of hashing.
             result.entries.append(AllowEntry(digest: hashed.sha256, size: UInt64(hashed.bytesRead), kind: kind,
-                                             origin: origin, path: path, verity: verity))
+                                             origin: origin, path: path, verity: verity, interpreter: interpreter))
         } catch {
             result.exclusions.append(Exclusion(path: display, reason: .unreadable(error)))
         }

@@ -129,6 +129,12 @@ extension Appctl {
             for e in r.entries { origins[e.origin.category, default: 0] += 1 }
             print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
             print("  packages:  \(dpkgNote)")
+            let declared = r.entries.filter { $0.interpreter != nil }
+            if !declared.isEmpty {
+                print("  interpreters: \(declared.count) found by what they are (format version 3): "
+                      + declared.prefix(8).map { "\($0.interpreter!.rawValue) \(PathEscaping.unescapedString($0.escapedPath))" }.joined(separator: ", ")
+                      + (declared.count > 8 ? ", …" : ""))
+            }
             let verityCount = r.entries.filter { $0.verity != nil }.count
             if verityCount > 0 {
                 print("  fs-verity: \(verityCount) files have it enabled; their digests are recorded (format version 2), so hosts decide them without reading them")

@@ -113,6 +113,7 @@ extension Appctl {
 
             func run() throws {
                 var verityCount = 0
+                var interpreters: [String] = []
                 var kinds: [FileKind: Int] = [:]
                 var origins: [String: Int] = [:]
                 var bytes: UInt64 = 0
@@ -122,6 +123,9 @@ extension Appctl {
                         kinds[line.kind, default: 0] += 1
                         bytes += line.size
                         if line.verity != nil { verityCount += 1 }
+                        if let kind = line.interpreter {
+                            interpreters.append("\(kind.rawValue) \(String(decoding: line.pathBytes, as: UTF8.self))")
+                        }
                         let origin = line.originBytes
                         let category = origin.starts(with: "dpkg:".utf8) ? "dpkg" : String(decoding: origin, as: UTF8.self)
                         origins[category, default: 0] += 1
@@ -143,6 +147,7 @@ extension Appctl {
                 print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")
                 print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
                 print("  fs-verity: \(verityCount) entries with a verity digest (decided without reading the file)")
+                print("  interpreters: \(interpreters.isEmpty ? "none declared (the daemon's configured list only)" : interpreters.joined(separator: ", "))")
                 print("deny:        \(h.denyCount) entries")
             }
         }
@@ -179,13 +184,16 @@ extension Appctl {
                 for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {
                     switch (oldAllows[path], newAllows[path]) {
                     case (nil, let n?):
-                        print("+ allow \(n.digest) \(n.kind.rawValue) \(n.origin) \(path)\(verityNote(n.verity))"); added += 1
+                        print("+ allow \(n.digest) \(n.kind.rawValue) \(n.origin) \(path)\(verityNote(n.verity))\(interpreterNote(n.interpreter))"); added += 1
                     case (let o?, nil):
-                        print("- allow \(o.digest) \(o.kind.rawValue) \(o.origin) \(path)\(verityNote(o.verity))"); removed += 1
+                        print("- allow \(o.digest) \(o.kind.rawValue) \(o.origin) \(path)\(verityNote(o.verity))\(interpreterNote(o.interpreter))"); removed += 1
                     case (let o?, let n?) where o != n:
                         // The verity digest is a grant of trust of its own: a change to it alone must show.
                         let verity = o.verity != n.verity ? " (fs-verity \(o.verity.map(\.hex) ?? "none") -> \(n.verity.map(\.hex) ?? "none"))" : ""
-                        print("~ allow \(path): \(o.digest) -> \(n.digest)\(o.origin != n.origin ? " (\(o.origin) -> \(n.origin))" : "")\(verity)"); changed += 1
+                        // Whether a program counts as an interpreter changes what the daemon checks: show it too.
+                        let interpreter = o.interpreter != n.interpreter
+                            ? " (interpreter \(o.interpreter?.rawValue ?? "no") -> \(n.interpreter?.rawValue ?? "no"))" : ""
+                        print("~ allow \(path): \(o.digest) -> \(n.digest)\(o.origin != n.origin ? " (\(o.origin) -> \(n.origin))" : "")\(verity)\(interpreter)"); changed += 1
                     default: break
                     }
                 }
@@ -195,6 +203,7 @@ extension Appctl {
             }
 
             private func verityNote(_ verity: SHA256Digest?) -> String { verity.map { " fsverity-sha256:\($0)" } ?? "" }
+            private func interpreterNote(_ kind: InterpreterKind?) -> String { kind.map { " interpreter:\($0.rawValue)" } ?? "" }
 
             private func readAll(_ path: String) throws(CommandFailure) -> (PolicyHeader, [String: AllowEntry], Set<SHA256Digest>) {
                 var allows: [String: AllowEntry] = [:]

@@ -171,6 +171,7 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
 
     static let header = "appctl-policy 1\nissued 2026-01-01T00:00:00Z\nallow-count 1\ndeny-count 0\n"
     static let header2 = header.replacingOccurrences(of: "appctl-policy 1", with: "appctl-policy 2")
+    static let header3 = header.replacingOccurrences(of: "appctl-policy 1", with: "appctl-policy 3")
     static let goodAllow = "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x\n"
 
     struct Case: CustomTestStringConvertible, Sendable {
@@ -182,7 +183,13 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
     static let malformed: [Case] = [(String, String, PolicyError.Code, Int?)]([
         ("empty file", "", .empty, nil),
         ("garbage", "\u{7f}ELF\u{2}\u{1}\u{1}\n", .notAPolicy, 1),
-        ("future version", "appctl-policy 3\n", .unsupportedVersion, 1),
+        ("future version", "appctl-policy 4\n", .unsupportedVersion, 1),
+        ("interpreter field in version 2", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "cd", count: 32)) interpreter:python\n", .malformed, 5),
+        ("interpreter field in version 1", header + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:python\n", .malformed, 5),
+        ("unknown interpreter", header3 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:cobol\n", .malformed, 5),
+        ("interpreter before the verity digest", header3 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:perl fsverity-sha256:\(String(repeating: "cd", count: 32))\n", .malformed, 5),
+        ("field after the interpreter", header3 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:perl x\n", .malformed, 5),
+        ("version 3 without an interpreter", header3 + goodAllow, .malformed, 1),
         ("verity field in version 1", header + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "cd", count: 32))\n", .malformed, 5),
         ("uppercase verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "CD", count: 32))\n", .malformed, 5),
         ("short verity digest", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:cdcd\n", .malformed, 5),
@@ -258,6 +265,27 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
         let error = #expect(throws: PolicyError.self) { try writer.writeAllow(allows[0]) }
         #expect(error?.description.contains("format version 1 cannot hold") == true)
         _ = v1
+    }
+
+    @Test func interpreterFieldsNeedVersion3AndRoundTrip() throws {
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        let keys = try TestKeys(in: dir)
+        var (allows, denies) = sampleEntries()
+        allows[0].interpreter = .python
+        allows[1].verity = digest("v")
+        allows[1].interpreter = .perl
+        let header = PolicyHeader(serial: 9, issued: fixedTime, keyID: keys.publicKey.keyID)
+        try PolicyWriter.write(path: dir.file("v3.txt"), header: header, allows: allows, denies: denies, signingKey: keys.privateKey)
+        let text = String(decoding: try dir.read("v3.txt"), as: UTF8.self)
+        #expect(text.hasPrefix("appctl-policy 3\n"))
+        #expect(text.contains(" fsverity-sha256:\(digest("v").hex) interpreter:perl\n"))
+        var read: [AllowEntry] = []
+        let result = try PolicyReader(path: dir.file("v3.txt")).read(onAllow: { read.append($0.entry()) })
+        #expect(result.header.version == 3)
+        #expect(read == allows.sorted(by: AllowEntry.canonicallyOrdered))
+        let loaded = try LoadedPolicy.load(path: dir.file("v3.txt"), key: keys.publicKey, now: fixedTime)
+        #expect(Set(loaded.interpreters.map(\.kind)) == [.python, .perl])
+        #expect(loaded.interpreters.contains { $0.digest == allows[0].digest && $0.path == PathEscaping.unescapedString(allows[0].escapedPath) })
     }
 
     @Test func conflictingVerityPairsAreIgnored() {

@@ -135,4 +135,38 @@ struct SoundVerdictTests {
         #expect(r.stdout == "refused\n" || r.stdout == "denied\n", "changed code ran under the old kernel verdict: \(r.stdout) \(r.stderr)")
         #expect((try h.status()["kernel_cache_flushes_for_attributes"] as? Int ?? 0) >= 1)
     }
+
+    /// Case 9: a Python nobody configured (pyenv's, built on this machine, not Debian's) is an allowed program;
+    /// learn recognises it as an interpreter from its dynamic symbols, the signed policy says so, and the daemon
+    /// then refuses an unknown script handed to it. On the old build the script ran.
+    @Test func anInterpreterBuiltOutsideDebianIsRecognisedFromThePolicy() throws {
+        let python = "/root/.pyenv/versions/3.11.7/bin/python3.11"
+        guard (try? linkStatus(python)) != nil else {
+            // This machine kind ships pyenv's CPython (env: machines/swift-packages-b.md); elsewhere say so plainly.
+            Issue.record("no interpreter built outside Debian at \(python): this test needs one")
+            return
+        }
+        let h = try DaemonHarness(); defer { h.stop() }
+        let marker = h.dir.file("marker")
+        let allowed = try h.writeScript("ok.py", "print('ok-py-ran')\n")
+        let evil = try h.writeScript("evil.py", "open('\(marker)', 'w').close()\n")
+        unlink(evil)   // made after learning: unknown
+        let inventory = h.dir.file("inventory.txt")
+        let learned = try appctl("learn", "--root", "/root/.pyenv/versions/3.11.7/bin", "--root", h.mount,
+                                 "--dpkg-admindir", "/nonexistent", "--out", inventory)
+        #expect(learned.status == 0, "\(learned.stderr)")
+        let text = try String(contentsOfFile: inventory, encoding: .utf8)
+        #expect(text.hasPrefix("appctl-policy 3\n"))
+        #expect(text.split(separator: "\n").contains { $0.contains("/python3.11 ") && $0.hasSuffix(" interpreter:python") },
+                "learn did not recognise pyenv's python3.11")
+        #expect(try appctl("policy", "sign", "--key", h.keys.privatePath, "--serial", "10", "--out", h.policyPath, inventory).status == 0)
+        _ = try h.writeScript("evil.py", "open('\(marker)', 'w').close()\n")
+        _ = allowed
+        try h.start(mode: "enforce", writeDefaultPolicy: false)
+        #expect(try h.execResult("\(python) \(h.mount)/ok.py").stdout == "ok-py-ran\n", "an allowed script still runs")
+        let refused = try h.execResult("\(python) \(h.mount)/evil.py")
+        #expect(refused.status != 0)
+        #expect((try? linkStatus(marker)) == nil, "an unknown script ran under an interpreter nobody configured")
+        #expect(refused.stderr.contains("Operation not permitted"), "\(refused.stderr)")
+    }
 }

@@ -197,6 +197,9 @@ fi
 if [[ " $CASES " == *" appctl-"* ]]; then
     A=$W/appctl
     cp "$APPCTL" "$A"
+    # APPCTL_BASE: another build (the one before a change), run as the cases appctl-exec-base / appctl-open-base
+    # in the same rounds, for a side-by-side before/after.
+    [[ -n ${APPCTL_BASE:-} ]] && cp "$APPCTL_BASE" "$W/appctl-base"
     "$A" key generate --private "$W/k.pem" --public "$W/k.pub" >/dev/null
     excl=(--exclude "$MNT/files")
     (( BIGFILES > 0 )) && excl+=(--exclude "$MNT/big")
@@ -246,10 +249,12 @@ APPCTL_T0=
 APPCTL_ERR0=0
 APPCTL_EVENTS=
 ODD_STDERR='^appctl: (start-up: applied policy serial|ready, mode|stopped$)'
-start_appctl() {   # case round; case: appctl-exec | appctl-open
-    local c=$1 r=$2 kind=${1#appctl-} want
-    # + FAN_CLOSE_WRITE (0x8): appctl pre-hashes freshly written programs
+start_appctl() {   # case round; case: appctl-exec | appctl-open | appctl-exec-base | appctl-open-base
+    local c=$1 r=$2 kind=${1#appctl-} want bin=$A base=0
+    if [[ $kind == *-base ]]; then kind=${kind%-base}; bin=$W/appctl-base; base=1; fi
     [[ $kind == exec ]] && want=40000 || want=50000
+    # Builds before 2026-12-01 watched FAN_CLOSE_WRITE (0x8) in the permission group itself.
+    (( base )) && want=$(( want + 8 ))
     # safety: the mount point we hand to --path is our loop device's and nothing else
     [[ $(awk -v m="$MNT" '$2 == m { print $1 }' /proc/mounts) == "$LOOP" ]] || { echo "$MNT is not $LOOP" >&2; exit 1; }
     rm -f "$W/appctl.sock"
@@ -257,7 +262,7 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open
     APPCTL_ERR0=$(wc -l < "$W/appctl-$c.stderr")
     APPCTL_EVENTS=$W/appctl-events-$c-r$r.jsonl
     APPCTL_T0=$(now_ms)
-    "$A" daemon --config "$W/appctl-$kind.conf" --mode enforce --policy "$W/policy.txt" --key "$W/k.pub" \
+    "$bin" daemon --config "$W/appctl-$kind.conf" --mode enforce --policy "$W/policy.txt" --key "$W/k.pub" \
         --path "$MNT" --events "$APPCTL_EVENTS" --socket "$W/appctl.sock" \
         --state-dir "$W/appctl-state" --learn-out "$W/appctl-learned.txt" \
         </dev/null >>"$W/appctl-$c.stderr" 2>&1 &
@@ -377,7 +382,7 @@ run_case() {   # case round
         floor)      start_listener "$MNT";        measure "$c" "$r"; stop_listener ;;
         floor-open) start_listener --open "$MNT"; measure "$c" "$r"; stop_listener ;;
         floor-cached) start_listener --open --cache "$MNT"; measure "$c" "$r"; stop_listener ;;
-        appctl-exec|appctl-open)
+        appctl-exec|appctl-open|appctl-exec-base|appctl-open-base)
             start_appctl "$c" "$r"
             measure "$c" "$r"
             record_appctl "$c" "$r"

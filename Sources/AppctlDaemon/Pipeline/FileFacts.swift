@@ -32,9 +32,10 @@ final class KernelFileFacts: FileFacts {
         interpreters = Mutex(InterpreterRule(configured: configuredInterpreters))
     }
 
-    /// Re-reads the configured interpreters (off the event thread: it opens and hashes them).
-    func rebuildInterpreters() {
-        let rebuilt = InterpreterRule(configured: configuredInterpreters)
+    /// Re-reads the configured interpreters and takes the policy's declared ones (off the event thread: it opens
+    /// and hashes files).
+    func rebuildInterpreters(declared: [DeclaredInterpreter]) {
+        let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared)
         interpreters.withLock { $0 = rebuilt }
     }
 

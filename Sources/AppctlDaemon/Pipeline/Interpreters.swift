@@ -29,8 +29,10 @@ struct InterpreterRule: Sendable {
     /// (device, inode) of each configured interpreter: a hard link under another name is the same file.
     let files: [[UInt64]: InterpreterFamily]
 
-    /// Resolves the configured paths and hashes the interpreters found (at start-up, before any mark exists).
-    init(configured: [String]) {
+    /// Resolves the configured paths and hashes the interpreters found, and adds those the signed policy declares
+    /// (by their digest, and at their path; their family by language: python has its grammar, the others count
+    /// every argument). Built at start-up before any mark exists, and on every reload off the event thread.
+    init(configured: [String], declared: [DeclaredInterpreter] = []) {
         var paths: [String: InterpreterFamily] = [:]
         var digests: [SHA256Digest: InterpreterFamily] = [:]
         var files: [[UInt64]: InterpreterFamily] = [:]
@@ -46,6 +48,13 @@ struct InterpreterRule: Sendable {
                 if let result = try? hasher.hash(fd) { digests[result.sha256] = merge(digests[result.sha256] ?? family, family) }
                 fd.close()
             }
+        }
+        for interpreter in declared {
+            let family: InterpreterFamily = interpreter.kind == .python ? .python : .other
+            digests[interpreter.digest] = merge(digests[interpreter.digest] ?? family, family)
+            guard let resolved = realPath(interpreter.path) else { continue }
+            paths[resolved] = merge(paths[resolved] ?? family, family)
+            if let id = try? fileIdentity(resolved) { files[[id.device, id.inode]] = merge(files[[id.device, id.inode]] ?? family, family) }
         }
         self.paths = paths
         self.digests = digests

@@ -64,6 +64,9 @@ public final class PolicyState: Sendable {
 
     public var mode: Mode { current.withLock { $0.mode } }
 
+    /// The interpreters the current policy declares (format version 3).
+    public var declaredInterpreters: [DeclaredInterpreter] { current.withLock { $0.policy?.interpreters ?? [] } }
+
     /// Whether the current policy has any fs-verity digest (else measuring files is pointless).
     public var usesVerity: Bool { current.withLock { ($0.policy?.verity.count ?? 0) > 0 } }
 
