@@ -76,7 +76,7 @@ public final class Daemon: Sendable {
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
-                            workers: configuration.hashThreads)
+                            leases: LeaseKeeper(statistics: statistics), workers: configuration.hashThreads)
         let pid = ownPID, counters = statistics
         prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }
         do {

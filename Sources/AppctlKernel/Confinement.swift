@@ -21,6 +21,9 @@ public enum Confinement {
         /// `CAP_SYS_RESOURCE` — writing `user.max_user_namespaces` (a switch to enforce mode after start, and the
         /// restore at exit).
         public static let sysResource = Capability(rawValue: 24)
+        /// `CAP_LEASE` — read leases on files other users own (proving that no writer exists while a program is
+        /// hashed and exec'd).
+        public static let lease = Capability(rawValue: 28)
     }
 
     public struct Failure: Error, CustomStringConvertible {

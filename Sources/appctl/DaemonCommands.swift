@@ -116,8 +116,10 @@ extension Appctl {
                 throw CommandFailure("--path \(path): not a directory")
             }
 
-            // A client that hangs up must not kill the daemon with SIGPIPE.
+            // A client that hangs up must not kill the daemon with SIGPIPE; a writer breaking one of its read leases
+            // must not kill it with SIGIO (the lease break is seen with F_GETLEASE, not through the signal).
             signal(SIGPIPE, SIG_IGN)
+            signal(SIGIO, SIG_IGN)
             // Before any thread exists, so that only the signalfd sees these.
             let signals: SignalReceiver
             do { signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP]) } catch {

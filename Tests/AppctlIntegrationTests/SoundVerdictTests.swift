@@ -169,4 +169,66 @@ struct SoundVerdictTests {
         #expect((try? linkStatus(marker)) == nil, "an unknown script ran under an interpreter nobody configured")
         #expect(refused.stderr.contains("Operation not permitted"), "\(refused.stderr)")
     }
+
+    /// Case 3: the exec permission event comes before the kernel denies writers. A writer that holds the attacker's
+    /// copy of an allowed program open while the daemon hashes it can change an already-hashed page and close
+    /// before the exec goes on. A read lease proves there is no writer from before the hash until the kernel's
+    /// own write denial: here the writer exists, so the exec is refused (`mutable`). On the old build the changed
+    /// code ran.
+    @Test func aWriterDuringTheHashOfAnExecIsCaught() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        chmod(h.mount, 0o777)
+        // Large enough that hashing takes a while (600 MiB: ~0.4 s, on a tmpfs of its own below the marked one, so
+        // marked too), allowed as it is, owned by the attacker.
+        try h.mountTmpfs(at: h.mount + "/large", size: "1g")
+        chmod(h.mount + "/large", 0o777)
+        let big = try h.copyExecutable("/usr/bin/true", to: "large/big", appending: [UInt8](repeating: 0, count: 600 << 20))
+        let clean = try h.copyExecutable("/usr/bin/true", to: "clean")
+        try h.writePolicy(allow: [h.mount + "/known", big, clean])
+        // Its first byte is not ELF yet: the attacker's open for writing is a plain data open. One byte later it
+        // is the allowed program, byte for byte.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
+        try handle.write(contentsOf: Data("X".utf8)); try handle.close()
+        chown(big, 65534, 65534)
+        chown(clean, 65534, 65534)
+        try h.start(mode: "enforce")
+        let go = h.mount + "/go"
+        let attack = """
+            import os, time
+            f = open('\(big)', 'r+b')                      # a writer, before the exec (the file is data now)
+            data = f.read(1 << 20); off = data.find(b'GNU coreutils')
+            f.seek(0); f.write(b'\\x7f'); f.flush()         # now the allowed program, byte for byte
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.dup2(w, 1); os.close(r); f.close()
+                try: os.execv('\(big)', ['\(big)', '--version'])
+                except PermissionError: os._exit(77)
+                except OSError: os._exit(78)
+            os.close(w)
+            while not os.path.exists('\(go)'): time.sleep(0.001)
+            f.seek(off); f.write(b'GnU'); f.close()        # change a page the hash has read, and go
+            out = os.read(r, 4096); _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            print('denied' if code == 77 else 'busy' if code == 78 else 'ran-modified' if b'GnU' in out else 'ran')
+            """
+        let result = LockedBox<ProcessResult?>(nil)
+        let thread = Thread {
+            result.mutate { $0 = try? run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", attack]) }
+        }
+        thread.start()
+        // The acknowledged state: the daemon is hashing the program, or has refused the lease.
+        #expect(try h.waitUntil(30) {
+            let s = try h.status()
+            return (s["hashes_in_flight"] as? Int ?? 0) > 0 || (s["write_leases_refused"] as? Int ?? 0) > 0
+        })
+        FileManager.default.createFile(atPath: go, contents: nil)
+        #expect(h.waitUntil(60) { result.value != nil })
+        let output = result.value?.stdout ?? ""
+        #expect(output == "denied\n", "the exec ran with a writer during its hash: \(output) \(result.value?.stderr ?? "")")
+        #expect(try h.status()["write_leases_refused"] as? Int ?? 0 >= 1)
+        // Without a writer, the attacker's copy of the allowed program runs (a lease is taken and let go).
+        #expect(try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", clean]).status == 0)
+        #expect(try h.status()["write_leases_taken"] as? Int ?? 0 >= 1)
+    }
 }

@@ -444,7 +444,7 @@ extension Triage.Result: Equatable {
         try p.dir.write("allowed", content)
         try p.dir.write("unknown", Array("something else".utf8))
         let pool = HashPool(policy: p.policy, caches: p.caches, responder: p.responder, statistics: p.statistics, triage: p.triage,
-                            facts: p.facts, workers: 2)
+                            facts: p.facts, leases: LeaseKeeper(statistics: p.statistics), workers: 2)
         pool.start()
         defer { pool.stop() }
         var waiting: [Int32: Bool] = [:]

@@ -4,7 +4,8 @@ import AppctlKernel
 enum ConfinementProfile {
     /// What the daemon still needs once running (see README, "Confinement"). `sysResource`: without it, a daemon
     /// started in monitor mode and switched to enforce could not set user.max_user_namespaces, nor restore it at exit.
-    static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch, .sysResource]
+    /// `lease`: read leases on the files of other users whose exec is being decided (`LeaseKeeper`).
+    static let keptCapabilities: [Confinement.Capability] = [.sysAdmin, .sysPtrace, .dacOverride, .dacReadSearch, .sysResource, .lease]
 
     /// Every syscall the confined daemon makes, found with `strace -f -c` over the integration tests;
     /// anything else kills it (SIGSYS). Notably absent: execve/execveat, socket, connect, ptrace, mount.

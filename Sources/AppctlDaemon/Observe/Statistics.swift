@@ -10,6 +10,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     case mutableDenials
     /// Interpreter command lines read off the event thread (is this open the interpreter's program?).
     case commandLineChecks
+    /// Read leases taken on files others can write while they were hashed for an exec, and those refused
+    /// (a writer existed: the exec was refused as `mutable`).
+    case leasesTaken, leasesRefused
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
     /// Flushes because a cached file's metadata changed (`FAN_ATTRIB`).
     case attributeFlushes
@@ -45,6 +48,8 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .deniedBySize: "denied_by_size"
         case .mutableDenials: "mutable_code_refused"
         case .commandLineChecks: "command_line_checks"
+        case .leasesTaken: "write_leases_taken"
+        case .leasesRefused: "write_leases_refused"
         case .prehashed: "prehashed"
         case .prehashDropped: "prehash_dropped"
         case .ignoreMarksPlaced: "ignore_marks_placed"

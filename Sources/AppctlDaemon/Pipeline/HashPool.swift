@@ -23,6 +23,7 @@ final class HashPool: Sendable {
     /// Set once the daemon is built (the triage and the pool refer to each other's results, not to each other).
     let triage: Triage
     let facts: any FileFacts
+    let leases: LeaseKeeper
     /// Files being hashed → every request waiting for that hash.
     private let pending = Mutex<[FileKey: [Waiting]]>([:])
     private enum Job { case hash(FileKey), commandLine(Waiting, FileKey, InterpreterFamily) }
@@ -33,9 +34,9 @@ final class HashPool: Sendable {
     private let workerCount: Int
 
     init(policy: PolicyState, caches: DecisionCaches, responder: Responder, statistics: Statistics, triage: Triage, facts: any FileFacts,
-         workers: Int) {
+         leases: LeaseKeeper, workers: Int) {
         self.policy = policy; self.caches = caches; self.responder = responder; self.statistics = statistics
-        self.triage = triage; self.facts = facts
+        self.triage = triage; self.facts = facts; self.leases = leases
         workerCount = workers
     }
 
@@ -47,6 +48,7 @@ final class HashPool: Sendable {
     }
 
     func start() {
+        leases.start()
         for i in 0..<workerCount {
             startThread(name: "appctl-hash-\(i)") { [self] in work() }
         }
@@ -72,6 +74,7 @@ final class HashPool: Sendable {
     func stop() {
         stopping.store(true, ordering: .relaxed)
         for _ in 0..<workerCount { jobsAvailable.signal() }
+        leases.stop()
         let waiting = pending.withLock { p -> [Waiting] in
             let all = p.values.flatMap { $0 }
             p.removeAll()
@@ -102,10 +105,25 @@ final class HashPool: Sendable {
                 continue
             }
             guard let descriptor = pending.withLock({ $0[key]?.first?.request?.descriptor }) else { continue }
+            // A file someone other than root can write: no writer may exist from before the hash until the kernel
+            // denies writers to the running program (`LeaseKeeper`). A writer now means the verdict cannot hold.
+            let leased = !key.onlyRootCanWrite && !key.isVerity
+            if leased && !leases.lease(descriptor) {
+                let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
+                for waiter in waiters {
+                    guard let request = waiter.request.take() else { continue }
+                    statistics.add(.mutableDenials)
+                    responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .mutable) { Decision.mutable(mode: $0) }, key: key))
+                }
+                continue
+            }
             let digest = hash(descriptor, key: key, with: hasher)
             let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
+                // Held until this process's exec is past the kernel's write denial (or it is gone); taken before
+                // the answer closes the descriptor the lease lives on.
+                if leased { leases.keep(descriptor, forExecOf: request.pid, key: key) }
                 if let digest {
                     if request.isExec { caches.rememberExec(key, digest) }
                     responder.finish(request, Triage.Answer(verdict: policy.decide(digest), digest: digest, key: key))
