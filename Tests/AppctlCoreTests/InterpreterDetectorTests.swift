@@ -1,3 +1,5 @@
+// Over 400 lines for a reason: the detector parses untrusted ELF files, and its tests build synthetic ELF
+// files in four encodings plus the hostile variants that must come back nil; splitting them would split the builder.
 @testable import AppctlCore
 import Foundation
 import Glibc

@@ -1,3 +1,5 @@
+// Over 400 lines for a reason: one table of malformed files (every refusal the reader can give, with its line)
+// and the round trips of the three format versions belong together; they pin one file format.
 import AppctlCore
 import AppctlKernel
 import AppctlTestSupport

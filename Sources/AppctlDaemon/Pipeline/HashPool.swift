@@ -119,11 +119,13 @@ final class HashPool: Sendable {
             }
             let digest = hash(descriptor, key: key, with: hasher)
             let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
+            // Held until every waiting process is past the kernel's write denial (or gone): duplicated before the
+            // answers close the descriptor the lease lives on, handed over after them.
+            let kept = leased ? leases.duplicate(descriptor) : nil
+            var pids: [Int32] = []
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
-                // Held until this process's exec is past the kernel's write denial (or it is gone); taken before
-                // the answer closes the descriptor the lease lives on.
-                if leased { leases.keep(descriptor, forExecOf: request.pid, key: key) }
+                pids.append(request.pid)
                 if let digest {
                     if request.isExec { caches.rememberExec(key, digest) }
                     responder.finish(request, Triage.Answer(verdict: policy.decide(digest), digest: digest, key: key))
@@ -131,6 +133,7 @@ final class HashPool: Sendable {
                     responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }, key: key))
                 }
             }
+            if let kept { leases.keep(kept, forExecsOf: pids, key: key) }
         }
     }
 

@@ -23,7 +23,9 @@ final class LeaseKeeper: Sendable {
 
     private struct Held: Sendable {
         var descriptor: FileDescriptor
-        var pid: Int32
+        /// Every process whose exec of the file waited for this hash: the lease (one per open file, whatever
+        /// descriptor lets go of it) is held until each of them is past the write denial.
+        var pids: [Int32]
         var device: UInt64
         var inode: UInt64
         var deadline: Double
@@ -55,17 +57,25 @@ final class LeaseKeeper: Sendable {
         }
     }
 
-    /// Keeps the lease (through a duplicate of `descriptor`) until the exec of `pid` is past the kernel's write
-    /// denial, or for `holdSeconds`. When the lease was broken meanwhile, or the duplicate cannot be made, it is
-    /// let go at once (the caller has already seen `holdsReadLeaseUnbroken`).
-    func keep(_ descriptor: Int32, forExecOf pid: Int32, key: FileKey) {
+    /// A duplicate of the leased descriptor, made before the answer closes the original (the lease lives on
+    /// with it); nil when none can be made, and then the lease is let go (it could not be kept past the answer).
+    func duplicate(_ descriptor: Int32) -> FileDescriptor? {
         guard let duplicate = try? FileDescriptor(rawValue: descriptor).duplicate() else {
             FileDescriptor(rawValue: descriptor).releaseLease()
-            return
+            return nil
         }
-        held.withLock { $0.append(Held(descriptor: duplicate, pid: pid, device: key.device, inode: key.inode,
-                                        deadline: monotonicSeconds() + Self.holdSeconds)) }
-        available.signal()
+        return duplicate
+    }
+
+    /// Keeps the lease (through `duplicate`) until the exec of `pid` is past the kernel's write denial, the process
+    /// is gone, or `holdSeconds` have passed. Called after the answer: nothing here is on the answer's path.
+    func keep(_ duplicate: FileDescriptor, forExecsOf pids: [Int32], key: FileKey) {
+        let wasIdle = held.withLock { list -> Bool in
+            list.append(Held(descriptor: duplicate, pids: pids, device: key.device, inode: key.inode,
+                             deadline: monotonicSeconds() + Self.holdSeconds))
+            return list.count == 1
+        }
+        if wasIdle { available.signal() }
     }
 
     private func work() {
@@ -75,8 +85,11 @@ final class LeaseKeeper: Sendable {
             let done = held.withLock { list -> [Held] in
                 var finished: [Held] = []
                 list.removeAll { h in
-                    let exe = try? fileIdentity("/proc/\(h.pid)/exe")
-                    let over = exe == nil || (exe!.device == h.device && exe!.inode == h.inode) || now >= h.deadline
+                    let passed = h.pids.allSatisfy { pid in
+                        guard let exe = try? fileIdentity("/proc/\(pid)/exe") else { return true }   // gone
+                        return exe.device == h.device && exe.inode == h.inode
+                    }
+                    let over = passed || now >= h.deadline
                     if over { finished.append(h) }
                     return over
                 }
