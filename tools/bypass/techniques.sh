@@ -27,18 +27,22 @@ t04() { try "./unknown --version"; judge_elf; }
 
 # Rows t05-t10 change an allowed file after it ran once (so any cached verdict exists), as the
 # attacker who owns it; must_change makes sure the change happened, or that the enforcer refused it.
-technique t05 blocked 'allowed binary modified by append'
-t05() {
-    try "$OK/append --version"
-    local b; b=$(sig "$OK/append")
-    attacker bash -c "printf X >> '$OK/append'"; must_change "$OK/append" "$b" || return 0
-    try "$OK/append --version"; judge_elf
+# rerun_after_change FILE CHANGE...: runs FILE (so any cached verdict exists), makes the change as the attacker,
+# checks that it happened (or that the enforcer refused it), runs FILE again and judges that run.
+rerun_after_change() {
+    local file=$1; shift
+    try "$file --version"
+    local b; b=$(sig "$file")
+    "$@"
+    must_change "$file" "$b" || return 0
+    try "$file --version"; judge_elf
 }
 
+technique t05 blocked 'allowed binary modified by append'
+t05() { rerun_after_change "$OK/append" attacker bash -c "printf X >> '$OK/append'"; }
+
 technique t06 blocked 'same-size rewrite, mtime restored'
-t06() {
-    try "$OK/samesize --version"
-    local b; b=$(sig "$OK/samesize")
+t06_change() {
     attacker /usr/bin/python3 - "$OK/samesize" <<'EOF'
 import os, sys
 p = sys.argv[1]
@@ -52,32 +56,17 @@ os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
 st2 = os.stat(p)
 assert st2.st_size == st.st_size and st2.st_mtime_ns == st.st_mtime_ns
 EOF
-    must_change "$OK/samesize" "$b" || return 0
-    try "$OK/samesize --version"; judge_elf
 }
+t06() { rerun_after_change "$OK/samesize" t06_change; }
 
 technique t07 blocked 'rename-over of an allowed name'
-t07() {
-    try "$OK/rename --version"
-    local b; b=$(sig "$OK/rename")
-    attacker bash -c "cp '$UNKNOWN_BIN' '$PAY/other' && mv -f '$PAY/other' '$OK/rename'"
-    must_change "$OK/rename" "$b" || return 0
-    try "$OK/rename --version"; judge_elf
-}
+t07() { rerun_after_change "$OK/rename" attacker bash -c "cp '$UNKNOWN_BIN' '$PAY/other' && mv -f '$PAY/other' '$OK/rename'"; }
 
 technique t08 blocked 'truncate + rewrite'
-t08() {
-    try "$OK/truncate --version"
-    local b; b=$(sig "$OK/truncate")
-    attacker bash -c "{ cat /usr/bin/true; printf '\\n'; } > '$OK/truncate'"
-    must_change "$OK/truncate" "$b" || return 0
-    try "$OK/truncate --version"; judge_elf
-}
+t08() { rerun_after_change "$OK/truncate" attacker bash -c "{ cat /usr/bin/true; printf '\\n'; } > '$OK/truncate'"; }
 
 technique t09 blocked 'write through MAP_SHARED, mtime restored'
-t09() {
-    try "$OK/mmap --version"
-    local b; b=$(sig "$OK/mmap")
+t09_change() {
     attacker /usr/bin/python3 - "$OK/mmap" <<'EOF'
 import mmap, os, sys
 p = sys.argv[1]
@@ -89,9 +78,8 @@ with open(p, 'r+b') as f:
     m.flush(); m.close()
 os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
 EOF
-    must_change "$OK/mmap" "$b" || return 0
-    try "$OK/mmap --version"; judge_elf
 }
+t09() { rerun_after_change "$OK/mmap" t09_change; }
 
 technique t10 blocked 'hard link to an allowed file, then file modified'
 t10() {
