@@ -119,6 +119,7 @@ public final class Daemon: Sendable {
     public func run(signals: SignalReceiver, control: ControlServer?) -> Int32 {
         let mountinfo = try? FileDescriptor.open("/proc/self/mountinfo", [.readOnly])
         raiseDescriptorLimit()
+        facts.buildInterpretersIfNeeded()   // reads the interpreters' files: before any mark exists
         hardening.apply(for: policy.mode)
         // From the first mark until the event thread runs, nothing may open a file on a marked filesystem
         // (nobody would answer): marking, confining and starting threads open nothing.
@@ -184,6 +185,7 @@ public final class Daemon: Sendable {
         hashPool.stop()
         prehasher?.stop()
         hardening.apply(for: .monitor)
+        policy.waitForCopies()   // a last-known-good copy being written is finished, not cut off
         flushLearned()
         eventLog.stop()
         Self.log("appctl: stopped")

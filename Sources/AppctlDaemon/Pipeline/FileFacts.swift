@@ -26,10 +26,20 @@ final class KernelFileFacts: FileFacts {
     private let configuredInterpreters: [String]
     private let untrustedOwnership: UntrustedOwnership
 
+    /// Whether the rule was built: it is built once the policy is known (it may declare interpreters), or at the
+    /// latest before the first mark (`Daemon.run`). Building it hashes every configured interpreter (node alone is
+    /// 100 MB), so not twice at start-up.
+    private let built = Atomic<Bool>(false)
+
     init(configuredInterpreters: [String], untrustedOwnership: UntrustedOwnership) {
         self.configuredInterpreters = configuredInterpreters
         self.untrustedOwnership = untrustedOwnership
-        interpreters = Mutex(InterpreterRule(configured: configuredInterpreters))
+        interpreters = Mutex(InterpreterRule(configured: []))
+    }
+
+    /// Builds the rule if nothing built it yet (no policy at start-up).
+    func buildInterpretersIfNeeded() {
+        if !built.load(ordering: .relaxed) { rebuildInterpreters(declared: []) }
     }
 
     /// Re-reads the configured interpreters and takes the policy's declared ones (off the event thread: it opens
@@ -37,6 +47,7 @@ final class KernelFileFacts: FileFacts {
     func rebuildInterpreters(declared: [DeclaredInterpreter]) {
         let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared)
         interpreters.withLock { $0 = rebuilt }
+        built.store(true, ordering: .relaxed)
     }
 
     func identity(of descriptor: Int32) -> FileKey? {

@@ -1,5 +1,6 @@
 import AppctlCore
 import AppctlKernel
+import Dispatch
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -103,7 +104,7 @@ public final class PolicyState: Sendable {
     @discardableResult
     public func apply(path: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
         let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
-        if case .success(let policy) = result { keepCopy(of: policy) }
+        if case .success(let policy) = result { keepCopyInTheBackground(of: policy) }
         current.withLock { c in
             switch result {
             case .success(let policy):
@@ -160,20 +161,40 @@ public final class PolicyState: Sendable {
 
     /// Keeps a copy of a policy just applied, for `applyLastKnownGood`. Copied after verification; the copy is
     /// verified again whenever it is used, so a file replaced in between is refused then, not trusted.
-    private func keepCopy(of policy: LoadedPolicy) {
-        guard let serial = policy.header.serial else { return }
-        let path = policy.path
+    /// Copying a large policy (a 1M-entry one is ~100 MB, written and synced) must not delay start-up or a reload's
+    /// answer: one copy at a time, on a thread of its own. Until it is done the previous copies stand.
+    private let copying = Mutex<Void>(())
+    private let copiesInFlight = DispatchGroup()
+
+    private func keepCopyInTheBackground(of policy: LoadedPolicy) {
+        let serial = policy.header.serial, path = policy.path
+        copiesInFlight.enter()
+        startThread(name: "appctl-lkg-copy") { [self] in
+            copying.withLock { _ in keepCopy(serial: serial, path: path) }
+            copiesInFlight.leave()
+        }
+    }
+
+    /// Waits until every copy started is done (shutdown: a copy being written is finished, not cut off).
+    public func waitForCopies() { copiesInFlight.wait() }
+
+    private func keepCopy(serial: UInt64?, path: String) {
+        guard let serial else { return }
         mkdir(stateDirectory, 0o700)
         mkdir(copiesDirectory, 0o700)
+        // A rollback (`--allow-rollback`) supersedes the copies above it: never fall back to what was rolled back from.
+        for (copySerial, old) in appliedCopies() where copySerial > serial { unlink(old) }
         let target = copiesDirectory + "/policy-\(serial).txt"
+        // Every start applies the same policy again: a copy of this serial and size is already there (a 1M-entry
+        // policy is ~100 MB to copy and sync). The copy is verified whenever it is used, so this cannot trust a
+        // different file; at worst a stale copy of the same serial is refused then, and an older one used.
+        if let copy = try? linkStatus(target), let original = try? linkStatus(path), copy.st_size == original.st_size { return }
         do {
             try copyFile(from: path, to: target, permissions: 0o600)
         } catch {
             Self.warn("appctl: WARNING: cannot keep a last-known-good copy of \(path) in \(copiesDirectory): \(error)")
             return
         }
-        // A rollback (`--allow-rollback`) supersedes the copies above it: never fall back to what was rolled back from.
-        for (copySerial, old) in appliedCopies() where copySerial > serial { unlink(old) }
         for (_, old) in appliedCopies().dropFirst(Self.keptCopies) { unlink(old) }
     }
 
