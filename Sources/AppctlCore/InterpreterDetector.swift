@@ -159,6 +159,9 @@ public enum InterpreterDetector {
                                      _ file: Reader, _ readAt: (Int64, Int) -> [UInt8]) -> Bool? {
         let libperl = Array("libperl.so".utf8)
         let entsize = elf.is64 ? 16 : 8
+        // A real program has one dynamic section; a crafted one could have 65,534 that each name a 64 MiB string
+        // table (review: ~30 minutes of reading per file). One is read, and at most one other string table.
+        guard sections.filter({ $0.type == 6 }).count <= 1 else { return nil }
         for dynamic in sections where dynamic.type == 6 {
             guard dynamic.entsize == UInt64(entsize) || dynamic.entsize == 0 else { return nil }
             let strings: [UInt8]
@@ -194,7 +197,8 @@ public enum InterpreterDetector {
         let phoff = elf.is64 ? elf.u64(h, 32) : elf.u32(h, 28)
         let phentsize = Int(elf.is64 ? elf.u16(h, 54) : elf.u16(h, 42))
         let phnum = Int(elf.is64 ? elf.u16(h, 56) : elf.u16(h, 44))
-        guard phentsize >= (elf.is64 ? 56 : 32), phnum > 0, phnum < 0xffff,   // PN_XNUM is not followed
+        // The standard entry size exactly (review: a larger one let a sparse file ask for a 4 GiB table).
+        guard phentsize == (elf.is64 ? 56 : 32), phnum > 0, phnum < 0xffff,   // PN_XNUM is not followed
               let table = file.readLarge(readAt, phoff, UInt64(phentsize * phnum), limit: phentsize * phnum) else { return false }
         return (0..<phnum).contains { elf.u32(table, $0 * phentsize) == 3 }   // PT_INTERP
     }

@@ -107,7 +107,10 @@ public final class Daemon: Sendable {
         case .success(let header):
             kernelCache.flush(reason: "last-known-good policy")
             policyApplied()
-            Self.log("appctl: WARNING: enforcing the last-known-good policy, serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny), because the configured one was refused: \(refusal)")
+            let recorded = (try? policy.lastAppliedSerial()) ?? nil
+            let older = recorded.map { header.serial! < $0 } ?? false
+            Self.log("appctl: WARNING: enforcing the last-known-good policy, serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny), because the configured one was refused: \(refusal)"
+                + (older ? ". It is OLDER than serial \(recorded!), the last applied here (whose copy is missing): what that one revoked may run again" : ""))
         case .failure(let none):
             if policy.mode == .enforce {
                 throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: \(refusal) (and \(none))")

@@ -105,17 +105,13 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable {
     /// open for writing (a shared writable mapping counts: it keeps its file open), and from then on every open
     /// for writing or truncate must first break it, which waits until the holder lets go
     /// (`/proc/sys/fs/lease-break-time`). `EAGAIN`: a writer exists. Needs `CAP_LEASE` for others' files.
-    /// `F_SETLEASE` and `F_GETLEASE` (`F_LINUX_SPECIFIC_BASE` + 0 and + 1, linux/fcntl.h): Glibc defines them only
-    /// under `_GNU_SOURCE`, which the Swift module does not see.
-    static let setLease: Int32 = 1024, getLease: Int32 = 1025
+    /// `F_SETLEASE` (`F_LINUX_SPECIFIC_BASE` + 0, linux/fcntl.h): Glibc defines it only under `_GNU_SOURCE`,
+    /// which the Swift module does not see.
+    static let setLease: Int32 = 1024
 
     public func takeReadLease() throws(Errno) {
         _ = try retryingOnInterrupt { fcntl(rawValue, Self.setLease, F_RDLCK) }
     }
-
-    /// Whether the read lease still stands untouched: false once someone started to break it (an open for writing
-    /// is waiting) or it is gone (`fcntl(F_GETLEASE)`).
-    public var holdsReadLeaseUnbroken: Bool { fcntl(rawValue, Self.getLease) == F_RDLCK }
 
     /// Lets go of a lease (`fcntl(F_SETLEASE, F_UNLCK)`); a writer waiting for it goes on.
     public func releaseLease() {

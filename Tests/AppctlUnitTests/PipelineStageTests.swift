@@ -229,3 +229,32 @@ import Glibc
         #expect(ConfinementProfile.keptCapabilities.contains { $0.rawValue == Confinement.Capability.sysResource.rawValue })
     }
 }
+
+@Suite struct LeaseKeeperTests {
+    /// Review finding: a process whose main thread exited has no `/proc/PID/exe`, yet its other threads live (and
+    /// one may be in the middle of an exec). It is not gone, and its threads' executables are still readable.
+    @Test func aProcessWhoseMainThreadExitedIsNotGone() throws {
+        let dir = TemporaryDirectory("appctl-lease"); defer { dir.remove() }
+        try dir.write("zl.c", """
+            #include <pthread.h>
+            #include <unistd.h>
+            static void *sleeper(void *arg) { (void)arg; sleep(30); return 0; }
+            int main(void) { pthread_t t; pthread_create(&t, 0, sleeper, 0); pthread_exit(0); }
+            """)
+        let program = dir.file("zl")
+        let cc = try run("/usr/bin/cc", ["-pthread", "-o", program, dir.file("zl.c")])
+        #expect(cc.status == 0, "\(cc.stderr)")
+        let child = Foundation.Process()
+        child.executableURL = URL(fileURLWithPath: program)
+        try child.run()
+        let pid = child.processIdentifier
+        defer { kill(pid, SIGKILL); child.waitUntilExit() }   // by its PID: our own child
+        let id = try fileIdentity(program)
+        // Wait for the acknowledged state: the main thread is gone (exe unreadable), the process is not.
+        let deadline = monotonicSeconds() + 10
+        while (try? fileIdentity("/proc/\(pid)/exe")) != nil && monotonicSeconds() < deadline { usleep(1000) }
+        #expect((try? fileIdentity("/proc/\(pid)/exe")) == nil, "the main thread did not exit")
+        #expect((try? fileIdentity("/proc/\(pid)")) != nil, "the process must not look gone")
+        #expect(LeaseKeeper.anyThread(of: pid, runs: id.device, id.inode), "a live thread's executable is found")
+    }
+}

@@ -108,7 +108,11 @@ final class HashPool: Sendable {
             // A file someone other than root can write: no writer may exist from before the hash until the kernel
             // denies writers to the running program (`LeaseKeeper`). A writer now means the verdict cannot hold.
             let leased = !key.onlyRootCanWrite && !key.isVerity
-            if leased && !leases.lease(descriptor) {
+            // The duplicate that keeps the lease past the answers is made before anything is decided: without it
+            // nothing would hold writers off until the exec's own write denial.
+            var kept: FileDescriptor? = nil
+            if leased && leases.lease(descriptor) { kept = leases.duplicate(descriptor) }
+            if leased && kept == nil {
                 let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
                 for waiter in waiters {
                     guard let request = waiter.request.take() else { continue }
@@ -119,9 +123,8 @@ final class HashPool: Sendable {
             }
             let digest = hash(descriptor, key: key, with: hasher)
             let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
-            // Held until every waiting process is past the kernel's write denial (or gone): duplicated before the
-            // answers close the descriptor the lease lives on, handed over after them.
-            let kept = leased ? leases.duplicate(descriptor) : nil
+            // Held until every waiting process is past the kernel's write denial (or gone), handed over after the
+            // answers (the duplicate was made before them).
             var pids: [Int32] = []
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }

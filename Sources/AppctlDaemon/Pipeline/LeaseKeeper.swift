@@ -13,13 +13,22 @@ import Glibc
 /// one has it open for writing, and makes every later open for writing wait until the lease is let go.
 ///
 /// So: the hash worker takes the lease before it reads a byte (refused: a writer exists, the exec is refused
-/// as `mutable`), and after the answer hands a duplicate of the descriptor here. The lease is let go once the
-/// process's executable is that file (the exec is past `deny_write_access`: from then on a writer gets
-/// `ETXTBSY`), once the process is gone, or after `holdSeconds` (an exec that failed). A writer that tried
-/// meanwhile waits that long at most.
+/// as `mutable`), and after the answer hands a duplicate of the descriptor here. The lease is let go once one of
+/// the process's threads runs that file (`/proc/PID/task/*/exe`: the exec is past `deny_write_access`, and a
+/// writer gets `ETXTBSY` from then on), once the process is gone (`/proc/PID` reaped: its main thread having
+/// exited proves nothing, a review showed), or after the kernel's own lease-break time (`/proc/sys/fs/lease-break-time`,
+/// 45 s by default: a writer waiting on the lease is let through by the kernel then anyway). A failed exec thus
+/// makes the owner's writers wait up to that long (SECURITY.md).
 final class LeaseKeeper: Sendable {
-    /// How long a lease is held for an exec that never shows up as the process's executable.
-    static let holdSeconds = 1.0
+    /// How long a lease is held for an exec that never shows up as a thread's executable: the kernel's lease-break
+    /// time, read once (1 to 300 s).
+    static let holdSeconds: Double = {
+        let text = (try? readSmallFile("/proc/sys/fs/lease-break-time", limit: 64)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        return Double(min(300, max(1, Int(text.split(separator: "\n").first ?? "") ?? 45)))
+    }()
+    /// At most this many leases are held at once; beyond it new execs of files others can write are refused
+    /// (`mutable`) rather than left unproven.
+    static let limit = 4096
 
     private struct Held: Sendable {
         var descriptor: FileDescriptor
@@ -47,6 +56,10 @@ final class LeaseKeeper: Sendable {
     /// Takes a read lease for the hash of `descriptor`'s file; false when a writer exists (or the filesystem
     /// refuses leases: then nothing proves there is no writer either).
     func lease(_ descriptor: Int32) -> Bool {
+        guard held.withLock({ $0.count }) < Self.limit else {
+            statistics.add(.leasesRefused)
+            return false
+        }
         do {
             try FileDescriptor(rawValue: descriptor).takeReadLease()
             statistics.add(.leasesTaken)
@@ -78,6 +91,15 @@ final class LeaseKeeper: Sendable {
         if wasIdle { available.signal() }
     }
 
+    /// Whether one of the process's threads runs the file: its exec got past the kernel's write denial.
+    static func anyThread(of pid: Int32, runs device: UInt64, _ inode: UInt64) -> Bool {
+        guard let threads = try? listDirectory("/proc/\(pid)/task") else { return false }
+        return threads.contains { tid in
+            guard let exe = try? fileIdentity("/proc/\(pid)/task/\(tid)/exe") else { return false }
+            return exe.device == device && exe.inode == inode
+        }
+    }
+
     private func work() {
         while !stopping.load(ordering: .relaxed) {
             if held.withLock({ $0.isEmpty }) { available.wait(); continue }
@@ -86,8 +108,10 @@ final class LeaseKeeper: Sendable {
                 var finished: [Held] = []
                 list.removeAll { h in
                     let passed = h.pids.allSatisfy { pid in
-                        guard let exe = try? fileIdentity("/proc/\(pid)/exe") else { return true }   // gone
-                        return exe.device == h.device && exe.inode == h.inode
+                        // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
+                        // filter allows no signal-sending call.)
+                        if (try? fileIdentity("/proc/\(pid)")) == nil { return true }
+                        return Self.anyThread(of: pid, runs: h.device, h.inode)
                     }
                     let over = passed || now >= h.deadline
                     if over { finished.append(h) }

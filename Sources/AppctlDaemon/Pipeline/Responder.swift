@@ -1,5 +1,6 @@
 import AppctlCore
 import AppctlKernel
+import Synchronization
 
 /// Watches the metadata of inodes whose verdict the kernel holds: the real one is a `FAN_REPORT_FID`
 /// notification group (`FAN_ATTRIB`), tests use a recorder.
@@ -27,6 +28,8 @@ final class KernelVerdictCache: Sendable {
     /// The events the group watches: an ignore mark for an event it does not watch is refused by the kernel.
     let watchedEvents: FanotifyGroup.Events
     let log: @Sendable (String) -> Void
+    /// Counts flushes, so that a placement that a flush overtook (watch removed, mark then added) is undone.
+    private let generation = Atomic<Int>(0)
 
     /// Without an attribute watch (a kernel that refuses the group) the cache stays off: a verdict that could
     /// outlive a chown must not be placed.
@@ -40,6 +43,7 @@ final class KernelVerdictCache: Sendable {
     /// the file again after the mark exists (a changed identity, or one no longer only root can write, flushes).
     func place(on descriptor: Int32, _ events: FanotifyGroup.Events, key: FileKey, stillHolds: () -> Bool) {
         guard enabled, let attributeWatch else { return }
+        let before = generation.load(ordering: .acquiring)
         do {
             try attributeWatch.watchInode(of: descriptor, events: .attributes)
         } catch {
@@ -54,12 +58,16 @@ final class KernelVerdictCache: Sendable {
             statistics.add(.ignoreMarkErrors)
             return
         }
-        if !stillHolds() { flush(reason: "the file changed while its verdict was cached") }
+        // A flush between the watch and the mark removed the watch but not the mark: flush again.
+        if !stillHolds() || generation.load(ordering: .acquiring) != before {
+            flush(reason: "the file changed, or the cache was flushed, while its verdict was placed")
+        }
     }
 
     /// Drops every kernel-side verdict (and the attribute watches that guard them): everything is asked again.
     func flush(reason: String) {
         guard enabled else { return }
+        generation.wrappingAdd(1, ordering: .releasing)
         do {
             try responder.flushInodeMarks()
             statistics.set(.ignoreMarksSinceFlush, 0)
