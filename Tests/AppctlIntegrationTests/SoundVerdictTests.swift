@@ -231,4 +231,68 @@ struct SoundVerdictTests {
         #expect(try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", clean]).status == 0)
         #expect(try h.status()["write_leases_taken"] as? Int ?? 0 >= 1)
     }
+
+    /// Case 7: an interpreter's command line is attacker-chosen paths (up to 4,096, through symlink chains, or on a
+    /// filesystem whose server does not answer). Checking them must not hold up the thread that answers everyone:
+    /// here a FUSE server blocks the check's `stat` until the test lets it go, and meanwhile an exec on the marked
+    /// filesystem is answered. On the old build the check ran on the event thread, and the exec waited.
+    @Test func aCommandLineCheckThatHangsHoldsUpNobodyElse() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let source = h.dir.file("slowfs.c"), server = h.dir.file("slowfs")
+        try """
+            #define FUSE_USE_VERSION 31
+            #include <fuse3/fuse.h>
+            #include <errno.h>
+            #include <fcntl.h>
+            #include <stdlib.h>
+            #include <string.h>
+            #include <unistd.h>
+            static const char *gate, *entered;
+            static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+                (void)fi; memset(st, 0, sizeof *st);
+                if (strcmp(path, "/") == 0) { st->st_mode = S_IFDIR | 0755; st->st_nlink = 2; return 0; }
+                if (strcmp(path, "/slow") != 0) return -ENOENT;
+                close(open(entered, O_CREAT | O_WRONLY, 0644));          /* says: a stat is waiting here */
+                while (access(gate, F_OK) != 0) usleep(10000);          /* until the test lets it go */
+                st->st_mode = S_IFREG | 0644; st->st_nlink = 1; return 0;
+            }
+            static const struct fuse_operations ops = { .getattr = fs_getattr };
+            int main(int argc, char *argv[]) { gate = getenv("GATE"); entered = getenv("ENTERED"); return fuse_main(argc, argv, &ops, NULL); }
+            """.write(toFile: source, atomically: false, encoding: .utf8)
+        let cc = try run("/bin/sh", ["-c", "cc -o \(server) \(source) $(pkg-config --cflags --libs fuse3)"])
+        #expect(cc.status == 0, "\(cc.stderr)")
+        let fuse = h.dir.file("fuse"), gate = h.dir.file("gate"), entered = h.dir.file("entered")
+        try FileManager.default.createDirectory(atPath: fuse, withIntermediateDirectories: true)
+        let fs = Foundation.Process()
+        fs.executableURL = URL(fileURLWithPath: server)
+        fs.arguments = ["-f", "-s", "-o", "attr_timeout=0,entry_timeout=0", fuse]   // not under the marked tmpfs
+        fs.environment = ["GATE": gate, "ENTERED": entered]
+        try fs.run()
+        let fsPID = fs.processIdentifier
+        defer {
+            FileManager.default.createFile(atPath: gate, contents: nil)   // never leave a stat waiting
+            _ = try? run("/bin/umount", ["-l", fuse])
+            kill(fsPID, SIGTERM); fs.waitUntilExit()
+        }
+        #expect(h.waitUntil(10) { (try? run("/bin/mountpoint", ["-q", fuse]).status) == 0 }, "the FUSE server did not mount")
+        let data = try h.writeScript("data.txt", "just data\n")
+        try h.start(mode: "enforce")
+        // perl (every argument counts) opens a data file; one of its arguments is the path that hangs.
+        let perl = Foundation.Process()
+        perl.executableURL = URL(fileURLWithPath: "/usr/bin/perl")
+        perl.arguments = ["-e", "open(F, '<', '\(data)') or die; print 'opened'", fuse + "/slow"]
+        let out = Pipe()
+        perl.standardOutput = out
+        try perl.run()
+        defer { if perl.isRunning { kill(perl.processIdentifier, SIGKILL) }; perl.waitUntilExit() }
+        #expect(h.waitUntil(30) { (try? linkStatus(entered)) != nil }, "the check never reached the hanging path")
+        // The check is stuck in the FUSE server now. Everyone else goes on:
+        let known = try run("/usr/bin/timeout", ["-k", "1", "10", h.mount + "/known"])   // SIGKILL: a permission wait ignores SIGTERM
+        #expect(known.status == 0, "an exec waited behind a hanging command-line check (status \(known.status))")
+        #expect(perl.isRunning, "perl's open must still be waiting for its check")
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        perl.waitUntilExit()
+        #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "opened")
+        #expect(try h.status()["command_line_checks"] as? Int ?? 0 >= 1)
+    }
 }
