@@ -227,6 +227,19 @@ struct SoundVerdictTests {
         let output = result.value?.stdout ?? ""
         #expect(output == "denied\n", "the exec ran with a writer during its hash: \(output) \(result.value?.stderr ?? "")")
         #expect(try h.status()["write_leases_refused"] as? Int ?? 0 >= 1)
+        // A failed exec (here refused: its content is unknown, its size an allowed one's, so it is hashed under a
+        // lease) lets the lease go at once, not after the lease-break time: the owner's next write goes through.
+        let noShebang = h.mount + "/large/plain"
+        // The process whose exec failed stays alive while the owner writes (a process that is gone frees its lease).
+        let failed = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", """
+            import os, subprocess
+            n = os.stat('/usr/bin/true').st_size
+            open('\(noShebang)', 'w').write('true\\n'.ljust(n, '#')); os.chmod('\(noShebang)', 0o755)
+            try: os.execv('\(noShebang)', ['x'])
+            except OSError as e: print(e.errno)
+            print(subprocess.run(['timeout', '-k', '1', '5', 'sh', '-c', 'echo more >> \(noShebang)']).returncode)
+            """])
+        #expect(failed.stdout == "1\n0\n", "the exec must fail with EPERM, then the owner's write go through: \(failed.stdout) \(failed.stderr)")
         // Without a writer, the attacker's copy of the allowed program runs (a lease is taken and let go).
         #expect(try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", clean]).status == 0)
         #expect(try h.status()["write_leases_taken"] as? Int ?? 0 >= 1)

@@ -256,5 +256,7 @@ import Glibc
         #expect((try? fileIdentity("/proc/\(pid)/exe")) == nil, "the main thread did not exit")
         #expect((try? fileIdentity("/proc/\(pid)")) != nil, "the process must not look gone")
         #expect(LeaseKeeper.anyThread(of: pid, runs: id.device, id.inode), "a live thread's executable is found")
+        // Its thread sleeps (nanosleep): no exec is in progress, so a lease for a failed exec would be let go.
+        #expect(!LeaseKeeper.anyThreadInExec(of: pid))
     }
 }

@@ -16,9 +16,9 @@ import Glibc
 /// as `mutable`), and after the answer hands a duplicate of the descriptor here. The lease is let go once one of
 /// the process's threads runs that file (`/proc/PID/task/*/exe`: the exec is past `deny_write_access`, and a
 /// writer gets `ETXTBSY` from then on), once the process is gone (`/proc/PID` reaped: its main thread having
-/// exited proves nothing, a review showed), or after the kernel's own lease-break time (`/proc/sys/fs/lease-break-time`,
-/// 45 s by default: a writer waiting on the lease is let through by the kernel then anyway). A failed exec thus
-/// makes the owner's writers wait up to that long (SECURITY.md).
+/// exited proves nothing, a review showed), once no thread is inside `execve` any more (the exec failed), or at
+/// the latest after the kernel's own lease-break time (`/proc/sys/fs/lease-break-time`, 45 s by default: a writer
+/// waiting on the lease is let through by the kernel then anyway).
 final class LeaseKeeper: Sendable {
     /// How long a lease is held for an exec that never shows up as a thread's executable: the kernel's lease-break
     /// time, read once (1 to 300 s).
@@ -100,6 +100,24 @@ final class LeaseKeeper: Sendable {
         }
     }
 
+    /// Whether any thread of the process may be inside `execve`/`execveat`: `/proc/PID/task/TID/syscall` names the
+    /// call a thread is blocked in (59 and 322 on x86_64, 221 and 281 on arm64), or says `running` when it is on a
+    /// CPU (then it may be, and the answer is yes). Needs ptrace access (`CAP_SYS_PTRACE`).
+    static func anyThreadInExec(of pid: Int32) -> Bool {
+        guard let threads = try? listDirectory("/proc/\(pid)/task") else { return false }
+        #if arch(x86_64)
+        let execCalls: Set<Substring> = ["59", "322"]
+        #else
+        let execCalls: Set<Substring> = ["221", "281"]
+        #endif
+        return threads.contains { tid in
+            guard let bytes = try? readSmallFile("/proc/\(pid)/task/\(tid)/syscall", limit: 512) else { return false }
+            let first = String(decoding: bytes, as: UTF8.self).split(separator: " ", maxSplits: 1).first ?? ""
+            let word = first.hasSuffix("\n") ? first.dropLast() : first
+            return word == "running" || execCalls.contains(word)
+        }
+    }
+
     private func work() {
         while !stopping.load(ordering: .relaxed) {
             if held.withLock({ $0.isEmpty }) { available.wait(); continue }
@@ -111,7 +129,12 @@ final class LeaseKeeper: Sendable {
                         // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
                         // filter allows no signal-sending call.)
                         if (try? fileIdentity("/proc/\(pid)")) == nil { return true }
-                        return Self.anyThread(of: pid, runs: h.device, h.inode)
+                        if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
+                        // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and
+                        // none runs the file. Checked after the executable, so an exec that succeeds in between is
+                        // past the write denial either way. Without this a failed exec held writers off for the whole
+                        // lease-break time.
+                        return !Self.anyThreadInExec(of: pid)
                     }
                     let over = passed || now >= h.deadline
                     if over { finished.append(h) }
