@@ -38,6 +38,11 @@ final class LeaseKeeper: Sendable {
         var device: UInt64
         var inode: UInt64
         var deadline: Double
+        /// When to look next, and how long to wait after that: looking costs a few /proc reads per thread, so the
+        /// interval doubles from 0.5 ms up to 20 ms (an exec is past its write denial within a millisecond or so;
+        /// a writer waits that much longer at most).
+        var nextCheck: Double
+        var interval: Double
     }
     private let held = Mutex<[Held]>([])
     private let available = DispatchSemaphore(value: 0)
@@ -84,8 +89,9 @@ final class LeaseKeeper: Sendable {
     /// is gone, or `holdSeconds` have passed. Called after the answer: nothing here is on the answer's path.
     func keep(_ duplicate: FileDescriptor, forExecsOf pids: [Int32], key: FileKey) {
         let wasIdle = held.withLock { list -> Bool in
+            let now = monotonicSeconds()
             list.append(Held(descriptor: duplicate, pids: pids, device: key.device, inode: key.inode,
-                             deadline: monotonicSeconds() + Self.holdSeconds))
+                             deadline: now + Self.holdSeconds, nextCheck: now + 0.0005, interval: 0.0005))
             return list.count == 1
         }
         if wasIdle { available.signal() }
@@ -124,7 +130,9 @@ final class LeaseKeeper: Sendable {
             let now = monotonicSeconds()
             let done = held.withLock { list -> [Held] in
                 var finished: [Held] = []
-                list.removeAll { h in
+                var kept: [Held] = []
+                for var h in list {
+                    guard h.nextCheck <= now || now >= h.deadline else { kept.append(h); continue }   // not due yet
                     let passed = h.pids.allSatisfy { pid in
                         // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
                         // filter allows no signal-sending call.)
@@ -136,17 +144,23 @@ final class LeaseKeeper: Sendable {
                         // lease-break time.
                         return !Self.anyThreadInExec(of: pid)
                     }
-                    let over = passed || now >= h.deadline
-                    if over { finished.append(h) }
-                    return over
+                    if passed || now >= h.deadline {
+                        finished.append(h)
+                    } else {
+                        h.interval = min(0.02, h.interval * 2)
+                        h.nextCheck = now + h.interval
+                        kept.append(h)
+                    }
                 }
+                list = kept
                 return finished
             }
             for h in done {
                 h.descriptor.releaseLease()
                 h.descriptor.close()
             }
-            usleep(200)   // an exec goes on within microseconds of its answer; writers wait at most this much longer
+            let due = held.withLock { $0.map(\.nextCheck).min() } ?? now
+            usleep(UInt32(max(100, min(20_000, (due - monotonicSeconds()) * 1e6))))
         }
         for h in held.withLock({ l -> [Held] in defer { l.removeAll() }; return l }) {
             h.descriptor.releaseLease()
