@@ -238,7 +238,7 @@ import Glibc
         try dir.write("zl.c", """
             #include <pthread.h>
             #include <unistd.h>
-            static void *sleeper(void *arg) { (void)arg; sleep(30); return 0; }
+            static void *sleeper(void *arg) { (void)arg; sleep(600); return 0; }
             int main(void) { pthread_t t; pthread_create(&t, 0, sleeper, 0); pthread_exit(0); }
             """)
         let program = dir.file("zl")
@@ -250,8 +250,9 @@ import Glibc
         let pid = child.processIdentifier
         defer { kill(pid, SIGKILL); child.waitUntilExit() }   // by its PID: our own child
         let id = try fileIdentity(program)
-        // Wait for the acknowledged state: the main thread is gone (exe unreadable), the process is not.
-        let deadline = monotonicSeconds() + 10
+        // Wait for the acknowledged state: the main thread is gone (exe unreadable), the process is not. (The other
+        // thread sleeps for 10 minutes and is killed at the end: the process must not be exiting while it is looked at.)
+        let deadline = monotonicSeconds() + 60
         while (try? fileIdentity("/proc/\(pid)/exe")) != nil && monotonicSeconds() < deadline { usleep(1000) }
         #expect((try? fileIdentity("/proc/\(pid)/exe")) == nil, "the main thread did not exit")
         #expect((try? fileIdentity("/proc/\(pid)")) != nil, "the process must not look gone")

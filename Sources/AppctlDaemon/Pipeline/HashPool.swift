@@ -111,7 +111,8 @@ final class HashPool: Sendable {
             // The duplicate that keeps the lease past the answers is made before anything is decided: without it
             // nothing would hold writers off until the exec's own write denial.
             var kept: FileDescriptor? = nil
-            if leased && leases.lease(descriptor) { kept = leases.duplicate(descriptor) }
+            let firstPID = pending.withLock { $0[key]?.first?.request?.pid } ?? 0
+            if leased && leases.mayHold(for: firstPID) && leases.lease(descriptor) { kept = leases.duplicate(descriptor) }
             if leased && kept == nil {
                 let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
                 for waiter in waiters {
@@ -128,15 +129,16 @@ final class HashPool: Sendable {
             var pids: [Int32] = []
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
-                pids.append(request.pid)
-                if let digest {
-                    if request.isExec { caches.rememberExec(key, digest) }
-                    responder.finish(request, Triage.Answer(verdict: policy.decide(digest), digest: digest, key: key))
-                } else {
-                    responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }, key: key))
-                }
+                let verdict = digest.map { policy.decide($0) } ?? policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }
+                // Only allowed execs need the lease kept: a denied one never reaches the write denial (and holding
+                // leases for denials let one process slow everyone, a review showed).
+                if verdict.allow { pids.append(request.pid) }
+                if let digest, request.isExec { caches.rememberExec(key, digest) }
+                responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key))
             }
-            if let kept { leases.keep(kept, forExecsOf: pids, key: key) }
+            if let kept {
+                if pids.isEmpty { kept.releaseLease(); kept.close() } else { leases.keep(kept, forExecsOf: pids, key: key) }
+            }
         }
     }
 

@@ -29,6 +29,14 @@ final class LeaseKeeper: Sendable {
     /// At most this many leases are held at once; beyond it new execs of files others can write are refused
     /// (`mutable`) rather than left unproven.
     static let limit = 4096
+    /// At most this many per process: one process cannot fill the table for everyone (a review showed a process whose
+    /// sibling thread spins, so that its failed execs looked in progress, holding leases by the thousand).
+    static let limitPerProcess = 16
+
+    /// Whether `pid` may have one more lease held for it.
+    func mayHold(for pid: Int32) -> Bool {
+        held.withLock { list in list.reduce(0) { $0 + ($1.pids.contains(pid) ? 1 : 0) } } < Self.limitPerProcess
+    }
 
     private struct Held: Sendable {
         var descriptor: FileDescriptor
@@ -109,58 +117,78 @@ final class LeaseKeeper: Sendable {
     /// Whether any thread of the process may be inside `execve`/`execveat`: `/proc/PID/task/TID/syscall` names the
     /// call a thread is blocked in (59 and 322 on x86_64, 221 and 281 on arm64), or says `running` when it is on a
     /// CPU (then it may be, and the answer is yes). Needs ptrace access (`CAP_SYS_PTRACE`).
+    /// Any error other than "no such process or thread" (EMFILE, an LSM's EPERM, …) counts as "maybe": the lease
+    /// is then held, never let go on a failed read.
     static func anyThreadInExec(of pid: Int32) -> Bool {
-        guard let threads = try? listDirectory("/proc/\(pid)/task") else { return false }
+        let threads: [String]
+        do throws(Errno) { threads = try listDirectory("/proc/\(pid)/task") } catch { return error != .noSuchFile && error != Errno(rawValue: ESRCH) }
         #if arch(x86_64)
-        let execCalls: Set<Substring> = ["59", "322"]
+        // execve and execveat, and their numbers on the 32-bit entry (`int 0x80`: 11 and 358), which a 64-bit
+        // process can use too (a review showed the 32-bit number in the file).
+        let execCalls: Set<Substring> = ["59", "322", "11", "358"]
         #else
         let execCalls: Set<Substring> = ["221", "281"]
         #endif
         return threads.contains { tid in
-            guard let bytes = try? readSmallFile("/proc/\(pid)/task/\(tid)/syscall", limit: 512) else { return false }
+            let bytes: [UInt8]
+            do throws(Errno) { bytes = try readSmallFile("/proc/\(pid)/task/\(tid)/syscall", limit: 512) } catch {
+                return error != .noSuchFile && error != Errno(rawValue: ESRCH)
+            }
             let first = String(decoding: bytes, as: UTF8.self).split(separator: " ", maxSplits: 1).first ?? ""
             let word = first.hasSuffix("\n") ? first.dropLast() : first
             return word == "running" || execCalls.contains(word)
         }
     }
 
+    /// Gone: reaped (`/proc/PID` does not exist). Pid 0 (a process outside the daemon's pid namespace, as fanotify
+    /// reports it) and any read error other than ENOENT are not "gone".
+    static func isGone(_ pid: Int32) -> Bool {
+        guard pid > 0 else { return false }
+        do throws(Errno) { _ = try fileIdentity("/proc/\(pid)"); return false } catch { return error == .noSuchFile }
+    }
+
     private func work() {
         while !stopping.load(ordering: .relaxed) {
             if held.withLock({ $0.isEmpty }) { available.wait(); continue }
             let now = monotonicSeconds()
-            let done = held.withLock { list -> [Held] in
-                var finished: [Held] = []
-                var kept: [Held] = []
-                for var h in list {
-                    guard h.nextCheck <= now || now >= h.deadline else { kept.append(h); continue }   // not due yet
-                    let passed = h.pids.allSatisfy { pid in
-                        // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
-                        // filter allows no signal-sending call.)
-                        if (try? fileIdentity("/proc/\(pid)")) == nil { return true }
-                        if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
-                        // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and
-                        // none runs the file. Checked after the executable, so an exec that succeeds in between is
-                        // past the write denial either way. Without this a failed exec held writers off for the whole
-                        // lease-break time.
-                        return !Self.anyThreadInExec(of: pid)
-                    }
-                    if passed || now >= h.deadline {
-                        finished.append(h)
-                    } else {
-                        h.interval = min(0.02, h.interval * 2)
-                        h.nextCheck = now + h.interval
-                        kept.append(h)
-                    }
+            // Which entries are due, taken out under the lock; the /proc reads happen outside it (hash workers take
+            // the same lock to add leases).
+            let due = held.withLock { list -> [Held] in
+                let (ready, waiting) = list.reduce(into: ([Held](), [Held]())) { acc, h in
+                    if h.nextCheck <= now || now >= h.deadline { acc.0.append(h) } else { acc.1.append(h) }
                 }
-                list = kept
-                return finished
+                list = waiting
+                return ready
             }
+            var done: [Held] = []
+            var again: [Held] = []
+            for var h in due {
+                let passed = h.pids.allSatisfy { pid in
+                    // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
+                    // filter allows no signal-sending call.)
+                    if Self.isGone(pid) { return true }
+                    if pid <= 0 { return false }   // unknown process: held until the deadline
+                    if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
+                    // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and none
+                    // runs the file. Checked after the executable, so an exec that succeeds in between is past the
+                    // write denial either way. Without this a failed exec held writers off for the lease-break time.
+                    return !Self.anyThreadInExec(of: pid)
+                }
+                if passed || now >= h.deadline {
+                    done.append(h)
+                } else {
+                    h.interval = min(0.02, h.interval * 2)
+                    h.nextCheck = now + h.interval
+                    again.append(h)
+                }
+            }
+            if !again.isEmpty { held.withLock { $0.append(contentsOf: again) } }
             for h in done {
                 h.descriptor.releaseLease()
                 h.descriptor.close()
             }
-            let due = held.withLock { $0.map(\.nextCheck).min() } ?? now
-            usleep(UInt32(max(100, min(20_000, (due - monotonicSeconds()) * 1e6))))
+            let next = held.withLock { $0.map(\.nextCheck).min() } ?? now
+            usleep(UInt32(max(100, min(20_000, (next - monotonicSeconds()) * 1e6))))
         }
         for h in held.withLock({ l -> [Held] in defer { l.removeAll() }; return l }) {
             h.descriptor.releaseLease()
