@@ -47,10 +47,11 @@ final class LeaseKeeper: Sendable {
         var inode: UInt64
         var deadline: Double
         /// When to look next, and how long to wait after that: looking costs a few /proc reads per thread, so the
-        /// interval doubles from 0.5 ms up to 20 ms (an exec is past its write denial within a millisecond or so;
+        /// interval doubles from 1 ms up to 20 ms (an exec is past its write denial within a millisecond or so;
         /// a writer waits that much longer at most).
         var nextCheck: Double
         var interval: Double
+        var since: Double
     }
     private let held = Mutex<[Held]>([])
     private let available = DispatchSemaphore(value: 0)
@@ -99,7 +100,7 @@ final class LeaseKeeper: Sendable {
         let wasIdle = held.withLock { list -> Bool in
             let now = monotonicSeconds()
             list.append(Held(descriptor: duplicate, pids: pids, device: key.device, inode: key.inode,
-                             deadline: now + Self.holdSeconds, nextCheck: now + 0.0005, interval: 0.0005))
+                             deadline: now + Self.holdSeconds, nextCheck: now + 0.001, interval: 0.001, since: now))
             return list.count == 1
         }
         if wasIdle { available.signal() }
@@ -172,7 +173,9 @@ final class LeaseKeeper: Sendable {
                     // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and none
                     // runs the file. Checked after the executable, so an exec that succeeds in between is past the
                     // write denial either way. Without this a failed exec held writers off for the lease-break time.
-                    return !Self.anyThreadInExec(of: pid)
+                    // Only once an exec has had 10 ms: a successful one is seen by its executable well before, and
+                    // reading every thread's syscall costs the very execs this guards (measured: +37 µs per exec).
+                    return now - h.since >= 0.01 && !Self.anyThreadInExec(of: pid)
                 }
                 if passed || now >= h.deadline {
                     done.append(h)
