@@ -29,6 +29,10 @@ extension Daemon: DaemonControl {
     /// upgraded, and the policy may declare others (read here, off the event thread).
     func policyApplied() {
         facts.rebuildInterpreters(declared: policy.declaredInterpreters)
+        // At start-up the pass begins once the daemon is ready (`run`); after a reload, at once.
+        if configuration.prehashListed, ready.load(ordering: .relaxed), let path = policy.snapshot.path {
+            listedPrehash.start(policyPath: path)
+        }
     }
 
     public func setMode(_ mode: Mode) -> Result<Mode, ControlReply> {

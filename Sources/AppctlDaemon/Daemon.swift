@@ -30,6 +30,7 @@ public final class Daemon: Sendable {
     let reader: EventReader
     let hashPool: HashPool
     let prehasher: Prehasher?
+    let listedPrehash: ListedFilesPrehash
     let hardening: Hardening
     let ownPID = getpid()
     let startedAt = monotonicSeconds()
@@ -77,6 +78,7 @@ public final class Daemon: Sendable {
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
                             leases: LeaseKeeper(statistics: statistics), workers: configuration.hashThreads)
+        listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)
         let pid = ownPID, counters = statistics
         prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }
         do {
@@ -151,6 +153,8 @@ public final class Daemon: Sendable {
         releaseFreeHeapMemory()
         marker.announce.store(true, ordering: .relaxed)
         ready.store(true, ordering: .releasing)
+        // Threads start only after confinement; the pass reads files, so after the event thread answers too.
+        if configuration.prehashListed, let path = policy.snapshot.path { listedPrehash.start(policyPath: path) }
         serviceNotifier.notify("READY=1\nSTATUS=enforcing \(policy.mode.rawValue)")
         Self.log("appctl: ready, mode \(policy.mode.rawValue), \(marker.markedCount) filesystems marked")
 
@@ -184,6 +188,7 @@ public final class Daemon: Sendable {
     /// the group closes with the process (the kernel allows what may still arrive).
     func shutdown(control: ControlServer?) {
         control?.stop()
+        listedPrehash.stop()
         reader.stop()
         hashPool.stop()
         prehasher?.stop()

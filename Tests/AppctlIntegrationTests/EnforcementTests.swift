@@ -368,6 +368,24 @@ struct EnforcementTests {
         }
     }
 
+    /// Issue 14 (in part): a large program the policy lists, on disk before the daemon started, is hashed in the
+    /// background after start-up, so its first exec is a cache hit instead of a stall.
+    @Test func largeListedProgramsAreHashedBeforeTheirFirstExec() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let big = try h.copyExecutable("/usr/bin/true", to: "big", appending: [UInt8](repeating: 0, count: 20 << 20))
+        try h.writePolicy(allow: [h.mount + "/known", big])
+        try h.start(mode: "enforce")
+        #expect(try h.waitUntil(30) {
+            let s = try h.status()
+            return s["listed_files_to_prehash"] as? Int == 1 && s["listed_files_prehashed"] as? Int == 1
+        }, "the background pass did not finish")
+        let before = try h.status()["hashes_computed"] as? Int ?? -1
+        #expect(try h.exec(big) == 0)
+        let after = try h.status()
+        #expect(after["hashes_computed"] as? Int == before, "the first exec hashed the program again")
+        #expect((after["cache_hits"] as? Int ?? 0) >= 1)
+    }
+
     @Test func sighupReopensTheEventLog() throws {
         let h = try DaemonHarness(); defer { h.stop() }
         let unknown = try h.makeUnknown("unknown")

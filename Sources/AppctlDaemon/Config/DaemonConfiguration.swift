@@ -40,6 +40,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var metricsFile: String? = nil
     /// Hash newly written executable content in the background (FAN_CLOSE_WRITE), so its first exec is a cache hit.
     public var prehash = true
+    /// After start-up and each reload, hash the policy's listed files of 1 MiB and more in the background (largest
+    /// first, idle priority), so that their first exec is answered from the cache.
+    public var prehashListed = true
     /// Kernel-side verdict cache: ignore marks on allowed files that only root can write.
     public var kernelCache = true
     /// Count every exec with a second, notification-only fanotify group, so that `status` can tell the execs
@@ -106,6 +109,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "count-execs": countExecs = try bool()
             case "prehash": prehash = try bool()
             case "allow-mutable-code": allowMutableCode = try bool()
+            case "prehash-listed": prehashListed = try bool()
             case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":
                 if !configuredInterpreters { interpreters = []; configuredInterpreters = true }

@@ -13,6 +13,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     /// Read leases taken on files others can write while they were hashed for an exec, and those refused
     /// (a writer existed: the exec was refused as `mutable`).
     case leasesTaken, leasesRefused
+    /// The background pass over the policy's large listed files (`ListedFilesPrehash`): how many it will hash, and
+    /// how far it got.
+    case listedFilesToPrehash, listedFilesPrehashed
     case ignoreMarksPlaced, ignoreMarksSinceFlush, ignoreMarkErrors, kernelCacheFlushes
     /// Flushes because a cached file's metadata changed (`FAN_ATTRIB`).
     case attributeFlushes
@@ -50,6 +53,8 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .commandLineChecks: "command_line_checks"
         case .leasesTaken: "write_leases_taken"
         case .leasesRefused: "write_leases_refused"
+        case .listedFilesToPrehash: "listed_files_to_prehash"
+        case .listedFilesPrehashed: "listed_files_prehashed"
         case .prehashed: "prehashed"
         case .prehashDropped: "prehash_dropped"
         case .ignoreMarksPlaced: "ignore_marks_placed"
