@@ -18,6 +18,8 @@ public enum ControlRequest: Equatable, Sendable {
         }
     }
 
+    private static let modes = Mode.allCases.map(\.rawValue).joined(separator: "|")
+
     /// Parses a request line; the error is the reply to send.
     public init(line: String) throws(ControlReply) {
         let words = line.split(separator: " ").map(String.init)
@@ -25,12 +27,12 @@ public enum ControlRequest: Equatable, Sendable {
         case ("status", 1): self = .status(json: false)
         case ("status", 2) where words[1] == "json": self = .status(json: true)
         case ("mode", 2):
-            guard let mode = Mode(rawValue: words[1]) else { throw ControlReply.error("usage: mode \(Mode.allCases.map(\.rawValue).joined(separator: "|"))") }
+            guard let mode = Mode(rawValue: words[1]) else { throw ControlReply.error("usage: mode \(Self.modes)") }
             self = .setMode(mode)
-        case ("mode", _): throw ControlReply.error("usage: mode \(Mode.allCases.map(\.rawValue).joined(separator: "|"))")
+        case ("mode", _): throw ControlReply.error("usage: mode \(Self.modes)")
         case ("reload", 1): self = .reload
         case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
-        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Mode.allCases.map(\.rawValue).joined(separator: "|")), reload)")
+        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload)")
         }
     }
 }

@@ -104,14 +104,17 @@ final class HashPool: Sendable {
                 if let request = waiting.request.take() { checkCommandLine(request, key: k, family: family) }
                 continue
             }
-            guard let descriptor = pending.withLock({ $0[key]?.first?.request?.descriptor }) else { continue }
+            let first = pending.withLock { p -> (Int32, Int32)? in
+                guard let waiting = p[key]?.first, let descriptor = waiting.request?.descriptor, let pid = waiting.request?.pid else { return nil }
+                return (descriptor, pid)
+            }
+            guard let (descriptor, firstPID) = first else { continue }
             // A file someone other than root can write: no writer may exist from before the hash until the kernel
             // denies writers to the running program (`LeaseKeeper`). A writer now means the verdict cannot hold.
             let leased = !key.onlyRootCanWrite && !key.isVerity
             // The duplicate that keeps the lease past the answers is made before anything is decided: without it
             // nothing would hold writers off until the exec's own write denial.
             var kept: FileDescriptor? = nil
-            let firstPID = pending.withLock { $0[key]?.first?.request?.pid } ?? 0
             if leased && leases.mayHold(for: firstPID) && leases.lease(descriptor) { kept = leases.duplicate(descriptor) }
             if leased && kept == nil {
                 let waiters = pending.withLock { $0.removeValue(forKey: key) ?? [] }
