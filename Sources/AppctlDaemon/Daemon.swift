@@ -75,7 +75,8 @@ public final class Daemon: Sendable {
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
                                   statistics: statistics, logAllows: configuration.logAllows, facts: facts, caches: caches, log: log)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
-                            kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode)
+                            kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode,
+                            cacheReadableData: configuration.cacheReadableDataInKernel)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
                             leases: LeaseKeeper(statistics: statistics), workers: configuration.hashThreads)
         listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)

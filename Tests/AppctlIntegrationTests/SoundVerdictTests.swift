@@ -136,6 +136,33 @@ struct SoundVerdictTests {
         #expect((try h.status()["kernel_cache_flushes_for_attributes"] as? Int ?? 0) >= 1)
     }
 
+    /// Case 5: an ignore mark answers every later opener alike. A root-owned log that anyone can read, holding a line an
+    /// attacker chose, is read as data; an interpreter then handed it as its program must still be asked (on the build
+    /// before, the data open's mark answered the interpreter too and the line ran). A root file nobody else can read
+    /// keeps its kernel-side verdict: the kernel refuses other users' opens before fanotify is asked.
+    @Test func aReadableRootOwnedFileReadAsDataIsStillAskedWhenAnInterpreterRunsIt() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let home = try attackerHome(h)
+        let marker = home + "/marker"
+        let log = h.mount + "/service.log", secret = h.mount + "/secret.conf"
+        try Array("GET /index.html from 10.0.0.7\ntouch \(marker)\n".utf8).withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: log)) }
+        try Data("key = value\n".utf8).write(to: URL(fileURLWithPath: secret))
+        chmod(log, 0o644); chmod(secret, 0o600)
+        let logInode = try linkStatus(log).st_ino, secretInode = try linkStatus(secret).st_ino
+        try h.writePolicy(allow: [h.mount + "/known"])
+        try h.start(mode: "enforce")
+        // Both read as data, by root and by the attacker: allowed.
+        #expect(try h.exec("cat \(log) \(secret) > /dev/null") == 0)
+        #expect(try asNobody("cat \(log) > /dev/null").status == 0)
+        #expect(try h.waitUntil(10) { h.kernelIgnoreMarks()[UInt64(secretInode)] != nil }, "the private file's verdict is in the kernel")
+        #expect(h.kernelIgnoreMarks()[UInt64(logInode)] == nil, "a readable file's data verdict must not be cached in the kernel")
+        let attack = try asNobody("sh \(log)")
+        #expect((try? linkStatus(marker)) == nil, "the log's attacker-chosen line ran: \(attack.stderr)")
+        #expect(attack.status != 0)
+        #expect(try h.waitUntil(10) { h.eventRecords().contains { $0["path"] as? String == log && $0["decision"] as? String == "deny" } },
+                "no deny logged for the log run as a script")
+    }
+
     /// Case 9: a Python nobody configured (pyenv's, built on this machine, not Debian's) is an allowed program;
     /// learn recognises it as an interpreter from its dynamic symbols, the signed policy says so, and the daemon
     /// then refuses an unknown script handed to it. On the old build the script ran.

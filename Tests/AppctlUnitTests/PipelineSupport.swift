@@ -125,8 +125,9 @@ final class Pipeline: @unchecked Sendable {
     deinit { dir.remove() }
 }
 
-func rootOnly(_ inode: UInt64, size: Int64 = 13, verity: Bool = false) -> FileKey {
-    FileKey(device: 1, inode: inode, changeTime: 7, size: size, isVerity: verity, onlyRootCanWrite: true)
+/// Owned by root and writable by root only; `private` also readable by root only.
+func rootOnly(_ inode: UInt64, size: Int64 = 13, verity: Bool = false, private: Bool = false) -> FileKey {
+    FileKey(device: 1, inode: inode, changeTime: 7, size: size, isVerity: verity, onlyRootCanWrite: true, onlyRootCanRead: `private`)
 }
 func userWritable(_ inode: UInt64, size: Int64 = 13) -> FileKey {
     FileKey(device: 1, inode: inode, changeTime: 7, size: size, onlyRootCanWrite: false)

@@ -47,13 +47,25 @@ import Glibc
         #expect(!again.repeatsExec)
     }
 
-    @Test func plainDataOpensAreInertAndRootOnlyDataIsCachedInTheKernel() throws {
+    @Test func plainDataOpensAreInertAndOnlyDataNobodyElseCanReadIsCachedInTheKernel() throws {
         let p = try Pipeline(mode: .enforce)
-        #expect(p.decide(p.request(exec: false, key: rootOnly(2))) == .inert(markInKernel: rootOnly(2)))
+        #expect(p.decide(p.request(exec: false, key: rootOnly(2, private: true))) == .inert(markInKernel: rootOnly(2, private: true)))
+        // Issue 10, case 5: a mark answers every later opener, and an interpreter handed a readable root-owned log as
+        // its program must still be asked.
+        #expect(p.decide(p.request(exec: false, key: rootOnly(8))) == .inert(markInKernel: nil))
         #expect(p.decide(p.request(exec: false, key: userWritable(3))) == .inert(markInKernel: nil))
-        #expect(p.kernel.answers.map(\.allow) == [true, true])
+        #expect(p.kernel.answers.map(\.allow) == [true, true, true])
         #expect(p.kernel.marks.count == 1 && p.kernel.marks[0].events == [.openPermission])
-        #expect(p.statistics[.inertOpens] == 2 && p.sink.outcomes.isEmpty)
+        #expect(p.statistics[.inertOpens] == 3 && p.sink.outcomes.isEmpty)
+        // Its content class is remembered, so the next open of it costs a lookup, not a read.
+        #expect(p.caches.contentClasses.withLock { $0[rootOnly(8)] } == .other)
+        // The documented risk switch brings the old behaviour back.
+        let risky = try Pipeline(mode: .enforce)
+        let triage = Triage(policy: risky.policy, caches: risky.caches, facts: risky.facts, statistics: risky.statistics, ownPID: 4242,
+                            kernelCache: true, cacheReadableData: true)
+        let request = risky.request(exec: false, key: rootOnly(8))
+        #expect(triage.triage(request) == .inert(markInKernel: rootOnly(8)))
+        request.answer(allow: true, via: RecordingResponder())
     }
 
     @Test func elfOpensAndInterpreterProgramsAreDecidedLikeExecs() throws {

@@ -197,6 +197,27 @@ public final class DaemonHarness: @unchecked Sendable {
         return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
+    /// The inodes the daemon's fanotify groups hold ignore marks on (the kernel-side verdicts), with each
+    /// mark's ignored mask, as the kernel shows them in /proc/PID/fdinfo (`ino:` and `ignored_mask:` in hex).
+    public func kernelIgnoreMarks() -> [UInt64: UInt32] {
+        let fdDirectory = "/proc/\(daemonPID)/fdinfo"
+        var marks: [UInt64: UInt32] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: fdDirectory)) ?? [] {
+            guard let text = try? String(contentsOfFile: fdDirectory + "/" + entry, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("fanotify ino:") {
+                var fields: [Substring: Substring] = [:]
+                for word in line.split(separator: " ").dropFirst() {
+                    let pair = word.split(separator: ":", maxSplits: 1)
+                    if pair.count == 2 { fields[pair[0]] = pair[1] }
+                }
+                guard let ino = fields["ino"].flatMap({ UInt64($0, radix: 16) }),
+                      let ignored = fields["ignored_mask"].flatMap({ UInt32($0, radix: 16) }), ignored != 0 else { continue }
+                marks[ino, default: 0] |= ignored
+            }
+        }
+        return marks
+    }
+
     /// Waits until `condition` holds (polling), up to `seconds`.
     public func waitUntil(_ seconds: Double = 5, _ condition: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(seconds)

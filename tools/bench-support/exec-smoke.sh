@@ -36,6 +36,9 @@
 #       (default 3) open+read+close passes after one warm-up pass, in the cases
 #       listed in BIG_CASES (default "none floor-open appctl-open
 #       fapd-ns-debian"). Default BIGFILES=0 (off).
+#   FILE_OWNER (default root) and FILE_MODE (default 644): owner and mode of
+#       the data files (files/ and big/): FILE_OWNER=nobody measures files a
+#       service user owns, FILE_MODE=600 root files nobody else can read.
 #   APPCTL=path of the appctl binary (default: ../../.build/release/appctl);
 #       copied into the temp dir. APPCTL_CONF_EXTRA="confine = no" etc.: lines
 #       appended to the daemon's config file.
@@ -77,6 +80,8 @@ BIGFILES=${BIGFILES:-0}
 BIGSIZE=${BIGSIZE:-1024}
 BIG_PASSES=${BIG_PASSES:-3}
 BIG_CASES=${BIG_CASES:-none floor-open appctl-open fapd-ns-debian}
+FILE_OWNER=${FILE_OWNER:-root}
+FILE_MODE=${FILE_MODE:-644}
 OUT_DIR=${OUT_DIR:-}
 case $PIN in
     none)  CLIENT=(); DAEMON_CPU= ;;
@@ -177,6 +182,10 @@ if (( BIGFILES > 0 )); then
     mkdir "$MNT/big"
     head -c $(( BIGFILES * BIGSIZE )) /dev/urandom | split -b "$BIGSIZE" -a 7 -d - "$MNT/big/f"
 fi
+for d in "$MNT/files" "$MNT/big"; do
+    [[ -d $d ]] || continue
+    find "$d" -type f -exec chown "$FILE_OWNER" {} + -exec chmod "$FILE_MODE" {} +
+done
 cp -a "$MNT/." "$REF/"
 sync
 LD_ARGS=()
@@ -226,7 +235,7 @@ MEMFD_NOEXEC0=$(cat /proc/sys/vm/memfd_noexec 2>/dev/null || echo n/a)
 {
     echo "# kernel $(uname -r), $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), $(dpkg-query -W -f='fapolicyd ${Version}' fapolicyd 2>/dev/null || echo 'fapolicyd not installed')"
     echo "# A $MNT: $(awk -v m="$MNT" '$2 == m { print $1, $3 }' /proc/mounts); B $REF: $(awk -v m="$REF" '$2 == m { print $1, $3 }' /proc/mounts)"
-    echo "# N=$N execs x $ROUNDS rounds (A/B alternating every $CHUNK), $WARM warm-up execs, PIN=$PIN, LDEXEC=$LDEXEC, BIGFILES=$BIGFILES x $BIGSIZE B ($BIG_PASSES passes, cases: $BIG_CASES)"
+    echo "# N=$N execs x $ROUNDS rounds (A/B alternating every $CHUNK), $WARM warm-up execs, PIN=$PIN, LDEXEC=$LDEXEC, data files $FILE_OWNER $FILE_MODE, BIGFILES=$BIGFILES x $BIGSIZE B ($BIG_PASSES passes, cases: $BIG_CASES)"
     [[ -n ${APPCTL_VERSION:-} ]] && echo "# appctl $APPCTL (sha256 $APPCTL_VERSION...), policy: $n_allow allow entries"
 } | tee "$W/info.txt"
 

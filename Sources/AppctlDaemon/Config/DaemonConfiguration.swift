@@ -53,6 +53,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// its script as it runs; the loader's private mappings show later writes to pages not yet copied), so a
     /// user who owns a copy of an allowed script or library can run code of their choice.
     public var allowMutableCode = false
+    /// Also cache plain data opens in the kernel for root-only-writable files that others can read (off by
+    /// default). The risk: once anyone read such a file, an interpreter handed it as its program is not asked
+    /// (a world-readable root-owned log with attacker-chosen lines becomes a script).
+    public var cacheReadableDataInKernel = false
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
 
@@ -109,6 +113,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "count-execs": countExecs = try bool()
             case "prehash": prehash = try bool()
             case "allow-mutable-code": allowMutableCode = try bool()
+            case "kernel-cache-readable-data": cacheReadableDataInKernel = try bool()
             case "prehash-listed": prehashListed = try bool()
             case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":

@@ -18,16 +18,21 @@ public struct FileKey: Hashable, Sendable {
     /// On a filesystem whose ownership means nothing (FUSE, network): its server can change the content at any
     /// time, even under a running program.
     public var onUntrustedFilesystem = false
+    /// Owned by root and readable by nobody else (no group or other read, so no ACL entry grants it either): the
+    /// kernel refuses anyone else's open before fanotify asks, so no one but root can hand it to an interpreter.
+    public var onlyRootCanRead = false
 
     public init(_ id: FileIdentity) {
         device = id.device; inode = id.inode; changeTime = id.changeTimeNanoseconds; size = id.size
         onlyRootCanWrite = id.owner == 0 && id.mode & 0o022 == 0 && id.isRegularFile
+        onlyRootCanRead = onlyRootCanWrite && id.mode & 0o044 == 0
         isVerity = id.isVerity
     }
 
-    public init(device: UInt64, inode: UInt64, changeTime: Int64, size: Int64, isVerity: Bool = false, onlyRootCanWrite: Bool) {
+    public init(device: UInt64, inode: UInt64, changeTime: Int64, size: Int64, isVerity: Bool = false, onlyRootCanWrite: Bool,
+                onlyRootCanRead: Bool = false) {
         self.device = device; self.inode = inode; self.changeTime = changeTime; self.size = size
-        self.isVerity = isVerity; self.onlyRootCanWrite = onlyRootCanWrite
+        self.isVerity = isVerity; self.onlyRootCanWrite = onlyRootCanWrite; self.onlyRootCanRead = onlyRootCanWrite && onlyRootCanRead
     }
 }
 

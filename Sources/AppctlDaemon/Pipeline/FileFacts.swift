@@ -55,6 +55,7 @@ final class KernelFileFacts: FileFacts {
         // Root's ownership on FUSE or a network filesystem proves nothing about who can change the content.
         if untrustedOwnership.contains(key.device) {
             key.onlyRootCanWrite = false
+            key.onlyRootCanRead = false
             key.onUntrustedFilesystem = true
         }
         return key

@@ -12,7 +12,9 @@ import AppctlKernel
 /// 3. the open that completes an exec just decided, for a file only root can write: the same answer, silently
 ///    (for anyone else's file it is decided like the exec: hashed again);
 /// 4. a plain open (not an exec) of data, not an ELF object and not an interpreter's program: allowed
-///    unread; a root-only data file is cached in the kernel;
+///    unread; cached in the kernel only when no one but root can read the file (issue 10, case 5: an ignore mark
+///    answers every later opener, and an interpreter naming the file on its command line would be denied, so the
+///    mark is only placed where the kernel refuses every other opener before fanotify asks);
 /// 4a. any other open (a library, a program the loader maps, a script an interpreter reads) of a file someone
 ///    other than root can change, unless fs-verity seals it: `mutable`, whatever its digest (a shell reads its
 ///    script as it goes; the loader's private mappings show later writes): denied in enforce mode;
@@ -54,11 +56,22 @@ final class Triage: Sendable {
     let kernelCache: Bool
     /// `allow-mutable-code`: rung 4a off (documented risk).
     let allowMutableCode: Bool
+    /// `kernel-cache-readable-data`: root-only-writable data files that others can read are cached in the kernel
+    /// too (documented risk: an interpreter then runs such a file unasked once anyone has read it).
+    let cacheReadableData: Bool
 
     init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool,
-         allowMutableCode: Bool = false) {
+         allowMutableCode: Bool = false, cacheReadableData: Bool = false) {
         self.policy = policy; self.caches = caches; self.facts = facts; self.statistics = statistics
         self.ownPID = ownPID; self.kernelCache = kernelCache; self.allowMutableCode = allowMutableCode
+        self.cacheReadableData = cacheReadableData
+    }
+
+    /// Whether a plain data open of this file may be answered in the kernel from now on: every later opener must
+    /// get the same answer. An interpreter that names an unlisted file on its command line is denied it, so only a
+    /// file no one else can open qualifies (root is outside the threat model), unless the admin took the risk.
+    func dataVerdictHoldsForEveryone(_ key: FileKey, _ contentClass: ContentClass) -> Bool {
+        kernelCache && contentClass == .other && key.onlyRootCanWrite && (key.onlyRootCanRead || cacheReadableData)
     }
 
     func triage(_ request: borrowing PermissionRequest, shuttingDown: Bool = false) -> Result {
@@ -83,8 +96,7 @@ final class Triage: Sendable {
             switch openKind(pid: pid, key: key, descriptor: fd) {
             case .data(let contentClass):
                 statistics.add(.inertOpens)
-                // Later opens of this unchanged root-owned data file stay in the kernel.
-                return .inert(markInKernel: kernelCache && key.onlyRootCanWrite && contentClass == .other ? key : nil)
+                return .inert(markInKernel: dataVerdictHoldsForEveryone(key, contentClass) ? key : nil)
             case .program:
                 break
             case .dependsOnCommandLine(let family):
@@ -150,7 +162,7 @@ final class Triage: Sendable {
         } else {
             contentClass = facts.contentClass(of: descriptor)
             // A data file that gets a kernel-side verdict is never asked about again while unchanged.
-            if key.onlyRootCanWrite && !(contentClass == .other && kernelCache) {
+            if key.onlyRootCanWrite && !dataVerdictHoldsForEveryone(key, contentClass) {
                 caches.contentClasses.withLock { $0.insert(contentClass, for: key) }
             }
         }
