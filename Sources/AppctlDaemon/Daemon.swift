@@ -74,11 +74,12 @@ public final class Daemon: Sendable {
         let caches = DecisionCaches()
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
                                   statistics: statistics, logAllows: configuration.logAllows, facts: facts, caches: caches, log: log)
+        let leases = LeaseKeeper(statistics: statistics, verdictLimit: configuration.leasedVerdicts)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode,
-                            cacheReadableData: configuration.cacheReadableDataInKernel)
+                            cacheReadableData: configuration.cacheReadableDataInKernel, leases: leases)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
-                            leases: LeaseKeeper(statistics: statistics), workers: configuration.hashThreads)
+                            leases: leases, workers: configuration.hashThreads)
         listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)
         let pid = ownPID, counters = statistics
         prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }
@@ -170,6 +171,8 @@ public final class Daemon: Sendable {
             }
             while let signal = signals.next() {
                 switch signal {
+                case SIGIO:
+                    break   // a writer breaks a lease: looked at just below
                 case SIGHUP:
                     reload(reason: "SIGHUP")
                     eventLog.reopen()
@@ -179,6 +182,8 @@ public final class Daemon: Sendable {
                     break
                 }
             }
+            // On SIGIO, and at least once a second: a verdict a writer broke is given up, so the writer waits no longer.
+            hashPool.leases.checkBreaks()
             jobs.runDue()
         }
         shutdown(control: control)

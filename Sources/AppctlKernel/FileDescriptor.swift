@@ -113,6 +113,15 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable {
         _ = try retryingOnInterrupt { fcntl(rawValue, Self.setLease, F_RDLCK) }
     }
 
+    /// `F_GETLEASE` (`F_LINUX_SPECIFIC_BASE` + 1).
+    static let getLease: Int32 = 1025
+
+    /// Whether a read lease is held and unbroken: `fcntl(F_GETLEASE)` reports the type the lease is being broken
+    /// to while a writer waits (`F_UNLCK`), so only an intact read lease answers `F_RDLCK`.
+    public var holdsUnbrokenReadLease: Bool {
+        fcntl(rawValue, Self.getLease) == F_RDLCK
+    }
+
     /// Lets go of a lease (`fcntl(F_SETLEASE, F_UNLCK)`); a writer waiting for it goes on.
     public func releaseLease() {
         _ = fcntl(rawValue, Self.setLease, F_UNLCK)

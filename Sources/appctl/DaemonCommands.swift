@@ -116,13 +116,15 @@ extension Appctl {
                 throw CommandFailure("--path \(path): not a directory")
             }
 
-            // A client that hangs up must not kill the daemon with SIGPIPE; a writer breaking one of its read leases
-            // must not kill it with SIGIO (the lease break is seen with F_GETLEASE, not through the signal).
+            // A client that hangs up must not kill the daemon with SIGPIPE. SIGIO comes when a writer breaks one of its
+            // read leases: read from the signalfd below (it wakes the main loop, which then checks the leases with
+            // F_GETLEASE). The handler only stands in should a thread ever run with it unblocked: SIGIO's default
+            // action would end the daemon, and an ignored signal would never reach the signalfd.
             signal(SIGPIPE, SIG_IGN)
-            signal(SIGIO, SIG_IGN)
+            signal(SIGIO) { _ in }
             // Before any thread exists, so that only the signalfd sees these.
             let signals: SignalReceiver
-            do { signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP]) } catch {
+            do { signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP, SIGIO]) } catch {
                 throw CommandFailure("cannot set up signal handling: \(error)")
             }
             let daemon: AppctlDaemon.Daemon

@@ -49,13 +49,20 @@ import Glibc
         let p = try Pipeline(mode: .enforce)
         for i in 0..<20 {
             // Unreadable (no identity) or denied by size: every one is answered here, on the caller's thread.
-            let r = p.request(exec: i % 2 == 0, key: i % 3 == 0 ? nil : userWritable(UInt64(100 + i), size: 99))
-            let fd = r.descriptor
-            p.decide(r)
-            // Checked before the next request can take the same number again.
+            // Each request's descriptor is a file of its own (kept until the check): once it is closed, anything may
+            // take the same descriptor number (other tests run in parallel), but not that inode.
+            let fd = open(p.dir.file("request-\(i)"), O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+            var opened = stat()
+            #expect(fd >= 0 && fstat(fd, &opened) == 0)
+            if i % 3 != 0 { p.facts.identities[fd] = userWritable(UInt64(100 + i), size: 99) }
+            p.facts.classes[fd] = .other
+            let mask = i % 2 == 0 ? FanotifyGroup.Events.openExecPermission.rawValue : FanotifyGroup.Events.openPermission.rawValue
+            p.decide(PermissionRequest(FanotifyEvent(mask: mask, fd: fd, pid: 100), receivedAt: monotonicNanoseconds()))
             #expect(p.kernel.answers.count == i + 1, "request \(i) answered \(p.kernel.answers.count - i) times")
             #expect(p.kernel.answers.last?.fd == fd)
-            #expect(fcntl(fd, F_GETFD) == -1, "request \(i)'s descriptor is still open after its answer")
+            var now = stat()
+            let stillOpen = fstat(fd, &now) == 0 && now.st_dev == opened.st_dev && now.st_ino == opened.st_ino
+            #expect(!stillOpen, "request \(i)'s descriptor is still open after its answer")
         }
         #expect(PermissionRequest.droppedUnanswered.load(ordering: .relaxed) == dropped)
     }

@@ -5,6 +5,9 @@
 # tmpfs the daemon marks) with 10 of B (the same on an unmarked tmpfs); the delta A-B is the daemon's cost.
 # APPCTL (default .build/release/appctl) and APPCTL_BASE (another build, optional) run in alternating rounds, each
 # in enforce mode with a policy allowing the copy. Prints one line per build and round, then the medians.
+# PAD_MIB=n appends n MiB of zeros to the copy (a larger program: what hashing on every exec costs grows with it).
+# From 2026-12-06 a known program's verdict is kept under a read lease once its first exec is past the write denial
+# (`leased-verdicts`), so later execs are not hashed: compare with APPCTL_CONF_EXTRA="leased-verdicts = 0".
 # Marks only its own tmpfs (--path); every daemon is stopped by its PID; everything is unmounted on exit.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -20,13 +23,18 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$W/a" "$W/b"
-mount -t tmpfs -o size=64m tmpfs "$W/a"
-mount -t tmpfs -o size=64m tmpfs "$W/b"
-for d in a b; do cp /usr/bin/true "$W/$d/true"; chown 65534:65534 "$W/$d/true"; done
+PAD_MIB=${PAD_MIB:-0}
+mount -t tmpfs -o size=$(( 64 + PAD_MIB ))m tmpfs "$W/a"
+mount -t tmpfs -o size=$(( 64 + PAD_MIB ))m tmpfs "$W/b"
+for d in a b; do
+    cp /usr/bin/true "$W/$d/true"
+    (( PAD_MIB > 0 )) && head -c $(( PAD_MIB << 20 )) /dev/zero >> "$W/$d/true"
+    chown 65534:65534 "$W/$d/true"
+done
 cc -O2 -o "$W/exec-loop" "$PROJECT_ROOT/tools/bench-support/exec-loop.c"
 "$APPCTL" key generate --private "$W/k.pem" --public "$W/k.pub" >/dev/null
 "$APPCTL" learn --root "$W/a" --dpkg-admindir /nonexistent --sign-with "$W/k.pem" --serial 1 --out "$W/policy.txt" >/dev/null
-printf 'memfd-noexec = no\nuserns-restrict = no\n' > "$W/appctl.conf"
+printf 'memfd-noexec = no\nuserns-restrict = no\n%s\n' "${APPCTL_CONF_EXTRA:-}" > "$W/appctl.conf"
 builds=("new=$APPCTL")
 [[ -n ${APPCTL_BASE:-} ]] && builds+=("base=$APPCTL_BASE")
 declare -A deltas

@@ -57,6 +57,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// default). The risk: once anyone read such a file, an interpreter handed it as its program is not asked
     /// (a world-readable root-owned log with attacker-chosen lines becomes a script).
     public var cacheReadableDataInKernel = false
+    /// Verdicts for programs someone other than root can write, kept while a read lease proves nobody can change
+    /// them (their execs then need no hash): at most this many, each a descriptor and a lease; 0 keeps none.
+    public var leasedVerdicts = 512
     /// Test hook: the control socket accepts `debug-forbidden-syscall` (hidden flag, tests only).
     public var debugSelftest = false
 
@@ -114,6 +117,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "prehash": prehash = try bool()
             case "allow-mutable-code": allowMutableCode = try bool()
             case "kernel-cache-readable-data": cacheReadableDataInKernel = try bool()
+            case "leased-verdicts":
+                guard let n = Int(value), (0...4096).contains(n) else { throw ParseError(file: file, line: lineNumber, message: "leased-verdicts must be 0 to 4096") }
+                leasedVerdicts = n
             case "prehash-listed": prehashListed = try bool()
             case "metrics-file": metricsFile = value.isEmpty ? nil : value
             case "interpreter":

@@ -13,6 +13,9 @@ public enum Counter: Int, CaseIterable, Sendable {
     /// Read leases taken on files others can write while they were hashed for an exec, and those refused
     /// (a writer existed: the exec was refused as `mutable`).
     case leasesTaken, leasesRefused
+    /// Verdicts for files others can write, kept while a read lease proves nobody can change them (issue 14): how
+    /// many are held now, how many events they answered without a hash, and how many a writer broke.
+    case leasedVerdicts, leasedVerdictHits, leaseBreaks
     /// The background pass over the policy's large listed files (`ListedFilesPrehash`): how many it will hash, and
     /// how far it got.
     case listedFilesToPrehash, listedFilesPrehashed
@@ -53,6 +56,9 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .commandLineChecks: "command_line_checks"
         case .leasesTaken: "write_leases_taken"
         case .leasesRefused: "write_leases_refused"
+        case .leasedVerdicts: "leased_verdicts"
+        case .leasedVerdictHits: "leased_verdict_hits"
+        case .leaseBreaks: "lease_breaks"
         case .listedFilesToPrehash: "listed_files_to_prehash"
         case .listedFilesPrehashed: "listed_files_prehashed"
         case .prehashed: "prehashed"
@@ -87,6 +93,9 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .inertOpens: Exposition(name: "inert_opens_total", help: "Plain opens of data answered without hashing.")
         case .mutableDenials: Exposition(name: "mutable_code_total", help: "Scripts, libraries and mapped programs refused (or would-deny) because someone other than root can change them.")
         case .hashesComputed: Exposition(name: "hashes_total", help: "Files hashed.")
+        case .leasedVerdicts: Exposition(name: "leased_verdicts", help: "Verdicts for files others can write, held while a read lease proves nobody changes them.", isGauge: true)
+        case .leasedVerdictHits: Exposition(name: "leased_verdict_hits_total", help: "Exec events of files others can write answered from a leased verdict, without hashing.")
+        case .leaseBreaks: Exposition(name: "lease_breaks_total", help: "Leased verdicts given up because someone opened the file for writing or truncated it.")
         case .bytesHashed: Exposition(name: "hashed_bytes_total", help: "Bytes hashed.")
         case .ignoreMarksPlaced: Exposition(name: "ignore_marks_total", help: "Kernel-side verdicts placed (ignore marks).")
         case .kernelCacheFlushes: Exposition(name: "kernel_cache_flushes_total", help: "Flushes of the kernel-side verdicts.")

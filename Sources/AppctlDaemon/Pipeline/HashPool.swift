@@ -130,17 +130,20 @@ final class HashPool: Sendable {
             // Held until every waiting process is past the kernel's write denial (or gone), handed over after the
             // answers (the duplicate was made before them).
             var pids: [Int32] = []
+            var known = false
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
                 let verdict = digest.map { policy.decide($0) } ?? policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }
                 // Only allowed execs need the lease kept: a denied one never reaches the write denial (and holding
                 // leases for denials let one process slow everyone, a review showed).
                 if verdict.allow { pids.append(request.pid) }
+                if verdict.allow && verdict.decision.reason == .known { known = true }
                 if let digest, request.isExec { caches.rememberExec(key, digest) }
                 responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key))
             }
             if let kept {
-                if pids.isEmpty { kept.releaseLease(); kept.close() } else { leases.keep(kept, forExecsOf: pids, key: key) }
+                // Known content: once the execs are past their write denial, the lease is kept as its verdict.
+                if pids.isEmpty { kept.releaseLease(); kept.close() } else { leases.keep(kept, forExecsOf: pids, key: key, verdict: known ? digest : nil) }
             }
         }
     }

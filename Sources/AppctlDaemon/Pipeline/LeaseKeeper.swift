@@ -43,8 +43,12 @@ final class LeaseKeeper: Sendable {
         /// Every process whose exec of the file waited for this hash: the lease (one per open file, whatever
         /// descriptor lets go of it) is held until each of them is past the write denial.
         var pids: [Int32]
-        var device: UInt64
-        var inode: UInt64
+        var key: FileKey
+        /// The digest of an allowed, known content: once every exec is past its write denial, the lease is kept
+        /// as a verdict (`VerdictLease`) instead of being let go.
+        var verdict: SHA256Digest?
+        var device: UInt64 { key.device }
+        var inode: UInt64 { key.inode }
         var deadline: Double
         /// When to look next, and how long to wait after that: looking costs a few /proc reads per thread, so the
         /// interval doubles from 1 ms up to 20 ms (an exec is past its write denial within a millisecond or so;
@@ -58,7 +62,117 @@ final class LeaseKeeper: Sendable {
     private let stopping = Atomic<Bool>(false)
     let statistics: Statistics
 
-    init(statistics: Statistics) { self.statistics = statistics }
+    /// A verdict for a file someone other than root can write, kept for its later execs while a read lease proves
+    /// that nobody can change the file (issue 14): the kernel grants the lease only while no descriptor or shared
+    /// mapping can write the file, and every later open for writing or truncate must break it first. A break is
+    /// seen through SIGIO (the main loop calls `checkBreaks`), at the latest by the scan it runs every second; the
+    /// digest is forgotten before the lease is let go, and the lease is let go only once every exec decided from it
+    /// is past the kernel's write denial, as for the leases above. A change of owner, mode or ACL changes the
+    /// file's ctime, so its key: the verdict is not found again, and the scan lets it go.
+    private struct VerdictLease {
+        var descriptor: FileDescriptor
+        var digest: SHA256Digest
+        var lastUsed: Double
+        /// Execs decided from this verdict within the last `holdSeconds`.
+        var recentExecs: [(pid: Int32, at: Double)]
+    }
+    private let verdicts = Mutex<[FileKey: VerdictLease]>([:])
+    /// A verdict unused this long (60 s) is let go: its descriptor keeps the filesystem busy (`umount` refuses it).
+    static let idleSeconds: Double = 60
+    /// `leased-verdicts`: at most this many are kept (each is a descriptor and a lease); 0 keeps none.
+    let verdictLimit: Int
+    /// Execs decided from one verdict and perhaps not yet past their write denial, at most; beyond it an exec is
+    /// hashed under a lease of its own (a break must not wait on an unbounded list).
+    static let recentExecLimit = 256
+
+    init(statistics: Statistics, verdictLimit: Int = 0) {
+        self.statistics = statistics
+        self.verdictLimit = max(0, min(verdictLimit, Self.limit))
+    }
+
+    /// The digest of a file others can write whose lease is held and unbroken, or nil. `execBy`: the exec this
+    /// answers, which a break will wait for.
+    func verdict(for key: FileKey, execBy pid: Int32?) -> SHA256Digest? {
+        guard verdictLimit > 0 else { return nil }
+        let now = monotonicSeconds()
+        return verdicts.withLock { table -> SHA256Digest? in
+            guard var entry = table[key] else { return nil }
+            if let pid {
+                // Past the kernel's lease-break time a writer goes on regardless (the residual SECURITY.md states). When
+                // the list is full, the oldest execs whose process is gone or runs the file are past their write
+                // denial: one or two /proc lookups, and only then.
+                entry.recentExecs.removeAll { now - $0.at > Self.holdSeconds }
+                while entry.recentExecs.count >= Self.recentExecLimit, let oldest = entry.recentExecs.first,
+                      Self.isGone(oldest.pid) || Self.anyThread(of: oldest.pid, runs: key.device, key.inode) {
+                    entry.recentExecs.removeFirst()
+                }
+                guard entry.recentExecs.count < Self.recentExecLimit else { return nil }
+                entry.recentExecs.append((pid, now))
+            }
+            entry.lastUsed = now
+            table[key] = entry
+            return entry.digest
+        }
+    }
+
+    /// Looks for leased verdicts a writer broke (or whose file changed owner, mode, ACL or links, or that went unused
+    /// for `idleSeconds`) and gives them up: the digest first, then the lease once the execs it answered are past
+    /// their write denial. Called by the main loop on SIGIO and at least once a second.
+    func checkBreaks() {
+        let now = monotonicSeconds()
+        let snapshot = verdicts.withLock { $0.map { ($0.key, $0.value.descriptor, $0.value.lastUsed) } }
+        guard !snapshot.isEmpty else { return }
+        var gone: [FileKey] = []
+        var breaks = 0
+        for (key, descriptor, lastUsed) in snapshot {
+            if now - lastUsed > Self.idleSeconds {
+                gone.append(key)
+            } else if !descriptor.holdsUnbrokenReadLease {
+                gone.append(key); breaks += 1
+            } else if (try? descriptor.identity()).map(FileKey.init) != key {
+                gone.append(key)
+            }
+        }
+        guard !gone.isEmpty else { return }
+        let removed = verdicts.withLock { table in gone.compactMap { table.removeValue(forKey: $0) } }
+        statistics.add(.leaseBreaks, breaks)
+        statistics.set(.leasedVerdicts, verdicts.withLock { $0.count })
+        for entry in removed { letGo(entry) }
+    }
+
+    /// Lets a verdict's lease go: at once when no exec it answered may still be before its write denial, else
+    /// through the held list, like a lease taken for a hash.
+    private func letGo(_ entry: VerdictLease) {
+        let now = monotonicSeconds()
+        let pids = entry.recentExecs.filter { now - $0.at <= Self.holdSeconds }.map(\.pid)
+        guard !pids.isEmpty, !stopping.load(ordering: .relaxed),
+              let key = (try? entry.descriptor.identity()).map(FileKey.init) else {
+            entry.descriptor.releaseLease()
+            entry.descriptor.close()
+            return
+        }
+        keep(entry.descriptor, forExecsOf: pids, key: key, since: now - 0.01)
+    }
+
+    /// Keeps the lease of a hash whose execs all passed as a verdict, if it is still intact and the file unchanged;
+    /// false when it was not kept (the caller lets it go).
+    private func adopt(_ h: Held) -> Bool {
+        guard verdictLimit > 0, let digest = h.verdict, !stopping.load(ordering: .relaxed),
+              h.descriptor.holdsUnbrokenReadLease, (try? h.descriptor.identity()).map(FileKey.init) == h.key else { return false }
+        let use = monotonicSeconds()
+        var evicted: VerdictLease? = nil
+        let (kept, count) = verdicts.withLock { table -> (Bool, Int) in
+            guard table[h.key] == nil else { return (false, table.count) }   // another exec's lease holds it already
+            if table.count >= verdictLimit, let oldest = table.min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
+                evicted = table.removeValue(forKey: oldest.key)
+            }
+            table[h.key] = VerdictLease(descriptor: h.descriptor, digest: digest, lastUsed: use, recentExecs: [])
+            return (true, table.count)
+        }
+        statistics.set(.leasedVerdicts, count)
+        if let evicted { letGo(evicted) }
+        return kept
+    }
 
     func start() { startThread(name: "appctl-leases") { [self] in work() } }
 
@@ -96,11 +210,12 @@ final class LeaseKeeper: Sendable {
 
     /// Keeps the lease (through `duplicate`) until the exec of `pid` is past the kernel's write denial, the process
     /// is gone, or `holdSeconds` have passed. Called after the answer: nothing here is on the answer's path.
-    func keep(_ duplicate: FileDescriptor, forExecsOf pids: [Int32], key: FileKey) {
+    /// `verdict`: the digest of allowed, known content, kept under the lease afterwards (`leased-verdicts`).
+    func keep(_ duplicate: FileDescriptor, forExecsOf pids: [Int32], key: FileKey, verdict: SHA256Digest? = nil, since: Double? = nil) {
         let wasIdle = held.withLock { list -> Bool in
             let now = monotonicSeconds()
-            list.append(Held(descriptor: duplicate, pids: pids, device: key.device, inode: key.inode,
-                             deadline: now + Self.holdSeconds, nextCheck: now + 0.001, interval: 0.001, since: now))
+            list.append(Held(descriptor: duplicate, pids: pids, key: key, verdict: verdict,
+                             deadline: now + Self.holdSeconds, nextCheck: now + 0.001, interval: 0.001, since: since ?? now))
             return list.count == 1
         }
         if wasIdle { available.signal() }
@@ -177,7 +292,9 @@ final class LeaseKeeper: Sendable {
                     // reading every thread's syscall costs the very execs this guards (measured: +37 µs per exec).
                     return now - h.since >= 0.01 && !Self.anyThreadInExec(of: pid)
                 }
-                if passed || now >= h.deadline {
+                if passed && adopt(h) {
+                    continue
+                } else if passed || now >= h.deadline {
                     done.append(h)
                 } else {
                     h.interval = min(0.02, h.interval * 2)
@@ -197,5 +314,10 @@ final class LeaseKeeper: Sendable {
             h.descriptor.releaseLease()
             h.descriptor.close()
         }
+        for entry in verdicts.withLock({ t -> [VerdictLease] in defer { t.removeAll() }; return Array(t.values) }) {
+            entry.descriptor.releaseLease()
+            entry.descriptor.close()
+        }
+        statistics.set(.leasedVerdicts, 0)
     }
 }

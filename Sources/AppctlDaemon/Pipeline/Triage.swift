@@ -18,7 +18,8 @@ import AppctlKernel
 /// 4a. any other open (a library, a program the loader maps, a script an interpreter reads) of a file someone
 ///    other than root can change, unless fs-verity seals it: `mutable`, whatever its digest (a shell reads its
 ///    script as it goes; the loader's private mappings show later writes): denied in enforce mode;
-/// 5. a file only root can write whose digest is cached: decided from the cache;
+/// 5. a file only root can write whose digest is cached: decided from the cache; the exec of anyone else's file
+///    whose verdict is held under a read lease (`LeaseKeeper`): decided from that verdict;
 /// 6. shutting down: allowed (the kernel would allow it once the group closes anyway);
 /// 7. an fs-verity file the policy pairs with a content digest: decided by that digest, sealed;
 /// 8. enforce mode and no allow entry of that size: denied unread;
@@ -59,12 +60,14 @@ final class Triage: Sendable {
     /// `kernel-cache-readable-data`: root-only-writable data files that others can read are cached in the kernel
     /// too (documented risk: an interpreter then runs such a file unasked once anyone has read it).
     let cacheReadableData: Bool
+    /// Verdicts for files others can write, held under read leases (`leased-verdicts`); nil: none.
+    let leases: LeaseKeeper?
 
     init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool,
-         allowMutableCode: Bool = false, cacheReadableData: Bool = false) {
+         allowMutableCode: Bool = false, cacheReadableData: Bool = false, leases: LeaseKeeper? = nil) {
         self.policy = policy; self.caches = caches; self.facts = facts; self.statistics = statistics
         self.ownPID = ownPID; self.kernelCache = kernelCache; self.allowMutableCode = allowMutableCode
-        self.cacheReadableData = cacheReadableData
+        self.cacheReadableData = cacheReadableData; self.leases = leases
     }
 
     /// Whether a plain data open of this file may be answered in the kernel from now on: every later opener must
@@ -88,7 +91,7 @@ final class Triage: Sendable {
             caches.lastExec.withLock { $0.insert(key, for: pid) }
         } else if caches.lastExec.withLock({ $0[pid] == key ? $0.removeValue(forKey: pid) : nil }) != nil {
             completesExec = true
-            if key.onlyRootCanWrite, let digest = caches.digest(of: key) {
+            if let digest = key.onlyRootCanWrite ? caches.digest(of: key) : leases?.verdict(for: key, execBy: nil) {
                 return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key, repeatsExec: true))
             }
         }
@@ -121,6 +124,15 @@ final class Triage: Sendable {
         if key.onlyRootCanWrite, let digest = caches.digest(of: key) {
             if isExec { caches.rememberExec(key, digest) }
             statistics.add(.cacheHits)
+            return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key))
+        }
+        // Anyone else's program, while a read lease proves nobody can change it (issue 14): its exec needs no hash.
+        // Execs only: an open as a program stays `mutable` above (the lease is let go when a writer comes, and a
+        // mapping or a script being read would then change under the verdict; a running program cannot).
+        if isExec, !key.onlyRootCanWrite, let digest = leases?.verdict(for: key, execBy: request.pid) {
+            caches.rememberExec(key, digest)
+            statistics.add(.cacheHits)
+            statistics.add(.leasedVerdictHits)
             return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key))
         }
         if shuttingDown {
