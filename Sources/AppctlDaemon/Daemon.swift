@@ -77,7 +77,7 @@ public final class Daemon: Sendable {
         let leases = LeaseKeeper(statistics: statistics, verdictLimit: configuration.leasedVerdicts)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode,
-                            cacheReadableData: configuration.cacheReadableDataInKernel, leases: leases)
+                            rootDataPaths: RootDataPaths(configuration.kernelCacheDataUnder), leases: leases)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
                             leases: leases, workers: configuration.hashThreads)
         listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)

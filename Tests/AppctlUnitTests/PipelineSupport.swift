@@ -36,11 +36,13 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     var interpreters: [Int32: InterpreterFamily] = [:]
     var programs: Set<Int32> = []           // descriptors an interpreter opens as its program
     var verity: [Int32: SHA256Digest] = [:]
+    var paths: [Int32: String] = [:]
     func identity(of descriptor: Int32) -> FileKey? { identities[descriptor] }
     func contentClass(of descriptor: Int32) -> ContentClass { classes[descriptor] ?? .other }
     func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? { interpreters[pid] }
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool { programs.contains(descriptor) }
     func verityDigest(of descriptor: Int32) -> SHA256Digest? { verity[descriptor] }
+    func path(of descriptor: Int32) -> String? { paths[descriptor] }
 }
 
 final class CollectingSink: EventSink, @unchecked Sendable {
@@ -68,7 +70,8 @@ final class Pipeline: @unchecked Sendable {
                                               watchedEvents: [.openExecPermission, .openPermission], statistics: statistics, log: { _ in })
     lazy var responder = Responder(responder: kernel, kernelCache: kernelCache, policy: policy, learned: learned, events: sink,
                                    statistics: statistics, logAllows: false, facts: facts, caches: caches, log: { _ in })
-    lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true)
+    lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true,
+                             rootDataPaths: RootDataPaths(RootDataPaths.defaults))
 
     init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = []) throws {
         keys = try TestKeys(in: dir)

@@ -59,12 +59,20 @@ import Glibc
         #expect(p.statistics[.inertOpens] == 3 && p.sink.outcomes.isEmpty)
         // Its content class is remembered, so the next open of it costs a lookup, not a read.
         #expect(p.caches.contentClasses.withLock { $0[rootOnly(8)] } == .other)
-        // The documented risk switch brings the old behaviour back.
-        let risky = try Pipeline(mode: .enforce)
-        let triage = Triage(policy: risky.policy, caches: risky.caches, facts: risky.facts, statistics: risky.statistics, ownPID: 4242,
-                            kernelCache: true, cacheReadableData: true)
-        let request = risky.request(exec: false, key: rootOnly(8))
-        #expect(triage.triage(request) == .inert(markInKernel: rootOnly(8)))
+        // Root's own content that no user's input reaches (`kernel-cache-data-under`: /usr/ and the loader's cache by
+        // default) is cached although others can read it; a root-owned log elsewhere is not, nor a deleted file.
+        for (inode, path, cached) in [(30, "/usr/share/zoneinfo/UTC", true), (31, "/etc/ld.so.cache", true), (32, "/var/log/syslog", false),
+                                      (33, "/etc/ld.so.cache.old", false), (34, "/usr/lib/x (deleted)", false), (35, "/usr", false)] {
+            let request = p.request(exec: false, key: rootOnly(UInt64(inode)))
+            p.facts.paths[request.descriptor] = path
+            #expect(p.decide(request) == .inert(markInKernel: cached ? rootOnly(UInt64(inode)) : nil), "\(path)")
+        }
+        // `/` takes every root-only file (the documented risk).
+        let everything = Triage(policy: p.policy, caches: DecisionCaches(), facts: p.facts, statistics: p.statistics, ownPID: 4242,
+                                kernelCache: true, rootDataPaths: RootDataPaths(["/"]))
+        let request = p.request(exec: false, key: rootOnly(36))
+        p.facts.paths[request.descriptor] = "/var/log/syslog"
+        #expect(everything.triage(request) == .inert(markInKernel: rootOnly(36)))
         request.answer(allow: true, via: RecordingResponder())
     }
 

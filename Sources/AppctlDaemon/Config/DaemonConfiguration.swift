@@ -53,10 +53,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// its script as it runs; the loader's private mappings show later writes to pages not yet copied), so a
     /// user who owns a copy of an allowed script or library can run code of their choice.
     public var allowMutableCode = false
-    /// Also cache plain data opens in the kernel for root-only-writable files that others can read (off by
-    /// default). The risk: once anyone read such a file, an interpreter handed it as its program is not asked
-    /// (a world-readable root-owned log with attacker-chosen lines becomes a script).
-    public var cacheReadableDataInKernel = false
+    /// Root-only-writable data files that others can read are cached in the kernel only under these paths (a
+    /// trailing `/` marks a directory): root's own content that no user's input reaches. The risk for anything
+    /// listed: once anyone read such a file, an interpreter handed it as its program is not asked (a root-owned log
+    /// with attacker-chosen lines would become a script). `/` caches every such file.
+    public var kernelCacheDataUnder = RootDataPaths.defaults
     /// Verdicts for programs someone other than root can write, kept while a read lease proves nobody can change
     /// them (their execs then need no hash): at most this many, each a descriptor and a lease; 0 keeps none.
     public var leasedVerdicts = 512
@@ -76,6 +77,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public mutating func apply(file: String, text: String) throws(ParseError) {
         var lineNumber = 0
         var configuredInterpreters = false   // the first `interpreter` line replaces the default list
+        var configuredDataPaths = false      // likewise the first `kernel-cache-data-under` line
         for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
             let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
@@ -116,7 +118,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "count-execs": countExecs = try bool()
             case "prehash": prehash = try bool()
             case "allow-mutable-code": allowMutableCode = try bool()
-            case "kernel-cache-readable-data": cacheReadableDataInKernel = try bool()
+            case "kernel-cache-data-under":
+                if !configuredDataPaths { kernelCacheDataUnder = []; configuredDataPaths = true }
+                guard value == "none" || value.hasPrefix("/") else {
+                    throw ParseError(file: file, line: lineNumber, message: "kernel-cache-data-under takes an absolute path or 'none'")
+                }
+                if value != "none" { kernelCacheDataUnder.append(value) }
             case "leased-verdicts":
                 guard let n = Int(value), (0...4096).contains(n) else { throw ParseError(file: file, line: lineNumber, message: "leased-verdicts must be 0 to 4096") }
                 leasedVerdicts = n

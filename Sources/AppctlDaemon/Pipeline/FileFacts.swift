@@ -17,6 +17,8 @@ protocol FileFacts: Sendable {
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool
     /// The file's fs-verity digest (only asked for files whose identity says verity is on).
     func verityDigest(of descriptor: Int32) -> SHA256Digest?
+    /// The path the file was opened by, as the daemon's mount namespace sees it; nil when unknown.
+    func path(of descriptor: Int32) -> String?
 }
 
 /// The real facts: the event's descriptor and /proc.
@@ -83,5 +85,9 @@ final class KernelFileFacts: FileFacts {
 
     func verityDigest(of descriptor: Int32) -> SHA256Digest? {
         FileDescriptor(rawValue: descriptor).verityDigestIfAny
+    }
+
+    func path(of descriptor: Int32) -> String? {
+        readLink("/proc/self/fd/\(descriptor)")
     }
 }

@@ -12,9 +12,8 @@ import AppctlKernel
 /// 3. the open that completes an exec just decided, for a file only root can write: the same answer, silently
 ///    (for anyone else's file it is decided like the exec: hashed again);
 /// 4. a plain open (not an exec) of data, not an ELF object and not an interpreter's program: allowed
-///    unread; cached in the kernel only when no one but root can read the file (issue 10, case 5: an ignore mark
-///    answers every later opener, and an interpreter naming the file on its command line would be denied, so the
-///    mark is only placed where the kernel refuses every other opener before fanotify asks);
+///    unread; cached in the kernel only where that answer holds for every later opener (issue 10, case 5:
+///    `dataVerdictHoldsForEveryone`);
 /// 4a. any other open (a library, a program the loader maps, a script an interpreter reads) of a file someone
 ///    other than root can change, unless fs-verity seals it: `mutable`, whatever its digest (a shell reads its
 ///    script as it goes; the loader's private mappings show later writes): denied in enforce mode;
@@ -57,24 +56,27 @@ final class Triage: Sendable {
     let kernelCache: Bool
     /// `allow-mutable-code`: rung 4a off (documented risk).
     let allowMutableCode: Bool
-    /// `kernel-cache-readable-data`: root-only-writable data files that others can read are cached in the kernel
-    /// too (documented risk: an interpreter then runs such a file unasked once anyone has read it).
-    let cacheReadableData: Bool
+    /// `kernel-cache-data-under`: where root-only-writable data that others can read is cached in the kernel too.
+    let rootDataPaths: RootDataPaths
     /// Verdicts for files others can write, held under read leases (`leased-verdicts`); nil: none.
     let leases: LeaseKeeper?
 
     init(policy: PolicyState, caches: DecisionCaches, facts: any FileFacts, statistics: Statistics, ownPID: Int32, kernelCache: Bool,
-         allowMutableCode: Bool = false, cacheReadableData: Bool = false, leases: LeaseKeeper? = nil) {
+         allowMutableCode: Bool = false, rootDataPaths: RootDataPaths = RootDataPaths([]), leases: LeaseKeeper? = nil) {
         self.policy = policy; self.caches = caches; self.facts = facts; self.statistics = statistics
         self.ownPID = ownPID; self.kernelCache = kernelCache; self.allowMutableCode = allowMutableCode
-        self.cacheReadableData = cacheReadableData; self.leases = leases
+        self.rootDataPaths = rootDataPaths; self.leases = leases
     }
 
     /// Whether a plain data open of this file may be answered in the kernel from now on: every later opener must
-    /// get the same answer. An interpreter that names an unlisted file on its command line is denied it, so only a
-    /// file no one else can open qualifies (root is outside the threat model), unless the admin took the risk.
-    func dataVerdictHoldsForEveryone(_ key: FileKey, _ contentClass: ContentClass) -> Bool {
-        kernelCache && contentClass == .other && key.onlyRootCanWrite && (key.onlyRootCanRead || cacheReadableData)
+    /// get the same answer, and an interpreter that names an unlisted file on its command line is denied it (issue
+    /// 10, case 5). So: files no one but root can open at all (root is outside the threat model), and root-only files
+    /// under the paths `kernel-cache-data-under` names, whose content no user chooses (packaged data under /usr,
+    /// the loader's cache) — not logs, spools or configuration that users' input reaches.
+    func dataVerdictHoldsForEveryone(_ key: FileKey, _ contentClass: ContentClass, descriptor: Int32) -> Bool {
+        guard kernelCache && contentClass == .other && key.onlyRootCanWrite else { return false }
+        if key.onlyRootCanRead { return true }
+        return !rootDataPaths.isEmpty && facts.path(of: descriptor).map(rootDataPaths.contains) == true
     }
 
     func triage(_ request: borrowing PermissionRequest, shuttingDown: Bool = false) -> Result {
@@ -99,7 +101,7 @@ final class Triage: Sendable {
             switch openKind(pid: pid, key: key, descriptor: fd) {
             case .data(let contentClass):
                 statistics.add(.inertOpens)
-                return .inert(markInKernel: dataVerdictHoldsForEveryone(key, contentClass) ? key : nil)
+                return .inert(markInKernel: dataVerdictHoldsForEveryone(key, contentClass, descriptor: fd) ? key : nil)
             case .program:
                 break
             case .dependsOnCommandLine(let family):
@@ -173,10 +175,7 @@ final class Triage: Sendable {
             contentClass = cached
         } else {
             contentClass = facts.contentClass(of: descriptor)
-            // A data file that gets a kernel-side verdict is never asked about again while unchanged.
-            if key.onlyRootCanWrite && !dataVerdictHoldsForEveryone(key, contentClass) {
-                caches.contentClasses.withLock { $0.insert(contentClass, for: key) }
-            }
+            if key.onlyRootCanWrite { caches.contentClasses.withLock { $0.insert(contentClass, for: key) } }
         }
         switch contentClass {
         case .elf:
@@ -185,5 +184,27 @@ final class Triage: Sendable {
             guard let family = facts.interpreter(of: pid, executableDigest: caches.executableDigest) else { return .data(contentClass) }
             return contentClass == .shebang ? .program : .dependsOnCommandLine(family)
         }
+    }
+}
+
+/// `kernel-cache-data-under`: root-only-writable data files that others can read get a kernel-side verdict when
+/// their path is under one of these (an entry ending in `/` is a directory, any other a file). Root's own content
+/// that no user's input reaches: an interpreter handed such a file as its program runs it unasked once anyone has
+/// read it, and that gives nobody anything they chose.
+public struct RootDataPaths: Sendable {
+    public static let defaults = ["/usr/", "/etc/ld.so.cache"]
+    let directories: [String]
+    let files: Set<String>
+
+    public init(_ entries: [String]) {
+        directories = entries.filter { $0.hasSuffix("/") }
+        files = Set(entries.filter { !$0.hasSuffix("/") })
+    }
+
+    var isEmpty: Bool { directories.isEmpty && files.isEmpty }
+
+    func contains(_ path: String) -> Bool {
+        guard path.hasPrefix("/"), !path.hasSuffix(" (deleted)") else { return false }
+        return files.contains(path) || directories.contains { path.hasPrefix($0) }
     }
 }
