@@ -41,7 +41,9 @@ public final class Daemon: Sendable {
     /// not yet marked; a mount in the daemon's own namespace is seen at once through mountinfo's POLLPRI).
     static let namespaceScanSeconds = 2.0
 
-    public init(configuration: DaemonConfiguration, hostname: String) throws(DaemonStartError) {
+    /// `leaseBreakSignals`: a signalfd for SIGIO (made before any thread, so that every thread has it blocked), read
+    /// by the lease keeper: a writer breaking one of the daemon's read leases raises it.
+    public init(configuration: DaemonConfiguration, hostname: String, leaseBreakSignals: SignalReceiver? = nil) throws(DaemonStartError) {
         keepLargeAllocationsOutOfTheHeap()   // before the policy is loaded: it is the largest allocation
         self.configuration = configuration
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
@@ -74,7 +76,7 @@ public final class Daemon: Sendable {
         let caches = DecisionCaches()
         let responder = Responder(responder: group, kernelCache: kernelCache, policy: policy, learned: learned, events: eventLog,
                                   statistics: statistics, logAllows: configuration.logAllows, facts: facts, caches: caches, log: log)
-        let leases = LeaseKeeper(statistics: statistics, verdictLimit: configuration.leasedVerdicts)
+        let leases = LeaseKeeper(statistics: statistics, verdictLimit: configuration.leasedVerdicts, breakSignals: leaseBreakSignals)
         let triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: ownPID,
                             kernelCache: configuration.kernelCache, allowMutableCode: configuration.allowMutableCode,
                             rootDataPaths: RootDataPaths(configuration.kernelCacheDataUnder), leases: leases)
@@ -171,8 +173,6 @@ public final class Daemon: Sendable {
             }
             while let signal = signals.next() {
                 switch signal {
-                case SIGIO:
-                    break   // a writer breaks a lease: looked at just below
                 case SIGHUP:
                     reload(reason: "SIGHUP")
                     eventLog.reopen()
@@ -182,8 +182,6 @@ public final class Daemon: Sendable {
                     break
                 }
             }
-            // On SIGIO, and at least once a second: a verdict a writer broke is given up, so the writer waits no longer.
-            hashPool.leases.checkBreaks()
             jobs.runDue()
         }
         shutdown(control: control)

@@ -32,16 +32,19 @@ public struct FanotifyGroup: Sendable {
         public static let queueOverflow = Events(rawValue: UInt64(FAN_Q_OVERFLOW))
     }
 
-    /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
-    /// O_RDONLY | O_CLOEXEC)`. `FAN_CLASS_CONTENT` is the class for permission decisions based on file content.
+    /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS |
+    /// FAN_REPORT_TID, O_RDONLY | O_CLOEXEC)`. `FAN_CLASS_CONTENT` is the class for permission decisions based on file content.
     /// Unlimited queue: with the default bound (16,384 events) the kernel drops a new permission event when the
     /// queue is full and **allows** the access (fsnotify_add_event returns the overflow, and the permission
     /// wait is skipped): a stalled daemon would turn into an open door. Unlimited marks: the kernel-side verdict
     /// cache places an inode mark per cached file, and the per-user mark limit (`max_user_marks`) must not stop
     /// new filesystems from being marked. Both need `CAP_SYS_ADMIN`. (`O_LARGEFILE` is forced by the kernel on 64-bit.)
+    /// `FAN_REPORT_TID`: events name the thread, not the process, so the open that completes an exec is told apart
+    /// from a sibling thread's open of the same file (a review showed a `dlopen` passing for the exec's own open
+    /// while the exec's hash ran).
     public static func create() throws(Errno) -> FanotifyGroup {
         let fd = try retryingOnInterrupt {
-            fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS),
+            fanotify_init(UInt32(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS | FAN_REPORT_TID),
                           UInt32(O_RDONLY | O_CLOEXEC))
         }
         return FanotifyGroup(descriptor: FileDescriptor(rawValue: fd))

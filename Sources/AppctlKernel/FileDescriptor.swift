@@ -250,6 +250,14 @@ extension FileDescriptor {
     }
 }
 
+/// The identity (mount id included) of the file at `path` itself, not following a final symlink, without opening it.
+public func fileIdentityNoFollow(_ path: String) throws(Errno) -> FileIdentity {
+    var st = appctl_file_status()
+    let rc = path.withCString { appctl_path_status($0, &st) }
+    if rc != 0 { throw Errno.current }
+    return FileIdentity(st)
+}
+
 /// The identity of the file at `path`, following symlinks and /proc magic links, without opening it.
 public func fileIdentity(_ path: String) throws(Errno) -> FileIdentity { FileIdentity(try fileStatus(path)) }
 

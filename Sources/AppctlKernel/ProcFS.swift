@@ -25,8 +25,11 @@ public struct ProcessSnapshot: Sendable {
     public var comm = ""
     public var ppid: Int32 = 0
     public var uid: Int64 = -1
+    /// The process the thread belongs to (`Tgid`); the permission group reports thread ids.
+    public var processID: Int32 = 0
 
     public init(pid: Int32) {
+        processID = pid
         exe = readLink("/proc/\(pid)/exe") ?? ""
         do {
             if let bytes = try? readSmallFile("/proc/\(pid)/status", limit: 1 << 16) {
@@ -34,6 +37,7 @@ public struct ProcessSnapshot: Sendable {
                     let text = String(decoding: line, as: UTF8.self)
                     if text.hasPrefix("Name:") { comm = text.dropFirst(5).trimmingWhitespace() }
                     if text.hasPrefix("PPid:") { ppid = Int32(text.dropFirst(5).trimmingWhitespace()) ?? 0 }
+                    if text.hasPrefix("Tgid:") { processID = Int32(text.dropFirst(5).trimmingWhitespace()) ?? pid }
                     if text.hasPrefix("Uid:") { uid = Int64(text.dropFirst(4).split(whereSeparator: { $0 == "\t" || $0 == " " }).first ?? "") ?? -1 }
                 }
             }

@@ -1,7 +1,19 @@
 import _AppctlShims
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The thread ids of the threads `startThread` runs, while they run. The permission group reports thread ids
+/// (`FAN_REPORT_TID`), and the daemon must recognise its own threads' opens (it never waits on itself). An id is
+/// removed when its thread ends: the kernel may hand it to another process's thread after that.
+private let runningThreads = Mutex<Set<Int32>>([])
+
+/// Whether `tid` is one of this process's threads started by `startThread` (the main thread is the process id).
+public func isOwnThread(_ tid: Int32) -> Bool { runningThreads.withLock { $0.contains(tid) } }
+
+/// The calling thread's id (`gettid`).
+public func currentThreadID() -> Int32 { Int32(appctl_gettid()) }
 
 /// An eventfd used to wake a thread blocked in `poll` (shutdown, new work).
 public struct EventNotifier: Sendable {
@@ -37,7 +49,10 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
     let rc = pthread_create(&thread, nil, { raw in
         let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
         appctl_set_thread_name(String(box.name.prefix(15)))
+        let tid = currentThreadID()
+        runningThreads.withLock { _ = $0.insert(tid) }
         box.body()
+        runningThreads.withLock { _ = $0.remove(tid) }
         return nil
     }, box)
     precondition(rc == 0, "pthread_create failed: \(rc)")

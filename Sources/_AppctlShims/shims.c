@@ -228,6 +228,8 @@ int appctl_seccomp_syscall(const char *name) {
 
 void appctl_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
+long appctl_gettid(void) { return syscall(SYS_gettid); }
+
 void appctl_set_thread_nice(int nice) { setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice); }
 
 int appctl_block_signals(const int *signals, int count, sigset_t *out) {
@@ -243,11 +245,10 @@ long appctl_peer_uid(int fd) {
     return (long)cred.uid;
 }
 
-int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out) {
+static int appctl_statx(int dirfd, const char *path, int flags, struct appctl_file_status *out) {
     struct statx sx;
     memset(&sx, 0, sizeof sx);
-    int flags = AT_EMPTY_PATH | (cached_only ? AT_STATX_DONT_SYNC : 0);
-    if (statx(fd, "", flags, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0) return -1;
+    if (statx(dirfd, path, flags, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0) return -1;
     out->device = makedev(sx.stx_dev_major, sx.stx_dev_minor);
     out->inode = sx.stx_ino;
     out->change_time_ns = (int64_t)sx.stx_ctime.tv_sec * 1000000000LL + sx.stx_ctime.tv_nsec;
@@ -257,6 +258,14 @@ int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out) {
     out->attributes = sx.stx_attributes & sx.stx_attributes_mask;
     out->mount_id = (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
     return 0;
+}
+
+int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out) {
+    return appctl_statx(fd, "", AT_EMPTY_PATH | (cached_only ? AT_STATX_DONT_SYNC : 0), out);
+}
+
+int appctl_path_status(const char *path, struct appctl_file_status *out) {
+    return appctl_statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, out);
 }
 
 int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]) {

@@ -117,18 +117,21 @@ extension Appctl {
             }
 
             // A client that hangs up must not kill the daemon with SIGPIPE. SIGIO comes when a writer breaks one of its
-            // read leases: read from the signalfd below (it wakes the main loop, which then checks the leases with
-            // F_GETLEASE). The handler only stands in should a thread ever run with it unblocked: SIGIO's default
+            // read leases: read from a signalfd of its own by the lease keeper's thread (which then checks the leases
+            // with F_GETLEASE). The handler only stands in should a thread ever run with it unblocked: SIGIO's default
             // action would end the daemon, and an ignored signal would never reach the signalfd.
             signal(SIGPIPE, SIG_IGN)
             signal(SIGIO) { _ in }
-            // Before any thread exists, so that only the signalfd sees these.
-            let signals: SignalReceiver
-            do { signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP, SIGIO]) } catch {
+            // Before any thread exists, so that only the signalfds see these.
+            let signals: SignalReceiver, leaseBreaks: SignalReceiver
+            do {
+                signals = try SignalReceiver([SIGTERM, SIGINT, SIGHUP])
+                leaseBreaks = try SignalReceiver([SIGIO])
+            } catch {
                 throw CommandFailure("cannot set up signal handling: \(error)")
             }
             let daemon: AppctlDaemon.Daemon
-            do { daemon = try AppctlDaemon.Daemon(configuration: configuration, hostname: hostName()) } catch {
+            do { daemon = try AppctlDaemon.Daemon(configuration: configuration, hostname: hostName(), leaseBreakSignals: leaseBreaks) } catch {
                 throw CommandFailure(error.description)
             }
             do { try daemon.loadInitialPolicy() } catch { throw CommandFailure(error.description) }

@@ -85,7 +85,7 @@ struct EnforcementTests {
         #expect(try h.exec(unknown) == 0)
         #expect(try h.waitUntil { !h.eventRecords().isEmpty })
         let record = try #require(h.eventRecords().first { $0["decision"] as? String == "would-deny" })
-        for field in ["time", "decision", "reason", "path", "sha256", "size", "dev", "ino", "pid", "ppid", "uid", "exe", "comm", "policy_serial", "mode"] {
+        for field in ["time", "decision", "reason", "path", "sha256", "size", "dev", "ino", "pid", "tid", "ppid", "uid", "exe", "comm", "policy_serial", "mode"] {
             #expect(record[field] != nil, "missing \(field)")
         }
         #expect(record["path"] as? String == unknown)

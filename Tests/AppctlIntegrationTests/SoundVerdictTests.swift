@@ -272,6 +272,66 @@ struct SoundVerdictTests {
         #expect(try h.status()["write_leases_taken"] as? Int ?? 0 >= 1)
     }
 
+    /// The open that completes an exec repeats the exec's answer; a sibling thread's open of the same file while the
+    /// exec is hashed is not that open (sixth review). Events name threads (`FAN_REPORT_TID`), so it is decided as
+    /// what it is, an ELF object opened other than by exec: `mutable`. On the build before, events named processes,
+    /// the sibling's open passed for the exec's own and was allowed (a mapping that later writes would change).
+    @Test func aSiblingThreadsOpenDuringAnExecIsNotTheExecsOwn() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        chmod(h.mount, 0o777)
+        try h.mountTmpfs(at: h.mount + "/large", size: "1g")
+        chmod(h.mount + "/large", 0o777)
+        let big = try h.copyExecutable("/usr/bin/true", to: "large/big", appending: [UInt8](repeating: 0, count: 600 << 20))
+        try h.writePolicy(allow: [h.mount + "/known", big])
+        chown(big, 65534, 65534)
+        try h.start(mode: "enforce")
+        let go = h.mount + "/go"
+        // In C: CPython holds its lock through execv, so a Python sibling thread would never run meanwhile.
+        let source = h.dir.file("sibling.c"), program = h.dir.file("sibling")
+        try """
+            #include <fcntl.h>
+            #include <pthread.h>
+            #include <sys/stat.h>
+            #include <unistd.h>
+            static const char *big, *go;
+            static void *sibling(void *unused) {
+                struct stat st;
+                while (stat(go, &st) != 0) usleep(1000);
+                int fd = open(big, O_RDONLY);
+                if (fd >= 0) close(fd);
+                return unused;
+            }
+            int main(int argc, char **argv) {
+                pthread_t t;
+                big = argv[1]; go = argv[2];
+                pthread_create(&t, 0, sibling, 0);
+                char *args[] = {(char *)big, "--version", 0};
+                execv(big, args);
+                return 1;
+            }
+            """.write(toFile: source, atomically: true, encoding: .utf8)
+        let built = try run("/usr/bin/cc", ["-O2", "-pthread", "-o", program, source])
+        #expect(built.status == 0, "\(built.stderr)")
+        chmod(h.dir.path, 0o755)
+        let result = LockedBox<ProcessResult?>(nil)
+        let thread = Thread {
+            result.mutate { $0 = try? run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", program, big, go]) }
+        }
+        thread.start()
+        // The acknowledged state: the exec's hash is running.
+        #expect(try h.waitUntil(30) { (try h.status()["hashes_in_flight"] as? Int ?? 0) > 0 })
+        FileManager.default.createFile(atPath: go, contents: nil)
+        #expect(h.waitUntil(60) { result.value != nil })
+        #expect(try h.waitUntil(10) { mutableRecords(h).contains { $0["path"] as? String == big } },
+                "the sibling thread's open of the program passed for the exec's own: \(h.eventRecords()) \(result.value?.stdout ?? "") \(result.value?.stderr ?? "") \(h.daemonLog)")
+        let record = mutableRecords(h).first { $0["path"] as? String == big }
+        let tid = record?["tid"] as? Int ?? 0
+        #expect(tid != 0 && tid != record?["pid"] as? Int, "the refused open is the sibling thread's: \(record ?? [:])")
+        // And the exec's own open still completes it (on the build before, the sibling's open took its place, and the
+        // exec's own was then refused).
+        #expect(result.value?.stdout.contains("GNU coreutils") == true, "the exec did not complete: \(result.value?.stdout ?? "")")
+    }
+
     /// Case 7: an interpreter's command line is attacker-chosen paths (up to 4,096, through symlink chains, or on a
     /// filesystem whose server does not answer). Checking them must not hold up the thread that answers everyone:
     /// here a FUSE server blocks the check's `stat` until the test lets it go, and meanwhile an exec on the marked

@@ -42,7 +42,7 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? { interpreters[pid] }
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool { programs.contains(descriptor) }
     func verityDigest(of descriptor: Int32) -> SHA256Digest? { verity[descriptor] }
-    func path(of descriptor: Int32) -> String? { paths[descriptor] }
+    func path(of descriptor: Int32, ifUnder rule: RootDataPaths) -> String? { paths[descriptor].flatMap { rule.contains($0) ? $0 : nil } }
 }
 
 final class CollectingSink: EventSink, @unchecked Sendable {

@@ -262,8 +262,9 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open | appctl-exec-b
     local c=$1 r=$2 kind=${1#appctl-} want bin=$A base=0
     if [[ $kind == *-base ]]; then kind=${kind%-base}; bin=$W/appctl-base; base=1; fi
     [[ $kind == exec ]] && want=40000 || want=50000
-    # Builds before 2026-12-01 watched FAN_CLOSE_WRITE (0x8) in the permission group itself.
-    (( base )) && want=$(( want + 8 ))
+    # Builds before 2026-12-01 watched FAN_CLOSE_WRITE (0x8) in the permission group itself: a base build may.
+    local older=$want
+    (( base )) && older=$(( want + 8 ))
     # safety: the mount point we hand to --path is our loop device's and nothing else
     [[ $(awk -v m="$MNT" '$2 == m { print $1 }' /proc/mounts) == "$LOOP" ]] || { echo "$MNT is not $LOOP" >&2; exit 1; }
     rm -f "$W/appctl.sock"
@@ -293,7 +294,8 @@ start_appctl() {   # case round; case: appctl-exec | appctl-open | appctl-exec-b
     marks=$(cat /proc/"$APPCTL_PID"/fdinfo/* 2>/dev/null | grep -E '^fanotify (sdev|mnt_id|ino):' |
             grep -v -x -e "fanotify sdev:$KDEV mflags:0 mask:1000 ignored_mask:0" -e "fanotify sdev:$KDEV mflags:0 mask:8 ignored_mask:0" || true)
     APPCTL_MARKS=$marks
-    if [[ $marks != "fanotify sdev:$KDEV mflags:0 mask:$want ignored_mask:0" ]]; then
+    if [[ $marks != "fanotify sdev:$KDEV mflags:0 mask:$want ignored_mask:0" &&
+          $marks != "fanotify sdev:$KDEV mflags:0 mask:$older ignored_mask:0" ]]; then
         echo "appctl ($c) holds unexpected fanotify marks (want sdev:$KDEV mask:$want):" >&2
         echo "$marks" >&2
         stop_appctl; exit 1

@@ -93,6 +93,9 @@ bypass_tree() {
     # rows t05-t10 change stay the attacker's.
     chown root:root "$OK/allowed.sh" "$OK/wait.sh" "$OK/lib.so" "$OK/true" "$OK/dash" "$OK/ld.so"
     chmod 755 "$OK/allowed.sh" "$OK/wait.sh" "$OK/lib.so" "$OK/true" "$OK/dash" "$OK/ld.so"
+    # Row t31: a log root writes and anyone can read, holding a line the attacker got logged.
+    printf 'GET /index.html from 10.0.0.7\ntouch %s\n' "$MARK" > "$RUN/root.log"
+    chown root:root "$RUN/root.log"; chmod 644 "$RUN/root.log"
     sync
 }
 

@@ -191,6 +191,12 @@ t29() { try "cp $OK/lib.so ./copy.so && LD_PRELOAD=./copy.so $OK/true --version"
 technique t30 'not run' 'copy of an allowed library opened with `dlopen` (python3 ctypes)'
 t30() { try "cp $OK/lib.so ./copy2.so && python3 -c \"import ctypes; ctypes.CDLL('./copy2.so')\""; judge_marker; }
 
+# Row t31 (issue 10, case 5): a verdict cached in the kernel for a data open must hold for every later opener. root.log
+# is root's, world-readable, with a line the attacker got into it (a request logged by a root service); once anyone has
+# read it, an interpreter is handed it as its program.
+technique t31 'not run' 'root-owned log anyone can read, with a line the attacker chose: read, then `sh root.log`'
+t31() { try "cat $RUN/root.log > /dev/null && sh $RUN/root.log"; judge_marker; }
+
 probe e1 blocked 'unprivileged user: tmpfs inside `unshare -Urm`, unknown binary there'
 e1() {
     try "unshare -Urm /bin/sh -c 'mount -t tmpfs -o size=8m none $RUN/userns && cp $UNKNOWN_BIN $RUN/userns/unknown && $RUN/userns/unknown --version'"

@@ -22,7 +22,9 @@ public struct EventRecord: Sendable {
     public var size: Int64
     public var device: UInt64
     public var inode: UInt64
+    /// The process (thread group) and the thread that asked: the permission group reports thread ids.
     public var pid: Int32
+    public var tid: Int32 = 0
     public var process: ProcessSnapshot
     public var serial: UInt64?
     public var mode: Mode
@@ -33,7 +35,7 @@ public struct EventRecord: Sendable {
     var jsonLine: String {
         "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(outcome.rawValue)),\"reason\":\(jsonString(reason.rawValue)),"
             + "\"path\":\(jsonString(path)),\"sha256\":\(digest.map { jsonString($0.hex) } ?? "null"),\"size\":\(size),"
-            + "\"dev\":\(device),\"ino\":\(inode),\"pid\":\(pid),\"ppid\":\(process.ppid),\"uid\":\(process.uid),"
+            + "\"dev\":\(device),\"ino\":\(inode),\"pid\":\(pid),\"tid\":\(tid),\"ppid\":\(process.ppid),\"uid\":\(process.uid),"
             + "\"exe\":\(jsonString(process.exe)),\"comm\":\(jsonString(process.comm)),"
             + "\"policy_serial\":\(serial.map(String.init) ?? "null"),\"mode\":\(jsonString(mode.rawValue))"
             + (writableBy.map { ",\"writable_by\":\(jsonString($0))" } ?? "") + "}\n"

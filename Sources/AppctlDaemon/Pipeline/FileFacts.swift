@@ -17,8 +17,9 @@ protocol FileFacts: Sendable {
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool
     /// The file's fs-verity digest (only asked for files whose identity says verity is on).
     func verityDigest(of descriptor: Int32) -> SHA256Digest?
-    /// The path the file was opened by, as the daemon's mount namespace sees it; nil when unknown.
-    func path(of descriptor: Int32) -> String?
+    /// The path of the file when it lies under one of `paths` and is reachable there, in the daemon's own mount
+    /// namespace, as the same file through the same mount; nil otherwise.
+    func path(of descriptor: Int32, ifUnder paths: RootDataPaths) -> String?
 }
 
 /// The real facts: the event's descriptor and /proc.
@@ -87,7 +88,15 @@ final class KernelFileFacts: FileFacts {
         FileDescriptor(rawValue: descriptor).verityDigestIfAny
     }
 
-    func path(of descriptor: Int32) -> String? {
-        readLink("/proc/self/fd/\(descriptor)")
+    /// readlink of /proc/self/fd gives the path in the *opener's* view (a bind mount in another mount namespace
+    /// prints as the path it was mounted over, a review showed), so it counts only when that path, looked up in
+    /// the daemon's own namespace, is this very file through this very mount. Looked up only once it is under one
+    /// of `paths` (root's directories: no user can put a FUSE mount there for the lookup to wait on).
+    func path(of descriptor: Int32, ifUnder paths: RootDataPaths) -> String? {
+        guard let path = readLink("/proc/self/fd/\(descriptor)"), paths.contains(path),
+              let opened = try? FileDescriptor(rawValue: descriptor).identity(cachedOnly: true),
+              let here = try? fileIdentityNoFollow(path),
+              here.device == opened.device, here.inode == opened.inode, here.mountID == opened.mountID else { return nil }
+        return path
     }
 }

@@ -58,25 +58,48 @@ final class LeaseKeeper: Sendable {
         var since: Double
     }
     private let held = Mutex<[Held]>([])
-    private let available = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     let statistics: Statistics
+    /// Wakes the keeper's thread (new work, shutdown).
+    private let wakeup: EventNotifier?
+    /// SIGIO, which a writer breaking one of the daemon's leases raises; read on the keeper's own thread, so that no
+    /// other thread's work (the main loop marks new mounts, which can wait on a filesystem) delays a waiting writer.
+    private let breakSignals: SignalReceiver?
 
     /// A verdict for a file someone other than root can write, kept for its later execs while a read lease proves
     /// that nobody can change the file (issue 14): the kernel grants the lease only while no descriptor or shared
-    /// mapping can write the file, and every later open for writing or truncate must break it first. A break is
-    /// seen through SIGIO (the main loop calls `checkBreaks`), at the latest by the scan it runs every second; the
-    /// digest is forgotten before the lease is let go, and the lease is let go only once every exec decided from it
-    /// is past the kernel's write denial, as for the leases above. A change of owner, mode or ACL changes the
-    /// file's ctime, so its key: the verdict is not found again, and the scan lets it go.
+    /// mapping can write the file, and every later open for writing or truncate must break it first. Every use
+    /// checks that the lease is intact (`F_GETLEASE`); a break is also seen through SIGIO, and at the latest by the
+    /// scan every second, which forgets the digest and lets the lease go once every exec decided from it is past
+    /// the kernel's write denial, as for the leases above. A change of owner, mode, ACL or links changes the file's
+    /// ctime, so its key: the verdict is not found again, and the scan lets it go.
     private struct VerdictLease {
         var descriptor: FileDescriptor
         var digest: SHA256Digest
         var lastUsed: Double
-        /// Execs decided from this verdict within the last `holdSeconds`.
+        /// Threads whose exec this verdict answered and that may not be past their write denial yet (each once).
         var recentExecs: [(pid: Int32, at: Double)]
     }
-    private let verdicts = Mutex<[FileKey: VerdictLease]>([:])
+    private struct Verdicts {
+        var table: [FileKey: VerdictLease] = [:]
+        /// How many verdicts' `recentExecs` each thread is in: at most `limitPerProcess`, so that one thread cannot
+        /// make the keeper hold leases by the thousand when those verdicts are broken (a review showed it).
+        var registrations: [Int32: Int] = [:]
+
+        mutating func unregister(_ pids: [Int32]) {
+            for pid in pids {
+                let n = (registrations[pid] ?? 1) - 1
+                registrations[pid] = n > 0 ? n : nil
+            }
+        }
+
+        mutating func remove(_ key: FileKey) -> VerdictLease? {
+            guard let entry = table.removeValue(forKey: key) else { return nil }
+            unregister(entry.recentExecs.map(\.pid))
+            return entry
+        }
+    }
+    private let verdicts = Mutex(Verdicts())
     /// A verdict unused this long (60 s) is let go: its descriptor keeps the filesystem busy (`umount` refuses it).
     static let idleSeconds: Double = 60
     /// `leased-verdicts`: at most this many are kept (each is a descriptor and a lease); 0 keeps none.
@@ -85,42 +108,42 @@ final class LeaseKeeper: Sendable {
     /// hashed under a lease of its own (a break must not wait on an unbounded list).
     static let recentExecLimit = 256
 
-    init(statistics: Statistics, verdictLimit: Int = 0) {
+    init(statistics: Statistics, verdictLimit: Int = 0, breakSignals: SignalReceiver? = nil) {
         self.statistics = statistics
         self.verdictLimit = max(0, min(verdictLimit, Self.limit))
+        self.breakSignals = breakSignals
+        wakeup = try? EventNotifier()
     }
 
-    /// The digest of a file others can write whose lease is held and unbroken, or nil. `execBy`: the exec this
-    /// answers, which a break will wait for.
+    /// The digest of a file others can write whose lease is held and intact, or nil. `execBy`: the thread whose
+    /// exec this answers, which a break waits for. Runs on the event thread: a lock, a lookup and one `fcntl`,
+    /// never a /proc read (a full list is answered with nil, and the exec is hashed under a lease of its own).
     func verdict(for key: FileKey, execBy pid: Int32?) -> SHA256Digest? {
         guard verdictLimit > 0 else { return nil }
         let now = monotonicSeconds()
-        return verdicts.withLock { table -> SHA256Digest? in
-            guard var entry = table[key] else { return nil }
+        return verdicts.withLock { v -> SHA256Digest? in
+            guard var entry = v.table[key], entry.descriptor.holdsUnbrokenReadLease else { return nil }
             if let pid {
-                // Past the kernel's lease-break time a writer goes on regardless (the residual SECURITY.md states). When
-                // the list is full, the oldest execs whose process is gone or runs the file are past their write
-                // denial: one or two /proc lookups, and only then.
-                entry.recentExecs.removeAll { now - $0.at > Self.holdSeconds }
-                while entry.recentExecs.count >= Self.recentExecLimit, let oldest = entry.recentExecs.first,
-                      Self.isGone(oldest.pid) || Self.anyThread(of: oldest.pid, runs: key.device, key.inode) {
-                    entry.recentExecs.removeFirst()
+                if let i = entry.recentExecs.firstIndex(where: { $0.pid == pid }) {
+                    entry.recentExecs[i].at = now
+                } else {
+                    guard entry.recentExecs.count < Self.recentExecLimit, v.registrations[pid, default: 0] < Self.limitPerProcess else { return nil }
+                    entry.recentExecs.append((pid, now))
+                    v.registrations[pid, default: 0] += 1
                 }
-                guard entry.recentExecs.count < Self.recentExecLimit else { return nil }
-                entry.recentExecs.append((pid, now))
             }
             entry.lastUsed = now
-            table[key] = entry
+            v.table[key] = entry
             return entry.digest
         }
     }
 
     /// Looks for leased verdicts a writer broke (or whose file changed owner, mode, ACL or links, or that went unused
     /// for `idleSeconds`) and gives them up: the digest first, then the lease once the execs it answered are past
-    /// their write denial. Called by the main loop on SIGIO and at least once a second.
-    func checkBreaks() {
+    /// their write denial. On the keeper's thread, on SIGIO and at least once a second.
+    private func checkBreaks() {
         let now = monotonicSeconds()
-        let snapshot = verdicts.withLock { $0.map { ($0.key, $0.value.descriptor, $0.value.lastUsed) } }
+        let snapshot = verdicts.withLock { $0.table.map { ($0.key, $0.value.descriptor, $0.value.lastUsed) } }
         guard !snapshot.isEmpty else { return }
         var gone: [FileKey] = []
         var breaks = 0
@@ -134,10 +157,32 @@ final class LeaseKeeper: Sendable {
             }
         }
         guard !gone.isEmpty else { return }
-        let removed = verdicts.withLock { table in gone.compactMap { table.removeValue(forKey: $0) } }
+        let (removed, count) = verdicts.withLock { v in (gone.compactMap { v.remove($0) }, v.table.count) }
         statistics.add(.leaseBreaks, breaks)
-        statistics.set(.leasedVerdicts, verdicts.withLock { $0.count })
+        statistics.set(.leasedVerdicts, count)
         for entry in removed { letGo(entry) }
+    }
+
+    /// Drops from each verdict's `recentExecs` the threads certainly past their write denial: gone (a thread that
+    /// execs takes over its process's id, so its own id goes), or in a process that runs the file. On the keeper's
+    /// thread, every 100 ms while any list is not empty.
+    private func pruneRecentExecs() {
+        let now = monotonicSeconds()
+        let snapshot = verdicts.withLock { v in v.table.compactMap { $0.value.recentExecs.isEmpty ? nil : ($0.key, $0.value.recentExecs.map(\.pid)) } }
+        for (key, pids) in snapshot {
+            let passed = Set(pids.filter { Self.isGone($0) || Self.anyThread(of: $0, runs: key.device, key.inode) })
+            verdicts.withLock { v in
+                guard var entry = v.table[key] else { return }
+                // Past the kernel's lease-break time a writer goes on regardless (the residual SECURITY.md states).
+                let (drop, keep) = entry.recentExecs.reduce(into: ([Int32](), [(pid: Int32, at: Double)]())) { acc, e in
+                    if passed.contains(e.pid) || now - e.at > Self.holdSeconds { acc.0.append(e.pid) } else { acc.1.append(e) }
+                }
+                guard !drop.isEmpty else { return }
+                entry.recentExecs = keep
+                v.table[key] = entry
+                v.unregister(drop)
+            }
+        }
     }
 
     /// Lets a verdict's lease go: at once when no exec it answered may still be before its write denial, else
@@ -159,15 +204,15 @@ final class LeaseKeeper: Sendable {
     private func adopt(_ h: Held) -> Bool {
         guard verdictLimit > 0, let digest = h.verdict, !stopping.load(ordering: .relaxed),
               h.descriptor.holdsUnbrokenReadLease, (try? h.descriptor.identity()).map(FileKey.init) == h.key else { return false }
-        let use = monotonicSeconds()
+        let now = monotonicSeconds()
         var evicted: VerdictLease? = nil
-        let (kept, count) = verdicts.withLock { table -> (Bool, Int) in
-            guard table[h.key] == nil else { return (false, table.count) }   // another exec's lease holds it already
-            if table.count >= verdictLimit, let oldest = table.min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
-                evicted = table.removeValue(forKey: oldest.key)
+        let (kept, count) = verdicts.withLock { v -> (Bool, Int) in
+            guard v.table[h.key] == nil else { return (false, v.table.count) }   // another exec's lease holds it already
+            if v.table.count >= verdictLimit, let oldest = v.table.min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
+                evicted = v.remove(oldest.key)
             }
-            table[h.key] = VerdictLease(descriptor: h.descriptor, digest: digest, lastUsed: use, recentExecs: [])
-            return (true, table.count)
+            v.table[h.key] = VerdictLease(descriptor: h.descriptor, digest: digest, lastUsed: now, recentExecs: [])
+            return (true, v.table.count)
         }
         statistics.set(.leasedVerdicts, count)
         if let evicted { letGo(evicted) }
@@ -178,7 +223,7 @@ final class LeaseKeeper: Sendable {
 
     func stop() {
         stopping.store(true, ordering: .relaxed)
-        available.signal()
+        wakeup?.signal()
     }
 
     /// Takes a read lease for the hash of `descriptor`'s file; false when a writer exists (or the filesystem
@@ -218,7 +263,7 @@ final class LeaseKeeper: Sendable {
                              deadline: now + Self.holdSeconds, nextCheck: now + 0.001, interval: 0.001, since: since ?? now))
             return list.count == 1
         }
-        if wasIdle { available.signal() }
+        if wasIdle { wakeup?.signal() }
     }
 
     /// Whether one of the process's threads runs the file: its exec got past the kernel's write denial.
@@ -264,60 +309,93 @@ final class LeaseKeeper: Sendable {
     }
 
     private func work() {
+        var lastScan = monotonicSeconds()
+        var breakSeen = false
+        var watched: [(FileDescriptor, Int16)] = []
+        if let wakeup { watched.append((wakeup.descriptor, Int16(POLLIN))) }
+        if let breakSignals { watched.append((breakSignals.descriptor, Int16(POLLIN))) }
         while !stopping.load(ordering: .relaxed) {
-            if held.withLock({ $0.isEmpty }) { available.wait(); continue }
             let now = monotonicSeconds()
-            // Which entries are due, taken out under the lock; the /proc reads happen outside it (hash workers take
-            // the same lock to add leases).
-            let due = held.withLock { list -> [Held] in
-                let (ready, waiting) = list.reduce(into: ([Held](), [Held]())) { acc, h in
-                    if h.nextCheck <= now || now >= h.deadline { acc.0.append(h) } else { acc.1.append(h) }
-                }
-                list = waiting
-                return ready
+            releaseDue(now: now)
+            // Leased verdicts: a break seen through SIGIO is handled at once, anything else once a second.
+            if breakSeen || now - lastScan >= 1 {
+                checkBreaks()
+                lastScan = now
+                breakSeen = false
             }
-            var done: [Held] = []
-            var again: [Held] = []
-            for var h in due {
-                let passed = h.pids.allSatisfy { pid in
-                    // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
-                    // filter allows no signal-sending call.)
-                    if Self.isGone(pid) { return true }
-                    if pid <= 0 { return false }   // unknown process: held until the deadline
-                    if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
-                    // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and none
-                    // runs the file. Checked after the executable, so an exec that succeeds in between is past the
-                    // write denial either way. Without this a failed exec held writers off for the lease-break time.
-                    // Only once an exec has had 10 ms: a successful one is seen by its executable well before, and
-                    // reading every thread's syscall costs the very execs this guards (measured: +37 µs per exec).
-                    return now - h.since >= 0.01 && !Self.anyThreadInExec(of: pid)
-                }
-                if passed && adopt(h) {
-                    continue
-                } else if passed || now >= h.deadline {
-                    done.append(h)
-                } else {
-                    h.interval = min(0.02, h.interval * 2)
-                    h.nextCheck = now + h.interval
-                    again.append(h)
-                }
+            let pending = verdicts.withLock { v in v.table.values.contains { !$0.recentExecs.isEmpty } }
+            if pending { pruneRecentExecs() }
+            // Sleep until the next held lease is due, the next prune or scan, new work, or SIGIO.
+            var timeout: Double = verdicts.withLock { $0.table.isEmpty } ? -1 : 1.0
+            if pending { timeout = 0.1 }
+            if let next = held.withLock({ $0.map(\.nextCheck).min() }) {
+                let untilNext = max(0.0001, next - monotonicSeconds())
+                timeout = timeout < 0 ? untilNext : min(timeout, untilNext)
             }
-            if !again.isEmpty { held.withLock { $0.append(contentsOf: again) } }
-            for h in done {
-                h.descriptor.releaseLease()
-                h.descriptor.close()
+            let milliseconds: Int32 = timeout < 0 ? -1 : Int32(max(1, min(1000, (timeout * 1000).rounded(.up))))
+            let revents = (try? pollDescriptors(watched, timeoutMilliseconds: milliseconds)) ?? []
+            if let wakeup, revents.first.map({ $0 & Int16(POLLIN) != 0 }) == true {
+                var count: UInt64 = 0
+                _ = read(wakeup.descriptor.rawValue, &count, 8)
             }
-            let next = held.withLock { $0.map(\.nextCheck).min() } ?? now
-            usleep(UInt32(max(100, min(20_000, (next - monotonicSeconds()) * 1e6))))
+            if let breakSignals, revents.count == watched.count, revents.last.map({ $0 & Int16(POLLIN) != 0 }) == true {
+                while breakSignals.next() != nil { breakSeen = true }
+            }
         }
         for h in held.withLock({ l -> [Held] in defer { l.removeAll() }; return l }) {
             h.descriptor.releaseLease()
             h.descriptor.close()
         }
-        for entry in verdicts.withLock({ t -> [VerdictLease] in defer { t.removeAll() }; return Array(t.values) }) {
+        for entry in verdicts.withLock({ v -> [VerdictLease] in defer { v = Verdicts() }; return Array(v.table.values) }) {
             entry.descriptor.releaseLease()
             entry.descriptor.close()
         }
         statistics.set(.leasedVerdicts, 0)
+    }
+
+    /// The held leases that are due: each let go once every exec it waits for is past the write denial (or its
+    /// process gone, or its exec failed), or kept as a verdict; the rest looked at again later.
+    private func releaseDue(now: Double) {
+        // Which entries are due, taken out under the lock; the /proc reads happen outside it (hash workers take
+        // the same lock to add leases).
+        let due = held.withLock { list -> [Held] in
+            let (ready, waiting) = list.reduce(into: ([Held](), [Held]())) { acc, h in
+                if h.nextCheck <= now || now >= h.deadline { acc.0.append(h) } else { acc.1.append(h) }
+            }
+            list = waiting
+            return ready
+        }
+        guard !due.isEmpty else { return }
+        var done: [Held] = []
+        var again: [Held] = []
+        for var h in due {
+            let passed = h.pids.allSatisfy { pid in
+                // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
+                // filter allows no signal-sending call.)
+                if Self.isGone(pid) { return true }
+                if pid <= 0 { return false }   // unknown process: held until the deadline
+                if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
+                // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and none
+                // runs the file. Checked after the executable, so an exec that succeeds in between is past the
+                // write denial either way. Without this a failed exec held writers off for the lease-break time.
+                // Only once an exec has had 10 ms: a successful one is seen by its executable well before, and
+                // reading every thread's syscall costs the very execs this guards (measured: +37 µs per exec).
+                return now - h.since >= 0.01 && !Self.anyThreadInExec(of: pid)
+            }
+            if passed && adopt(h) {
+                continue
+            } else if passed || now >= h.deadline {
+                done.append(h)
+            } else {
+                h.interval = min(0.02, h.interval * 2)
+                h.nextCheck = now + h.interval
+                again.append(h)
+            }
+        }
+        if !again.isEmpty { held.withLock { $0.append(contentsOf: again) } }
+        for h in done {
+            h.descriptor.releaseLease()
+            h.descriptor.close()
+        }
     }
 }

@@ -169,11 +169,14 @@ final class Responder: Sendable {
         if verdict.decision.wouldDeny { statistics.add(.wouldDeny) }
         if let outcome {
             let key = answer.key
-            events.submit(EventRecord(
+            let snapshot = process ?? ProcessSnapshot(pid: pid)
+            var record = EventRecord(
                 time: rfc3339Now(), outcome: outcome, reason: verdict.decision.reason, path: path ?? "?",
                 digest: answer.digest, size: key?.size ?? -1, device: key?.device ?? 0, inode: key?.inode ?? 0,
-                pid: pid, process: process ?? ProcessSnapshot(pid: pid), serial: verdict.serial, mode: verdict.mode,
-                writableBy: writableBy))
+                pid: snapshot.processID, process: snapshot, serial: verdict.serial, mode: verdict.mode,
+                writableBy: writableBy)
+            record.tid = pid
+            events.submit(record)
         }
     }
 

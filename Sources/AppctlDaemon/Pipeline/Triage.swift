@@ -76,12 +76,13 @@ final class Triage: Sendable {
     func dataVerdictHoldsForEveryone(_ key: FileKey, _ contentClass: ContentClass, descriptor: Int32) -> Bool {
         guard kernelCache && contentClass == .other && key.onlyRootCanWrite else { return false }
         if key.onlyRootCanRead { return true }
-        return !rootDataPaths.isEmpty && facts.path(of: descriptor).map(rootDataPaths.contains) == true
+        return !rootDataPaths.isEmpty && facts.path(of: descriptor, ifUnder: rootDataPaths) != nil
     }
 
     func triage(_ request: borrowing PermissionRequest, shuttingDown: Bool = false) -> Result {
         let fd = request.descriptor, pid = request.pid, isExec = request.isExec
-        if pid == ownPID {
+        // Events name threads (`FAN_REPORT_TID`): the main thread's id is the process id, the others are registered.
+        if pid == ownPID || isOwnThread(pid) {
             statistics.add(.ownProcessEvents)
             return .answer(Answer(verdict: policy.verdict(layer: .ownProcess) { _ in Decision(allow: true, reason: .ownProcess) }))
         }

@@ -71,6 +71,7 @@ void appctl_set_thread_nice(int nice);
 
 /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask, so only
 /// the signalfd sees them.
+long appctl_gettid(void);
 int appctl_block_signals(const int *signals, int count, sigset_t *out);
 
 /// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
@@ -95,6 +96,8 @@ struct appctl_file_status {
 /// 0, or -1 with errno set. `cached_only`: `AT_STATX_DONT_SYNC`, so a FUSE or NFS filesystem is not asked
 /// (a server that never answers cannot stall the caller; its attributes may then be stale).
 int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out);
+/// The same for a path, not following a final symlink (`statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, ...)`).
+int appctl_path_status(const char *path, struct appctl_file_status *out);
 
 // ---- fs-verity ----
 
