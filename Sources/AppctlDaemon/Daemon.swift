@@ -37,6 +37,12 @@ public final class Daemon: Sendable {
     let ready = Atomic<Bool>(false)
     let confined = Atomic<Bool>(false)
     let serviceNotifier = ServiceNotifier()
+    /// Every fanotify group, and /dev/null opened before any mark exists: at the end of shutdown each group's
+    /// descriptor is replaced by /dev/null, so the kernel releases the groups (and allows whatever waits) even if some
+    /// thread cannot end (a FUSE request waited out through SIGKILL keeps the process, and a shared descriptor table,
+    /// alive). Replaced, not closed: a late write to the number goes nowhere instead of to a file opened since.
+    let groupsToRelease: [FanotifyGroup]
+    let nullDevice: FileDescriptor?
     /// How often other mount namespaces are looked for (the window in which a filesystem a container mounts is
     /// not yet marked; a mount in the daemon's own namespace is seen at once through mountinfo's POLLPRI).
     static let namespaceScanSeconds = 2.0
@@ -68,6 +74,8 @@ public final class Daemon: Sendable {
         facts = KernelFileFacts(configuredInterpreters: configuration.interpreters, untrustedOwnership: marker.untrustedOwnership)
         // The kernel-side verdict cache needs the metadata watch; a kernel that refuses the group gets no cache.
         let attributeWatch = configuration.kernelCache ? try? FanotifyGroup.createAttributeWatch() : nil
+        groupsToRelease = [group] + [execCounter, closeWriteNotifier, attributeWatch].compactMap { $0 }
+        nullDevice = try? FileDescriptor.open("/dev/null", [.readWrite])
         if configuration.kernelCache && attributeWatch == nil {
             log("appctl: WARNING: this kernel refused a FAN_REPORT_FID group for FAN_ATTRIB: the kernel-side verdict cache stays off")
         }
@@ -167,7 +175,7 @@ public final class Daemon: Sendable {
             var entries: [(FileDescriptor, Int16)] = [(signals.descriptor, Int16(POLLIN))]
             if let mountinfo { entries.append((mountinfo, Int16(POLLPRI))) }
             let revents = (try? pollDescriptors(entries, timeoutMilliseconds: 1000)) ?? []
-            if let mountinfo, revents.count > 1, revents[1] & Int16(POLLPRI | POLLERR) != 0 {
+            if let mountinfo, revents.count > 1, revents[1] & Int16(POLLPRI | POLLERR) != 0 || marker.lookupTimedOut.load(ordering: .relaxed) {
                 marker.updateOwnNamespace(mountinfo: mountinfo)
                 jobs.runSoon(.namespaceScan)   // a mount in our namespace often comes with mounts in new ones (containers)
             }
@@ -200,6 +208,9 @@ public final class Daemon: Sendable {
         policy.waitForCopies()   // a last-known-good copy being written is finished, not cut off
         flushLearned()
         eventLog.stop()
+        if let nullDevice {
+            for g in groupsToRelease { g.descriptor.replace(with: nullDevice) }
+        }
         Self.log("appctl: stopped")
     }
 

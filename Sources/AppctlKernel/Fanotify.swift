@@ -125,6 +125,11 @@ public struct FanotifyGroup: Sendable {
     public func markVerifiedFilesystem(mountPoint: String, mountID: UInt64, device: String, events: Events) throws(Errno) -> Bool {
         let fd = try FileDescriptor.open(mountPoint, [.pathOnly, .noFollow, .directory])
         defer { fd.close() }
+        return try markVerifiedFilesystem(pinned: fd, mountID: mountID, device: device, events: events)
+    }
+
+    /// The same through a descriptor the caller pinned (`O_PATH`, no symlink as its last component).
+    public func markVerifiedFilesystem(pinned fd: FileDescriptor, mountID: UInt64, device: String, events: Events) throws(Errno) -> Bool {
         // Without asking the filesystem: a FUSE server that never answers a GETATTR must not stall the marking
         // of every filesystem after it.
         let identity = try fd.identity(cachedOnly: true)

@@ -250,6 +250,23 @@ extension FileDescriptor {
     }
 }
 
+extension FileDescriptor {
+    /// Makes this descriptor number refer to what `other` refers to (`dup3(other, self, O_CLOEXEC)`): the file it
+    /// referred to loses this reference, as with `close`, but the number stays taken.
+    public func replace(with other: FileDescriptor) {
+        _ = appctl_replace_descriptor(other.rawValue, rawValue)
+    }
+
+    /// An `O_PATH` descriptor of the directory at `path` (no symlink as its last component), looked up from the dentry
+    /// cache alone: `wouldBlock` (EAGAIN) when the lookup would have to ask a filesystem, `noSuchCall` before
+    /// Linux 5.12 (`openat2` with `RESOLVE_CACHED`).
+    public static func openDirectoryPathCached(_ path: String) throws(Errno) -> FileDescriptor {
+        let fd = path.withCString { appctl_open_directory_path_cached($0) }
+        if fd < 0 { throw Errno.current }
+        return FileDescriptor(rawValue: fd)
+    }
+}
+
 /// The identity (mount id included) of the file at `path` itself, not following a final symlink, without opening it.
 public func fileIdentityNoFollow(_ path: String) throws(Errno) -> FileIdentity {
     var st = appctl_file_status()

@@ -26,6 +26,10 @@ public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringCo
     public static let noSpace = Errno(rawValue: ENOSPC)
     /// `EPERM`
     public static let notPermitted = Errno(rawValue: EPERM)
+    /// `ETIMEDOUT`
+    public static let timedOut = Errno(rawValue: ETIMEDOUT)
+    /// `ENOSYS` — the kernel lacks the call.
+    public static let noSuchCall = Errno(rawValue: ENOSYS)
 
     public var description: String { String(cString: strerror(rawValue)) }
 }

@@ -18,6 +18,11 @@
 #include <linux/fsverity.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 static int bio_to_malloc(BIO *bio, char **out, size_t *len) {
     char *data = NULL;
@@ -279,3 +284,56 @@ int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t d
     memcpy(digest, arg.d.digest, arg.d.digest_size <= 64 ? arg.d.digest_size : 64);
     return 0;
 }
+
+int appctl_open_directory_path_cached(const char *path) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_CACHED;
+    return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+}
+
+int appctl_lookup_in_private_table(const char *path, int sock, uint64_t tag) {
+    /* A descriptor table of this thread's own, holding nothing but `sock`: if the lookup never returns (a FUSE
+       server that does not answer waits out even SIGKILL), this thread keeps no reference to the daemon's
+       fanotify groups, so the kernel can still release them when the daemon ends. */
+    if (unshare(CLONE_FILES) != 0) return -1;
+    if (sock > 3) syscall(SYS_close_range, 3U, (unsigned)sock - 1, 0U);
+    syscall(SYS_close_range, (unsigned)sock + 1, ~0U, 0U);
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+    int32_t error = fd < 0 ? errno : 0;
+    struct { uint64_t tag; int32_t error; } message = { tag, error };
+    struct iovec iov = { &message, sizeof message };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof control.space;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    if (fd >= 0) close(fd);
+    close(sock);
+    return n == (ssize_t)sizeof message ? 0 : -1;
+}
+
+int appctl_receive_lookup(int sock, uint64_t *tag, int32_t *error, int *fd) {
+    struct { uint64_t tag; int32_t error; } message;
+    struct iovec iov = { &message, sizeof message };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space };
+    ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n != (ssize_t)sizeof message) return -1;
+    *tag = message.tag; *error = message.error; *fd = -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof(int));
+    }
+    return 0;
+}
+
+int appctl_socketpair(int fds[2]) { return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds); }
+
+int appctl_replace_descriptor(int with, int fd) { return dup3(with, fd, O_CLOEXEC); }

@@ -395,4 +395,96 @@ struct SoundVerdictTests {
         #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "opened")
         #expect(try h.status()["command_line_checks"] as? Int ?? 0 >= 1)
     }
+
+    /// Sixth review: marking a new mount looks up its mount point, and a FUSE server above it can stall the daemon's
+    /// lookups for ever (this one stalls only the daemon's, as an attacker's server would, so that the mount itself
+    /// goes through). The main loop must go on: the mount is reported as a mark failure and tried again, and SIGTERM
+    /// is still handled. On the build before, the main thread hung in the lookup: nothing was reported and SIGTERM
+    /// went unanswered.
+    @Test func aMountPointLookupThatHangsHoldsUpNothingElse() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let source = h.dir.file("stallfs.c"), server = h.dir.file("stallfs")
+        try """
+            #define FUSE_USE_VERSION 31
+            #include <fuse3/fuse.h>
+            #include <errno.h>
+            #include <fcntl.h>
+            #include <stdio.h>
+            #include <stdlib.h>
+            #include <string.h>
+            #include <unistd.h>
+            static const char *gate, *stall, *entered;
+            static int number(const char *path, const char *key) {   /* first number after key in the file */
+                char line[256]; int n = 0; FILE *f = fopen(path, "r");
+                if (!f) return 0;
+                while (fgets(line, sizeof line, f)) if (!key || strncmp(line, key, strlen(key)) == 0) { n = atoi(line + (key ? strlen(key) : 0)); break; }
+                fclose(f); return n;
+            }
+            static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+                (void)fi; memset(st, 0, sizeof *st);
+                if (strcmp(path, "/") == 0) { st->st_mode = S_IFDIR | 0755; st->st_nlink = 3; return 0; }
+                if (strcmp(path, "/x") != 0) return -ENOENT;
+                char status[64]; snprintf(status, sizeof status, "/proc/%d/status", fuse_get_context()->pid);
+                int daemon = number(stall, NULL);
+                if (daemon != 0 && number(status, "Tgid:") == daemon) {   /* any of the daemon's threads */
+                    close(open(entered, O_CREAT | O_WRONLY, 0644));
+                    while (access(gate, F_OK) != 0) usleep(10000);
+                }
+                st->st_mode = S_IFDIR | 0755; st->st_nlink = 2; return 0;
+            }
+            static const struct fuse_operations ops = { .getattr = fs_getattr };
+            int main(int argc, char *argv[]) {
+                gate = getenv("GATE"); stall = getenv("STALL"); entered = getenv("ENTERED");
+                return fuse_main(argc, argv, &ops, NULL);
+            }
+            """.write(toFile: source, atomically: false, encoding: .utf8)
+        let cc = try run("/bin/sh", ["-c", "cc -o \(server) \(source) $(pkg-config --cflags --libs fuse3)"])
+        #expect(cc.status == 0, "\(cc.stderr)")
+        try h.start(mode: "monitor")
+        let fuse = h.mount + "/fuse", nested = fuse + "/x"
+        let gate = h.dir.file("gate"), stall = h.dir.file("stall"), entered = h.dir.file("entered")
+        try FileManager.default.createDirectory(atPath: fuse, withIntermediateDirectories: true)
+        let fs = Foundation.Process()
+        fs.executableURL = URL(fileURLWithPath: server)
+        fs.arguments = ["-f", "-o", "attr_timeout=0,entry_timeout=0", fuse]
+        fs.environment = ["GATE": gate, "STALL": stall, "ENTERED": entered]
+        try fs.run()
+        let fsPID = fs.processIdentifier
+        defer {
+            FileManager.default.createFile(atPath: gate, contents: nil)   // never leave a lookup waiting
+            _ = try? run("/bin/umount", ["-l", nested])
+            _ = try? run("/bin/umount", ["-l", fuse])
+            kill(fsPID, SIGTERM); fs.waitUntilExit()
+        }
+        #expect(h.waitUntil(10) { (try? run("/bin/mountpoint", ["-q", fuse]).status) == 0 }, "the FUSE server did not mount")
+        try "\(h.daemonPID)\n".write(toFile: stall, atomically: true, encoding: .utf8)
+        #expect(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "nested", nested]).status == 0)
+        #expect(h.waitUntil(10) { (try? linkStatus(entered)) != nil }, "the daemon never looked the nested mount point up")
+        // The lookup is stuck in the FUSE server now. The daemon says so, and goes on:
+        #expect(try h.waitUntil(10) {
+            (try h.status()["mark_failures"] as? [String] ?? []).contains { $0.hasPrefix(nested) && $0.contains("did not finish") }
+        }, "the stalled mount point is not reported: \(String(describing: try? h.status()))")
+        // SIGTERM is handled. The stuck lookup's thread keeps the process from ending until the server answers (a
+        // FUSE request with its server is waited out even through SIGKILL), but it holds no descriptor of the daemon's:
+        // the groups are released, and nothing on the marked filesystem waits for an answer that cannot come.
+        let pid = h.daemonPID
+        h.signalDaemon(SIGTERM, wait: false)
+        #expect(h.waitUntil(10) { h.daemonLog.contains("appctl: stopped") }, "SIGTERM was not handled while a mount point lookup hung")
+        // In this process, on a thread of its own: with the daemon a zombie, Foundation reaps no other child until the
+        // daemon is gone, so no `run` until the gate opens.
+        let usable = LockedBox<Bool>(false)
+        let probe = Thread {
+            let path = h.mount + "/after.txt"
+            let ok = FileManager.default.createFile(atPath: path, contents: Data("data\n".utf8)) && FileManager.default.contents(atPath: path) != nil
+            usable.mutate { $0 = ok }
+        }
+        probe.start()
+        #expect(h.waitUntil(5) { usable.value }, "an open on the marked filesystem waited after the daemon stopped")
+        let groups = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fdinfo"))?.filter {
+            ((try? String(contentsOfFile: "/proc/\(pid)/fdinfo/\($0)", encoding: .utf8)) ?? "").contains("fanotify flags:")
+        } ?? []
+        #expect(groups.isEmpty, "fanotify groups still open after the daemon stopped: \(groups)")
+        FileManager.default.createFile(atPath: gate, contents: nil)   // the lookup returns; the process ends
+        #expect(h.signalDaemon(SIGTERM) == 0)
+    }
 }

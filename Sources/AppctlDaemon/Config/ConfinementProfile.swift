@@ -18,7 +18,7 @@ enum ConfinementProfile {
         // time
         "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday", "clock_getres",
         // files: policy and key reads, event log, state, learn fragment, /proc reads, event descriptors
-        "read", "write", "pread64", "readv", "writev", "openat", "open", "close", "fstat", "newfstatat", "stat", "lstat",
+        "read", "write", "pread64", "readv", "writev", "openat", "openat2", "open", "close", "fstat", "newfstatat", "stat", "lstat",
         "statx", "lseek", "fcntl", "ioctl", "readlink", "readlinkat", "getdents64", "fsync", "fdatasync", "fadvise64",
         "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "mkdir", "mkdirat", "chmod", "fchmod",
         "fchmodat", "fstatfs", "statfs", "uname", "getcwd", "access", "faccessat", "faccessat2", "getuid", "geteuid",
@@ -26,5 +26,7 @@ enum ConfinementProfile {
         // event loop, signals, control socket (already listening), systemd notification (socket already open)
         "poll", "ppoll", "eventfd2", "signalfd4", "accept", "accept4", "setsockopt", "getsockopt", "sendto", "recvfrom",
         "shutdown", "fanotify_mark",
+        // mount point lookups on a thread with a descriptor table of its own, answering over a socketpair
+        "unshare", "close_range", "sendmsg", "recvmsg", "dup3",
     ]
 }

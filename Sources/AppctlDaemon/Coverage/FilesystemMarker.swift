@@ -27,6 +27,11 @@ final class FilesystemMarker: Sendable {
     private let execCountGaps = Mutex<Set<String>>([])
     /// Marked filesystems whose ownership means nothing (`MountTable.ownershipIsMeaningless`), by device number.
     let untrustedOwnership = UntrustedOwnership()
+    /// Mount points are looked up without letting a filesystem hold up the main loop.
+    let lookup = MountPointLookup()
+    /// A mount point's lookup did not finish within its budget at the last marking: mark again (the main loop does,
+    /// every second, until it does).
+    let lookupTimedOut = Atomic<Bool>(false)
     /// Set once start-up is done: from then on, newly marked filesystems are announced.
     let announce = Atomic<Bool>(false)
 
@@ -63,6 +68,7 @@ final class FilesystemMarker: Sendable {
         let present = Set(mounts.map(\.device))
         var added: [String] = []
         var failed: [String] = []
+        var timedOut = false
         marked.withLock { marked in
             // Unmounted filesystems: the kernel dropped their marks with the superblock.
             for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
@@ -73,21 +79,28 @@ final class FilesystemMarker: Sendable {
                 // root-only in between.
                 untrustedOwnership.note(m)
                 do {
-                    if try group.markVerifiedFilesystem(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device, events: events) {
+                    let pinned = try lookup.pin(m.mountPoint, mountID: m.mountID)
+                    defer { pinned.close() }
+                    if try group.markVerifiedFilesystem(pinned: pinned, mountID: m.mountID, device: m.device, events: events) {
                         if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         marked[m.device] = m.mountPoint
-                        markExecCounter(mountPoint: m.mountPoint, mountID: m.mountID, device: m.device)
+                        markExecCounter(pinned: pinned, mountID: m.mountID, device: m.device)
                     } else {
                         failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
                     }
+                } catch where (error as? Errno) == .timedOut {
+                    timedOut = true
+                    failed.append("\(m.mountPoint) (\(m.filesystemType)): the lookup of its mount point did not finish within \(Int(MountPointLookup.budgetSeconds)) s (a filesystem above it does not answer); retried every second")
                 } catch {
                     failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
                 }
             }
         }
-        failures.withLock { $0 = failed }
+        let before = failures.withLock { old -> Set<String> in defer { old = failed }; return Set(old) }
+        lookupTimedOut.store(timedOut, ordering: .relaxed)
         if announce.load(ordering: .relaxed) { for a in added { log("appctl: marked new filesystem \(a)") } }
-        for f in failed { log("appctl: cannot mark \(f)") }
+        // Once per failure, not at every retry.
+        for f in failed where !before.contains(f) { log("appctl: cannot mark \(f)") }
     }
 
     /// Marks the filesystems mounted only inside other mount namespaces: each namespace's mount table is read
@@ -104,9 +117,11 @@ final class FilesystemMarker: Sendable {
                 untrustedOwnership.note(m)   // before the mark, as above
                 // "/." and not "/": /proc/PID/root itself is a magic link, which O_NOFOLLOW would refuse.
                 let path = "/proc/\(pid)/root" + (m.mountPoint == "/" ? "/." : m.mountPoint)
-                if (try? group.markVerifiedFilesystem(mountPoint: path, mountID: m.mountID, device: m.device, events: events)) == true {
+                guard let pinned = try? lookup.pin(path, mountID: m.mountID) else { continue }
+                defer { pinned.close() }
+                if (try? group.markVerifiedFilesystem(pinned: pinned, mountID: m.mountID, device: m.device, events: events)) == true {
                     present[m.device] = "\(m.mountPoint) (\(m.filesystemType)) in \(namespace), pid \(pid)"
-                    markExecCounter(mountPoint: path, mountID: m.mountID, device: m.device)
+                    markExecCounter(pinned: pinned, mountID: m.mountID, device: m.device)
                 }
             }
         }
@@ -121,13 +136,13 @@ final class FilesystemMarker: Sendable {
 
     /// Marks a filesystem for the exec counter too. A filesystem without file handles (FAN_REPORT_FID needs
     /// them) is not counted, and `status` says so instead of under-reporting silently.
-    private func markExecCounter(mountPoint: String, mountID: UInt64, device: String) {
+    private func markExecCounter(pinned: FileDescriptor, mountID: UInt64, device: String) {
         // The pre-hasher's notifications go with the exec counter's: both only watch where the permission group does.
         if let closeWriteNotifier {
-            _ = try? closeWriteNotifier.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.closeWrite])
+            _ = try? closeWriteNotifier.markVerifiedFilesystem(pinned: pinned, mountID: mountID, device: device, events: [.closeWrite])
         }
         guard let execCounter else { return }
-        let counted = (try? execCounter.markVerifiedFilesystem(mountPoint: mountPoint, mountID: mountID, device: device, events: [.openExec])) == true
+        let counted = (try? execCounter.markVerifiedFilesystem(pinned: pinned, mountID: mountID, device: device, events: [.openExec])) == true
         execCountGaps.withLock { gaps in
             if counted { gaps.remove(device) } else { gaps.insert(device) }
         }

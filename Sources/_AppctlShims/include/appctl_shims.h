@@ -72,6 +72,19 @@ void appctl_set_thread_nice(int nice);
 /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask, so only
 /// the signalfd sees them.
 long appctl_gettid(void);
+/// `openat2(AT_FDCWD, path, {O_PATH|O_NOFOLLOW|O_DIRECTORY|O_CLOEXEC, RESOLVE_CACHED})`: a lookup that never asks a
+/// filesystem (EAGAIN when a component is not in the dentry cache or must be revalidated: a FUSE entry, say).
+int appctl_open_directory_path_cached(const char *path);
+/// On the calling thread: give it a descriptor table of its own holding only `sock`, open `path` as in
+/// `appctl_open_directory_path_cached` but asking the filesystem, and send `tag`, the errno and the descriptor
+/// (SCM_RIGHTS) over `sock`, which it then closes. For lookups that may never return.
+int appctl_lookup_in_private_table(const char *path, int sock, uint64_t tag);
+/// Receives one such message without waiting: 0 and the fields, or -1 (EAGAIN: none yet).
+int appctl_receive_lookup(int sock, uint64_t *tag, int32_t *error, int *fd);
+/// `socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds)`.
+int appctl_socketpair(int fds[2]);
+/// `dup3(with, fd, O_CLOEXEC)` (glibc declares dup3 only under _GNU_SOURCE).
+int appctl_replace_descriptor(int with, int fd);
 int appctl_block_signals(const int *signals, int count, sigset_t *out);
 
 /// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
