@@ -201,12 +201,14 @@ public final class Daemon: Sendable {
     func shutdown(control: ControlServer?) {
         control?.stop()
         listedPrehash.stop()
+        // Files written while the event thread still answers: the state and learn directories may lie on a marked
+        // filesystem, and the daemon's own opens of them are permission events too (a second review).
+        policy.waitForCopies()   // a last-known-good copy being written is finished, not cut off
+        flushLearned()
         reader.stop()
         hashPool.stop()
         prehasher?.stop()
         hardening.apply(for: .monitor)
-        policy.waitForCopies()   // a last-known-good copy being written is finished, not cut off
-        flushLearned()
         eventLog.stop()
         if let nullDevice {
             for g in groupsToRelease { g.descriptor.replace(with: nullDevice) }

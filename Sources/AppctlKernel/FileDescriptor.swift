@@ -267,10 +267,11 @@ extension FileDescriptor {
     }
 }
 
-/// The identity (mount id included) of the file at `path` itself, not following a final symlink, without opening it.
-public func fileIdentityNoFollow(_ path: String) throws(Errno) -> FileIdentity {
+/// The identity (mount id included) of the file at `path`, from the dentry cache alone and through no symlink at all:
+/// never waits on a filesystem (`wouldBlock` when the cache cannot answer).
+public func fileIdentityCachedNoSymlinks(_ path: String) throws(Errno) -> FileIdentity {
     var st = appctl_file_status()
-    let rc = path.withCString { appctl_path_status($0, &st) }
+    let rc = path.withCString { appctl_path_status_cached($0, &st) }
     if rc != 0 { throw Errno.current }
     return FileIdentity(st)
 }

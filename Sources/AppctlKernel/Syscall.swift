@@ -28,6 +28,8 @@ public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringCo
     public static let notPermitted = Errno(rawValue: EPERM)
     /// `ETIMEDOUT`
     public static let timedOut = Errno(rawValue: ETIMEDOUT)
+    /// `EINVAL`
+    public static let invalidArgument = Errno(rawValue: EINVAL)
     /// `ENOSYS` — the kernel lacks the call.
     public static let noSuchCall = Errno(rawValue: ENOSYS)
 

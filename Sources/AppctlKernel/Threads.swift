@@ -39,6 +39,12 @@ public func pollDescriptors(_ entries: [(FileDescriptor, Int16)], timeoutMillise
 
 /// Starts a dedicated OS thread (blocking kernel loops must not run on Swift's cooperative pool).
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    let started = tryStartThread(name: name, body)
+    precondition(started, "pthread_create failed")
+}
+
+/// The same, for threads the daemon can do without: false when the thread could not be created.
+public func tryStartThread(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
     final class Box: @unchecked Sendable {   // handed across pthread_create exactly once
         let body: @Sendable () -> Void
         let name: String
@@ -55,8 +61,12 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
         runningThreads.withLock { _ = $0.remove(tid) }
         return nil
     }, box)
-    precondition(rc == 0, "pthread_create failed: \(rc)")
+    guard rc == 0 else {
+        Unmanaged<AnyObject>.fromOpaque(box).release()
+        return false
+    }
     pthread_detach(thread)
+    return true
 }
 
 /// Sets the calling thread's nice value (-20 to 19; on Linux, PRIO_PROCESS with a thread id applies to that thread

@@ -269,10 +269,6 @@ int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out) {
     return appctl_statx(fd, "", AT_EMPTY_PATH | (cached_only ? AT_STATX_DONT_SYNC : 0), out);
 }
 
-int appctl_path_status(const char *path, struct appctl_file_status *out) {
-    return appctl_statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, out);
-}
-
 int appctl_measure_verity(int fd, uint16_t *algorithm, uint16_t *size, uint8_t digest[64]) {
     // struct fsverity_digest ends in a flexible array: give the kernel room for the longest (SHA-512).
     union { struct fsverity_digest d; uint8_t bytes[sizeof(struct fsverity_digest) + 64]; } arg;
@@ -337,3 +333,17 @@ int appctl_receive_lookup(int sock, uint64_t *tag, int32_t *error, int *fd) {
 int appctl_socketpair(int fds[2]) { return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds); }
 
 int appctl_replace_descriptor(int with, int fd) { return dup3(with, fd, O_CLOEXEC); }
+
+int appctl_path_status_cached(const char *path, struct appctl_file_status *out) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_CACHED | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd < 0) return -1;
+    int rc = appctl_statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, out);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}

@@ -279,7 +279,10 @@ import Glibc
         #expect((try? fileIdentity("/proc/\(pid)/exe")) == nil, "the main thread did not exit")
         #expect((try? fileIdentity("/proc/\(pid)")) != nil, "the process must not look gone")
         #expect(LeaseKeeper.anyThread(of: pid, runs: id.device, id.inode), "a live thread's executable is found")
-        // Its thread sleeps (nanosleep): no exec is in progress, so a lease for a failed exec would be let go.
+        // Its thread sleeps (nanosleep): no exec is in progress, so a lease for a failed exec would be let go. (Until
+        // it is in nanosleep, a thread still on a CPU reads as "running", which counts as maybe in exec: wait for that.)
+        let asleep = monotonicSeconds() + 60
+        while LeaseKeeper.anyThreadInExec(of: pid) && monotonicSeconds() < asleep { usleep(1000) }
         #expect(!LeaseKeeper.anyThreadInExec(of: pid))
     }
 }

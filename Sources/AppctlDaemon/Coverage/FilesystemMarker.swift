@@ -69,11 +69,13 @@ final class FilesystemMarker: Sendable {
         var added: [String] = []
         var failed: [String] = []
         var timedOut = false
-        marked.withLock { marked in
-            // Unmounted filesystems: the kernel dropped their marks with the superblock.
-            for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) }
-            // Every wanted filesystem is marked again on every change (adding a mark is idempotent): a device
-            // number reused by a new superblock, or a mark that went astray, is put right.
+        // Unmounted filesystems: the kernel dropped their marks with the superblock.
+        marked.withLock { marked in for device in marked.keys where !present.contains(device) { marked.removeValue(forKey: device) } }
+        // Every wanted filesystem is marked again on every change (adding a mark is idempotent): a device number reused
+        // by a new superblock, or a mark that went astray, is put right. No lock is held across a lookup (`status`
+        // reads `marked`), and the lookups of one pass share one budget.
+        lookup.beginPass()
+        do {
             for m in wanted(mounts) {
                 // Before the mark: from the mark on, events come, and a FUSE server's files must never pass for
                 // root-only in between.
@@ -82,13 +84,16 @@ final class FilesystemMarker: Sendable {
                     let pinned = try lookup.pin(m.mountPoint, mountID: m.mountID)
                     defer { pinned.close() }
                     if try group.markVerifiedFilesystem(pinned: pinned, mountID: m.mountID, device: m.device, events: events) {
-                        if marked[m.device] == nil { added.append("\(m.mountPoint) (\(m.filesystemType))") }
-                        marked[m.device] = m.mountPoint
+                        let isNew = marked.withLock { marked -> Bool in
+                            defer { marked[m.device] = m.mountPoint }
+                            return marked[m.device] == nil
+                        }
+                        if isNew { added.append("\(m.mountPoint) (\(m.filesystemType))") }
                         markExecCounter(pinned: pinned, mountID: m.mountID, device: m.device)
                     } else {
                         failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
                     }
-                } catch where (error as? Errno) == .timedOut {
+                } catch where error == .timedOut {
                     timedOut = true
                     failed.append("\(m.mountPoint) (\(m.filesystemType)): the lookup of its mount point did not finish within \(Int(MountPointLookup.budgetSeconds)) s (a filesystem above it does not answer); retried every second")
                 } catch {
@@ -109,6 +114,7 @@ final class FilesystemMarker: Sendable {
     /// the wrong superblock could only add coverage). `--path` applies to mount points as named inside each
     /// namespace. Superblocks already marked through our own mount table are skipped.
     func updateOtherNamespaces() {
+        lookup.beginPass()
         let ownDevices = marked.withLock { Set($0.keys) }
         var present: [String: String] = [:]
         for (namespace, pid) in MountNamespaces.others() {

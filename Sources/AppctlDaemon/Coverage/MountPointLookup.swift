@@ -21,6 +21,14 @@ final class MountPointLookup: Sendable {
 
     /// Mount ids whose lookup is still waiting on its own thread: not started again meanwhile.
     private let waiting = Mutex<Set<UInt64>>([])
+    /// At most this many lookups left waiting (each a thread stuck in a filesystem); past it, mounts needing one are
+    /// failures until some finish.
+    static let waitingLimit = 8
+    /// When the current marking pass's budget ends (`beginPass`).
+    private let passDeadline = Mutex<Double>(.infinity)
+
+    /// Starts a marking pass: every lookup in it shares one budget.
+    func beginPass() { passDeadline.withLock { $0 = monotonicSeconds() + Self.budgetSeconds } }
     private let nextTag = Atomic<UInt64>(1)
     /// Answers come back on `receiving` from `sending` (a datagram socketpair made at start-up, before confinement).
     private let receiving: Int32
@@ -37,18 +45,26 @@ final class MountPointLookup: Sendable {
     func pin(_ path: String, mountID: UInt64) throws(Errno) -> FileDescriptor {
         do throws(Errno) {
             return try FileDescriptor.openDirectoryPathCached(path)
-        } catch where error == .wouldBlock || error == .noSuchCall {
-            // Not in the cache, or an entry the filesystem must revalidate: ask it, but not on this thread.
+        } catch where error == .wouldBlock || error == .noSuchCall || error == .invalidArgument {
+            // Not in the cache, or an entry the filesystem must revalidate (EINVAL: a kernel before 5.12 without
+            // RESOLVE_CACHED): ask it, but not on this thread.
         }
         guard receiving >= 0 else { throw .timedOut }
-        guard waiting.withLock({ $0.insert(mountID).inserted }) else { throw .timedOut }
+        // One budget for a whole marking pass (a second review: a second each, mount after mount, under a server that
+        // answers just late, kept the main loop for minutes), and a bounded number of lookups left waiting.
+        let deadline = min(monotonicSeconds() + Self.budgetSeconds, passDeadline.withLock { $0 })
+        guard deadline > monotonicSeconds() else { throw .timedOut }
+        guard waiting.withLock({ $0.count < Self.waitingLimit && $0.insert(mountID).inserted }) else { throw .timedOut }
         let tag = nextTag.wrappingAdd(1, ordering: .relaxed).oldValue
         let socket = sending
-        startThread(name: "appctl-lookup") { [self] in
+        let started = tryStartThread(name: "appctl-lookup") { [self] in
             _ = path.withCString { appctl_lookup_in_private_table($0, socket, tag) }
             waiting.withLock { _ = $0.remove(mountID) }
         }
-        let deadline = monotonicSeconds() + Self.budgetSeconds
+        guard started else {
+            waiting.withLock { _ = $0.remove(mountID) }
+            throw .timedOut
+        }
         while true {
             // Answers of lookups abandoned earlier may come first: their descriptors are closed.
             var answerTag: UInt64 = 0, error: Int32 = 0, fd: Int32 = -1

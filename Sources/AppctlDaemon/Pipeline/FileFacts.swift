@@ -91,11 +91,13 @@ final class KernelFileFacts: FileFacts {
     /// readlink of /proc/self/fd gives the path in the *opener's* view (a bind mount in another mount namespace
     /// prints as the path it was mounted over, a review showed), so it counts only when that path, looked up in
     /// the daemon's own namespace, is this very file through this very mount. Looked up only once it is under one
-    /// of `paths` (root's directories: no user can put a FUSE mount there for the lookup to wait on).
+    /// of `paths`, from the dentry cache alone and through no symlink (this is the event thread: a symlink under a
+    /// listed path could lead to a FUSE mount whose server never answers, a second review showed); a path the cache
+    /// cannot answer is simply not cached in the kernel this time.
     func path(of descriptor: Int32, ifUnder paths: RootDataPaths) -> String? {
         guard let path = readLink("/proc/self/fd/\(descriptor)"), paths.contains(path),
               let opened = try? FileDescriptor(rawValue: descriptor).identity(cachedOnly: true),
-              let here = try? fileIdentityNoFollow(path),
+              let here = try? fileIdentityCachedNoSymlinks(path),
               here.device == opened.device, here.inode == opened.inode, here.mountID == opened.mountID else { return nil }
         return path
     }

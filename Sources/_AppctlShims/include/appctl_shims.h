@@ -109,8 +109,10 @@ struct appctl_file_status {
 /// 0, or -1 with errno set. `cached_only`: `AT_STATX_DONT_SYNC`, so a FUSE or NFS filesystem is not asked
 /// (a server that never answers cannot stall the caller; its attributes may then be stale).
 int appctl_fd_status(int fd, int cached_only, struct appctl_file_status *out);
-/// The same for a path, not following a final symlink (`statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, ...)`).
-int appctl_path_status(const char *path, struct appctl_file_status *out);
+/// The same for a path, without asking any filesystem and without following any symlink on the way (`openat2` with
+/// `RESOLVE_CACHED | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, then `statx(AT_STATX_DONT_SYNC)`): -1 with EAGAIN
+/// when the dentry cache alone cannot answer, ELOOP at a symlink. Safe on a thread that must never wait.
+int appctl_path_status_cached(const char *path, struct appctl_file_status *out);
 
 // ---- fs-verity ----
 
