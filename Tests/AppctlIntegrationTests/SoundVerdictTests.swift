@@ -29,6 +29,26 @@ struct SoundVerdictTests {
         try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", command])
     }
 
+    /// Runs a command as the attacker on a thread of its own; its result once it has ended.
+    func startAsNobody(_ arguments: [String]) -> LockedBox<ProcessResult?> {
+        let result = LockedBox<ProcessResult?>(nil)
+        Thread {
+            result.mutate { $0 = try? run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups"] + arguments) }
+        }.start()
+        return result
+    }
+
+    /// An allowed program the attacker owns, large enough that hashing it takes a while (600 MiB: ~0.4 s), on a
+    /// tmpfs of its own below the marked one (so marked too); the policy allows it and `others`.
+    func largeAllowedProgram(_ h: DaemonHarness, allowing others: [String] = []) throws -> String {
+        chmod(h.mount, 0o777)
+        try h.mountTmpfs(at: h.mount + "/large", size: "1g")
+        chmod(h.mount + "/large", 0o777)
+        let big = try h.copyExecutable("/usr/bin/true", to: "large/big", appending: [UInt8](repeating: 0, count: 600 << 20))
+        try h.writePolicy(allow: [h.mount + "/known", big] + others)
+        return big
+    }
+
     func mutableRecords(_ h: DaemonHarness) -> [[String: Any]] {
         h.eventRecords().filter { $0["reason"] as? String == "mutable" }
     }
@@ -204,14 +224,9 @@ struct SoundVerdictTests {
     /// code ran.
     @Test func aWriterDuringTheHashOfAnExecIsCaught() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        chmod(h.mount, 0o777)
-        // Large enough that hashing takes a while (600 MiB: ~0.4 s, on a tmpfs of its own below the marked one, so
-        // marked too), allowed as it is, owned by the attacker.
-        try h.mountTmpfs(at: h.mount + "/large", size: "1g")
-        chmod(h.mount + "/large", 0o777)
-        let big = try h.copyExecutable("/usr/bin/true", to: "large/big", appending: [UInt8](repeating: 0, count: 600 << 20))
+        // Allowed as it is, owned by the attacker.
         let clean = try h.copyExecutable("/usr/bin/true", to: "clean")
-        try h.writePolicy(allow: [h.mount + "/known", big, clean])
+        let big = try largeAllowedProgram(h, allowing: [clean])
         // Its first byte is not ELF yet: the attacker's open for writing is a plain data open. One byte later it
         // is the allowed program, byte for byte.
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
@@ -239,11 +254,7 @@ struct SoundVerdictTests {
             code = os.waitstatus_to_exitcode(status)
             print('denied' if code == 77 else 'busy' if code == 78 else 'ran-modified' if b'GnU' in out else 'ran')
             """
-        let result = LockedBox<ProcessResult?>(nil)
-        let thread = Thread {
-            result.mutate { $0 = try? run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", attack]) }
-        }
-        thread.start()
+        let result = startAsNobody(["/usr/bin/python3", "-c", attack])
         // The acknowledged state: the daemon is hashing the program, or has refused the lease.
         #expect(try h.waitUntil(30) {
             let s = try h.status()
@@ -278,11 +289,7 @@ struct SoundVerdictTests {
     /// the sibling's open passed for the exec's own and was allowed (a mapping that later writes would change).
     @Test func aSiblingThreadsOpenDuringAnExecIsNotTheExecsOwn() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        chmod(h.mount, 0o777)
-        try h.mountTmpfs(at: h.mount + "/large", size: "1g")
-        chmod(h.mount + "/large", 0o777)
-        let big = try h.copyExecutable("/usr/bin/true", to: "large/big", appending: [UInt8](repeating: 0, count: 600 << 20))
-        try h.writePolicy(allow: [h.mount + "/known", big])
+        let big = try largeAllowedProgram(h)
         chown(big, 65534, 65534)
         try h.start(mode: "enforce")
         let go = h.mount + "/go"
@@ -313,11 +320,7 @@ struct SoundVerdictTests {
         let built = try run("/usr/bin/cc", ["-O2", "-pthread", "-o", program, source])
         #expect(built.status == 0, "\(built.stderr)")
         chmod(h.dir.path, 0o755)
-        let result = LockedBox<ProcessResult?>(nil)
-        let thread = Thread {
-            result.mutate { $0 = try? run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", program, big, go]) }
-        }
-        thread.start()
+        let result = startAsNobody([program, big, go])
         // The acknowledged state: the exec's hash is running.
         #expect(try h.waitUntil(30) { (try h.status()["hashes_in_flight"] as? Int ?? 0) > 0 })
         FileManager.default.createFile(atPath: go, contents: nil)

@@ -75,30 +75,28 @@ final class FilesystemMarker: Sendable {
         // by a new superblock, or a mark that went astray, is put right. No lock is held across a lookup (`status`
         // reads `marked`), and the lookups of one pass share one budget.
         lookup.beginPass()
-        do {
-            for m in wanted(mounts) {
-                // Before the mark: from the mark on, events come, and a FUSE server's files must never pass for
-                // root-only in between.
-                untrustedOwnership.note(m)
-                do {
-                    let pinned = try lookup.pin(m.mountPoint, mountID: m.mountID)
-                    defer { pinned.close() }
-                    if try group.markVerifiedFilesystem(pinned: pinned, mountID: m.mountID, device: m.device, events: events) {
-                        let isNew = marked.withLock { marked -> Bool in
-                            defer { marked[m.device] = m.mountPoint }
-                            return marked[m.device] == nil
-                        }
-                        if isNew { added.append("\(m.mountPoint) (\(m.filesystemType))") }
-                        markExecCounter(pinned: pinned, mountID: m.mountID, device: m.device)
-                    } else {
-                        failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
+        for m in wanted(mounts) {
+            // Before the mark: from the mark on, events come, and a FUSE server's files must never pass for
+            // root-only in between.
+            untrustedOwnership.note(m)
+            do {
+                let pinned = try lookup.pin(m.mountPoint, mountID: m.mountID)
+                defer { pinned.close() }
+                if try group.markVerifiedFilesystem(pinned: pinned, mountID: m.mountID, device: m.device, events: events) {
+                    let isNew = marked.withLock { marked -> Bool in
+                        defer { marked[m.device] = m.mountPoint }
+                        return marked[m.device] == nil
                     }
-                } catch where error == .timedOut {
-                    timedOut = true
-                    failed.append("\(m.mountPoint) (\(m.filesystemType)): the lookup of its mount point did not finish within \(Int(MountPointLookup.budgetSeconds)) s (a filesystem above it does not answer); retried every second")
-                } catch {
-                    failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
+                    if isNew { added.append("\(m.mountPoint) (\(m.filesystemType))") }
+                    markExecCounter(pinned: pinned, mountID: m.mountID, device: m.device)
+                } else {
+                    failed.append("\(m.mountPoint) (\(m.filesystemType)): the path no longer leads to mount \(m.mountID) (device \(m.device))")
                 }
+            } catch where error == .timedOut {
+                timedOut = true
+                failed.append("\(m.mountPoint) (\(m.filesystemType)): the lookup of its mount point did not finish within \(Int(MountPointLookup.budgetSeconds)) s (a filesystem above it does not answer); retried every second")
+            } catch {
+                failed.append("\(m.mountPoint) (\(m.filesystemType)): \(error)")
             }
         }
         let before = failures.withLock { old -> Set<String> in defer { old = failed }; return Set(old) }

@@ -95,7 +95,8 @@ final class KernelFileFacts: FileFacts {
     /// listed path could lead to a FUSE mount whose server never answers, a second review showed); a path the cache
     /// cannot answer is simply not cached in the kernel this time.
     func path(of descriptor: Int32, ifUnder paths: RootDataPaths) -> String? {
-        guard let path = readLink("/proc/self/fd/\(descriptor)"), paths.contains(path),
+        let path = pathOfDescriptor(descriptor)
+        guard paths.contains(path),
               let opened = try? FileDescriptor(rawValue: descriptor).identity(cachedOnly: true),
               let here = try? fileIdentityCachedNoSymlinks(path),
               here.device == opened.device, here.inode == opened.inode, here.mountID == opened.mountID else { return nil }

@@ -47,8 +47,6 @@ final class LeaseKeeper: Sendable {
         /// The digest of an allowed, known content: once every exec is past its write denial, the lease is kept
         /// as a verdict (`VerdictLease`) instead of being let go.
         var verdict: SHA256Digest?
-        var device: UInt64 { key.device }
-        var inode: UInt64 { key.inode }
         var deadline: Double
         /// When to look next, and how long to wait after that: looking costs a few /proc reads per thread, so the
         /// interval doubles from 1 ms up to 20 ms (an exec is past its write denial within a millisecond or so;
@@ -157,10 +155,10 @@ final class LeaseKeeper: Sendable {
             }
         }
         guard !gone.isEmpty else { return }
-        let (removed, count) = verdicts.withLock { v in (gone.compactMap { v.remove($0) }, v.table.count) }
+        let (removed, count) = verdicts.withLock { v in (gone.compactMap { key in v.remove(key).map { (key, $0) } }, v.table.count) }
         statistics.add(.leaseBreaks, breaks)
         statistics.set(.leasedVerdicts, count)
-        for entry in removed { letGo(entry) }
+        for (key, entry) in removed { letGo(entry, key: key) }
     }
 
     /// Drops from each verdict's `recentExecs` the threads certainly past their write denial: gone (a thread that
@@ -170,7 +168,7 @@ final class LeaseKeeper: Sendable {
         let now = monotonicSeconds()
         let snapshot = verdicts.withLock { v in v.table.compactMap { $0.value.recentExecs.isEmpty ? nil : ($0.key, $0.value.recentExecs.map(\.pid)) } }
         for (key, pids) in snapshot {
-            let passed = Set(pids.filter { Self.isGone($0) || Self.anyThread(of: $0, runs: key.device, key.inode) })
+            let passed = Set(pids.filter { Self.isPastWriteDenial($0, of: key) })
             verdicts.withLock { v in
                 guard var entry = v.table[key] else { return }
                 // Past the kernel's lease-break time a writer goes on regardless (the residual SECURITY.md states).
@@ -186,12 +184,12 @@ final class LeaseKeeper: Sendable {
     }
 
     /// Lets a verdict's lease go: at once when no exec it answered may still be before its write denial, else
-    /// through the held list, like a lease taken for a hash.
-    private func letGo(_ entry: VerdictLease) {
+    /// through the held list, like a lease taken for a hash. `key`: the one the verdict was kept under (the file's
+    /// identity now may differ, or not be readable: the execs in flight are the ones to wait for either way).
+    private func letGo(_ entry: VerdictLease, key: FileKey) {
         let now = monotonicSeconds()
         let pids = entry.recentExecs.filter { now - $0.at <= Self.holdSeconds }.map(\.pid)
-        guard !pids.isEmpty, !stopping.load(ordering: .relaxed),
-              let key = (try? entry.descriptor.identity()).map(FileKey.init) else {
+        guard !pids.isEmpty, !stopping.load(ordering: .relaxed) else {
             entry.descriptor.releaseLease()
             entry.descriptor.close()
             return
@@ -205,17 +203,17 @@ final class LeaseKeeper: Sendable {
         guard verdictLimit > 0, let digest = h.verdict, !stopping.load(ordering: .relaxed),
               h.descriptor.holdsUnbrokenReadLease, (try? h.descriptor.identity()).map(FileKey.init) == h.key else { return false }
         let now = monotonicSeconds()
-        var evicted: VerdictLease? = nil
+        var evicted: (FileKey, VerdictLease)? = nil
         let (kept, count) = verdicts.withLock { v -> (Bool, Int) in
             guard v.table[h.key] == nil else { return (false, v.table.count) }   // another exec's lease holds it already
             if v.table.count >= verdictLimit, let oldest = v.table.min(by: { $0.value.lastUsed < $1.value.lastUsed }) {
-                evicted = v.remove(oldest.key)
+                evicted = v.remove(oldest.key).map { (oldest.key, $0) }
             }
             v.table[h.key] = VerdictLease(descriptor: h.descriptor, digest: digest, lastUsed: now, recentExecs: [])
             return (true, v.table.count)
         }
         statistics.set(.leasedVerdicts, count)
-        if let evicted { letGo(evicted) }
+        if let (key, entry) = evicted { letGo(entry, key: key) }
         return kept
     }
 
@@ -264,6 +262,12 @@ final class LeaseKeeper: Sendable {
             return list.count == 1
         }
         if wasIdle { wakeup?.signal() }
+    }
+
+    /// Whether the exec of `pid` is certainly past the kernel's write denial for the file: the thread is gone (reaped,
+    /// or it exec'd and took over its process's id), or one of its process's threads runs the file.
+    static func isPastWriteDenial(_ pid: Int32, of key: FileKey) -> Bool {
+        isGone(pid) || anyThread(of: pid, runs: key.device, key.inode)
     }
 
     /// Whether one of the process's threads runs the file: its exec got past the kernel's write denial.
@@ -371,10 +375,9 @@ final class LeaseKeeper: Sendable {
         for var h in due {
             let passed = h.pids.allSatisfy { pid in
                 // Gone (reaped): no thread is left to exec. (`kill(pid, 0)` would say the same, but the seccomp
-                // filter allows no signal-sending call.)
-                if Self.isGone(pid) { return true }
+                // filter allows no signal-sending call.) Or running the file.
+                if Self.isPastWriteDenial(pid, of: h.key) { return true }
                 if pid <= 0 { return false }   // unknown process: held until the deadline
-                if Self.anyThread(of: pid, runs: h.device, h.inode) { return true }
                 // The exec failed (ENOEXEC, a missing interpreter, …): no thread is inside execve any more, and none
                 // runs the file. Checked after the executable, so an exec that succeeds in between is past the
                 // write denial either way. Without this a failed exec held writers off for the lease-break time.
