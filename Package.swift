@@ -5,6 +5,8 @@ let package = Package(
     name: "appctl",
     products: [
         .executable(name: "appctl", targets: ["appctl"]),
+        // What apt runs before and after dpkg (`appctl apt-hook install`); the only binary that links libarchive.
+        .executable(name: "appctl-apt-hook", targets: ["AppctlAptHook"]),
     ],
     dependencies: [
         // https://github.com/apple/swift-argument-parser 1.8.2 — the CLI's only package dependency.
@@ -23,12 +25,18 @@ let package = Package(
         .target(name: "AppctlCore", dependencies: ["AppctlKernel"]),
         // Learning a host: the scanner and the dpkg database.
         .target(name: "AppctlLearn", dependencies: ["AppctlCore", "AppctlKernel"]),
+        // apt's chain of trust (InRelease → Packages → .deb), the hook protocol, the overlay store. Runs Debian's
+        // own tools (gpgv, apt-helper, dpkg-deb); links no archive library.
+        .target(name: "AppctlPackages", dependencies: ["AppctlCore", "AppctlKernel"]),
+        // libarchive (Debian's libarchive-dev), for the apt hook's program only.
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         // The enforcement daemon: a composition root over the event pipeline (Sources/README.md).
-        .target(name: "AppctlDaemon", dependencies: ["AppctlCore", "AppctlKernel"]),
+        .target(name: "AppctlDaemon", dependencies: ["AppctlCore", "AppctlKernel", "AppctlPackages"]),
+        .executableTarget(name: "AppctlAptHook", dependencies: ["AppctlPackages", "AppctlDaemon", "AppctlCore", "AppctlKernel", "CArchive"]),
         .executableTarget(
             name: "appctl",
             dependencies: [
-                "AppctlLearn", "AppctlDaemon", "AppctlCore", "AppctlKernel",
+                "AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -36,9 +44,9 @@ let package = Package(
         .target(name: "AppctlTestSupport", dependencies: ["AppctlCore", "AppctlKernel"], path: "Tests/Support"),
         .testTarget(name: "AppctlCoreTests", dependencies: ["AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         // Without root: learn, config, the CLI, hashing, and the daemon's decision ladder with a fake kernel.
-        .testTarget(name: "AppctlUnitTests", dependencies: ["AppctlLearn", "AppctlDaemon", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        .testTarget(name: "AppctlUnitTests", dependencies: ["AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         // Real-kernel tests of the daemon: root, fanotify, tmpfs mounts of their own.
-        .testTarget(name: "AppctlIntegrationTests", dependencies: ["AppctlDaemon", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        .testTarget(name: "AppctlIntegrationTests", dependencies: ["AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

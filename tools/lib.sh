@@ -26,7 +26,8 @@ ensure_packages() {
 }
 
 ensure_build_dependencies() {
-  ensure_packages libssl-dev libseccomp-dev pkg-config
+  # libarchive-dev: the apt hook's program reads dpkg-deb's tar streams with it.
+  ensure_packages libssl-dev libseccomp-dev libarchive-dev pkg-config
   command -v swift >/dev/null || { echo "swift not found (expected in /opt/swift/usr/bin)" >&2; exit 1; }
 }
 

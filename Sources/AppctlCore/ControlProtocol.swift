@@ -6,6 +6,8 @@ public enum ControlRequest: Equatable, Sendable {
     case status(json: Bool)
     case setMode(Mode)
     case reload
+    /// Read the overlay directory again (the apt hook, after it wrote a layer): added entries need no flush.
+    case reloadOverlays
     /// Test hook (the daemon's hidden `--debug-selftest`): make a call that confinement forbids.
     case debugForbiddenSyscall(String)
 
@@ -14,6 +16,7 @@ public enum ControlRequest: Equatable, Sendable {
         case .status(let json): return json ? "status json" : "status"
         case .setMode(let mode): return "mode \(mode.rawValue)"
         case .reload: return "reload"
+        case .reloadOverlays: return "overlay-reload"
         case .debugForbiddenSyscall(let call): return "debug-forbidden-syscall \(call)"
         }
     }
@@ -31,8 +34,9 @@ public enum ControlRequest: Equatable, Sendable {
             self = .setMode(mode)
         case ("mode", _): throw ControlReply.error("usage: mode \(Self.modes)")
         case ("reload", 1): self = .reload
+        case ("overlay-reload", 1): self = .reloadOverlays
         case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
-        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload)")
+        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload, overlay-reload)")
         }
     }
 }

@@ -109,7 +109,13 @@ public struct PolicyHeader: Hashable, Sendable {
     /// Version 1; version 2 adds the optional fs-verity field to allow entries. Writers use 1 whenever
     /// no entry has that field, so such policies stay readable by every appctl.
     public static let formatVersion = 1
-    public static let newestFormatVersion = 3
+    public static let newestFormatVersion = 4
+
+    /// Version 4 carries the trust-source header lines (`apt-source`, `maintenance`); it is used exactly when a
+    /// header has one, whatever the entries need.
+    public static func formatVersion(for allows: some Sequence<AllowEntry>, header: PolicyHeader) -> Int {
+        header.declaresLocalTrust ? 4 : formatVersion(for: allows)
+    }
 
     /// The version a policy with these entries is written in: the lowest that can hold them (one spelling per
     /// policy): 3 with an interpreter field, else 2 with an fs-verity digest, else 1.
@@ -134,8 +140,16 @@ public struct PolicyHeader: Hashable, Sendable {
     public var scope: [String]
     /// Free text, escaped form.
     public var escapedDescription: String?
+    /// The apt sources whose packages this host may verify and trust, gate, or report on (format version 4), in
+    /// canonical order. Empty: the host derives nothing from apt.
+    public var aptSources: [AptSourceRule] = []
+    /// Whether and how this host may open maintenance windows (format version 4). Nil: it may not.
+    public var maintenance: MaintenanceRule?
     public var allowCount: Int
     public var denyCount: Int
+
+    /// Whether the header names any local trust source (so the file is format version 4).
+    public var declaresLocalTrust: Bool { !aptSources.isEmpty || maintenance != nil }
 
     public init(serial: UInt64? = nil, issued: Timestamp, expires: Timestamp? = nil, keyID: String? = nil,
                 scope: [String] = [], description: String? = nil, allowCount: Int = 0, denyCount: Int = 0) {
@@ -220,3 +234,152 @@ public enum PathEscaping {
     }
 }
 
+
+/// What a host may do with packages from one apt source (format version 4). Named in the signed policy, never
+/// in local configuration: which archives a host trusts is the fleet owner's decision.
+public enum AptTrustMode: String, Sendable, CaseIterable {
+    /// Derive trust: every file of a package verified through the archive's signed chain joins the `overlay:apt`
+    /// layer before dpkg unpacks it.
+    case auto
+    /// Derive nothing: apt is stopped before dpkg runs unless every executable file of the transaction is allowed
+    /// already (a signed policy must carry the update first).
+    case gate
+    /// Derive nothing, stop nothing: the hook only reports. Written by leaving `mode=` out.
+    case report
+}
+
+/// One `apt-source` header line: the archive's OpenPGP signer, optionally narrowed to a Release file's `Origin`
+/// and `Suite` (or `Codename`), and what the host may do with its packages.
+/// Canonical spelling: `signer=<40 uppercase hex>[,origin=<token>][,suite=<token>][,mode=auto|gate]`.
+public struct AptSourceRule: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The primary key fingerprint of a key that signs the `InRelease` file (what gpgv's VALIDSIG reports last).
+    public var signer: String
+    public var origin: String?
+    public var suite: String?
+    public var mode: AptTrustMode
+
+    public init(signer: String, origin: String? = nil, suite: String? = nil, mode: AptTrustMode) {
+        self.signer = signer; self.origin = origin; self.suite = suite; self.mode = mode
+    }
+
+    /// Parses a spec. `canonical` refuses every other spelling of the same rule (the reader of signed files);
+    /// otherwise lowercase hex and any field order are accepted (the command line).
+    public init(spec: String, canonical: Bool) throws(SpecError) {
+        var signer: String?, origin: String?, suite: String?, mode = AptTrustMode.report, modeWritten = false
+        var keys: [String] = []
+        for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
+            let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
+            guard !keys.contains(key) else { throw SpecError("\(key)= given twice") }
+            keys.append(key)
+            switch key {
+            case "signer":
+                guard value.utf8.count == 40, value.utf8.allSatisfy({ Hex.value($0, allowingUppercase: true) != nil }) else {
+                    throw SpecError("signer= must be a 40-hex-digit OpenPGP fingerprint, got '\(value)'")
+                }
+                if canonical && value != value.uppercased() { throw SpecError("signer= must be uppercase hex") }
+                signer = value.uppercased()
+            case "origin", "suite":
+                guard !value.isEmpty, value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "=") && $0 != UInt8(ascii: "%") }) else {
+                    throw SpecError("\(key)= must be a word of printable ASCII without ',', '=' or '%', got '\(value)'")
+                }
+                if key == "origin" { origin = value } else { suite = value }
+            case "mode":
+                guard let m = AptTrustMode(rawValue: value), m != .report else { throw SpecError("mode= must be auto or gate (leave it out to only report), got '\(value)'") }
+                mode = m; modeWritten = true
+            default:
+                throw SpecError("unknown field '\(key)=' (signer, origin, suite, mode)")
+            }
+        }
+        guard let signer else { throw SpecError("signer= is required") }
+        self.init(signer: signer, origin: origin, suite: suite, mode: mode)
+        if canonical && (keys != ["signer", "origin", "suite", "mode"].filter(keys.contains) || (modeWritten && mode == .report)) {
+            throw SpecError("fields must come in the order signer, origin, suite, mode")
+        }
+    }
+
+    public var description: String {
+        var s = "signer=\(signer)"
+        if let origin { s += ",origin=\(origin)" }
+        if let suite { s += ",suite=\(suite)" }
+        if mode != .report { s += ",mode=\(mode.rawValue)" }
+        return s
+    }
+
+    /// Whether a verified Release file matches this rule: one of its good signatures is by `signer`, and `Origin`
+    /// and `Suite` (or `Codename`) are as named.
+    public func matches(signers: Set<String>, origin releaseOrigin: String?, suite releaseSuite: String?, codename: String?) -> Bool {
+        guard signers.contains(signer) else { return false }
+        if let origin, origin != releaseOrigin { return false }
+        if let suite, suite != releaseSuite && suite != codename { return false }
+        return true
+    }
+
+    public static func < (a: AptSourceRule, b: AptSourceRule) -> Bool { a.description.utf8.lexicographicallyPrecedes(b.description.utf8) }
+}
+
+/// The `maintenance` header line: whether this host may open maintenance windows, for how long at most, and under
+/// which directories content written during one may be trusted. Canonical: `max=<seconds>s[,paths=<dir>:<dir>…]`.
+public struct MaintenanceRule: Hashable, Sendable, CustomStringConvertible {
+    public var maximumSeconds: UInt64
+    /// Absolute, normalised directories; empty means no path is trusted (a window only reports).
+    public var paths: [String]
+
+    public init(maximumSeconds: UInt64, paths: [String]) { self.maximumSeconds = maximumSeconds; self.paths = paths }
+
+    public init(spec: String, canonical: Bool) throws(SpecError) {
+        var maximum: UInt64?, paths: [String] = [], keys: [String] = []
+        for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
+            let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
+            guard !keys.contains(key) else { throw SpecError("\(key)= given twice") }
+            keys.append(key)
+            switch key {
+            case "max":
+                guard let seconds = parseDuration(value), seconds > 0, seconds <= 366 * 86_400 else {
+                    throw SpecError("max= must be a duration such as 90m, 2h or 1d (at most 366d), got '\(value)'")
+                }
+                if canonical && value != "\(seconds)s" { throw SpecError("max= must be written in seconds, as \(seconds)s") }
+                maximum = seconds
+            case "paths":
+                paths = value.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+                for path in paths where !isNormalisedAbsolute(path) {
+                    throw SpecError("paths= must be absolute, normalised directories without ',' or spaces, got '\(path)'")
+                }
+            default:
+                throw SpecError("unknown field '\(key)=' (max, paths)")
+            }
+        }
+        guard let maximum else { throw SpecError("max= is required") }
+        if canonical && keys != ["max", "paths"].filter(keys.contains) { throw SpecError("fields must come in the order max, paths") }
+        self.init(maximumSeconds: maximum, paths: paths)
+    }
+
+    public var description: String {
+        "max=\(maximumSeconds)s" + (paths.isEmpty ? "" : ",paths=" + paths.joined(separator: ":"))
+    }
+}
+
+/// Why a spec on the command line or in a header line is refused.
+public struct SpecError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `90`, `90s`, `15m`, `2h`, `1d` → seconds.
+public func parseDuration(_ text: String) -> UInt64? {
+    guard let last = text.last else { return nil }
+    let units: [Character: UInt64] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+    let (digits, unit) = last.isNumber ? (Substring(text), UInt64(1)) : (text.dropLast(), units[last] ?? 0)
+    guard unit > 0, !digits.isEmpty, digits.allSatisfy(\.isASCII), let n = UInt64(digits), digits.first != "0" || digits == "0" else { return nil }
+    let (product, overflow) = n.multipliedReportingOverflow(by: unit)
+    return overflow ? nil : product
+}
+
+/// `/a/b` with no empty, `.` or `..` component, no trailing slash (except `/` itself), printable ASCII only
+/// and none of the separators the specs use.
+public func isNormalisedAbsolute(_ path: String) -> Bool {
+    guard path.hasPrefix("/"), path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: ":") && $0 != UInt8(ascii: "%") }) else { return false }
+    if path == "/" { return true }
+    return !path.hasSuffix("/") && path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+}

@@ -96,6 +96,8 @@ private struct Parser {
     var keyID: String?
     var scope: [String] = []
     var escapedDescription: String?
+    var aptSources: [AptSourceRule] = []
+    var maintenance: MaintenanceRule?
     var allowCount: Int?
     var denyCount: Int?
     var allowsSeen = 0
@@ -197,6 +199,8 @@ private struct Parser {
         var header = PolicyHeader(serial: serial, issued: issued!, expires: expires, keyID: keyID, scope: scope,
                                   description: nil, allowCount: allowCount!, denyCount: denyCount!)
         header.escapedDescription = escapedDescription
+        header.aptSources = aptSources
+        header.maintenance = maintenance
         header.version = version
         return header
     }
@@ -204,16 +208,20 @@ private struct Parser {
     /// The header keys in their only allowed order; `true` marks the required ones.
     static let headerKeys: [(String, Bool)] = [
         ("serial", false), ("issued", true), ("expires", false), ("key-id", false),
-        ("scope", false), ("description", false), ("allow-count", true), ("deny-count", true),
+        ("scope", false), ("description", false), ("apt-source", false), ("maintenance", false),
+        ("allow-count", true), ("deny-count", true),
     ]
+    /// Header keys that may appear on several lines in a row (in canonical order).
+    static let repeatableHeaderKeys: Set<String> = ["apt-source"]
 
     mutating func handle(_ line: UnsafeBufferPointer<UInt8>) throws(PolicyError) {
         if lineNumber == 1 {
             if line.elementsEqual("appctl-policy 1".utf8) { return }
             if line.elementsEqual("appctl-policy 2".utf8) { version = 2; return }
             if line.elementsEqual("appctl-policy 3".utf8) { version = 3; return }
+            if line.elementsEqual("appctl-policy 4".utf8) { version = 4; return }
             if line.starts(with: "appctl-policy ".utf8) {
-                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 3)")
+                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 4)")
             }
             throw fail(.notAPolicy, "not an appctl policy (the first line must be 'appctl-policy 1')")
         }
@@ -261,11 +269,17 @@ private struct Parser {
             if key == "allow" || key == "deny" { throw fail(.malformed, "entry before the header's allow-count and deny-count") }
             throw fail(.malformed, "unknown header field '\(key)'")
         }
-        guard step >= headerStep else { throw fail(.outOfOrder, "header field '\(key)' out of order or repeated") }
-        for skipped in headerStep..<step where Self.headerKeys[skipped].1 {
+        let repeatable = Self.repeatableHeaderKeys.contains(key)
+        guard step >= headerStep || (repeatable && step == headerStep - 1) else {
+            throw fail(.outOfOrder, "header field '\(key)' out of order or repeated")
+        }
+        for skipped in min(headerStep, step)..<step where Self.headerKeys[skipped].1 {
             throw fail(.malformed, "header field '\(Self.headerKeys[skipped].0)' is missing")
         }
         headerStep = step + 1
+        if (key == "apt-source" || key == "maintenance") && version < 4 {
+            throw fail(.malformed, "'\(key)' needs format version 4 (this file says \(version))")
+        }
         switch key {
         case "serial":
             guard let v = parseDecimal(value), v > 0, v <= UInt64(Int64.max) else {
@@ -291,7 +305,17 @@ private struct Parser {
         case "description":
             guard PathEscaping.unescape(value, token: false) != nil else { throw fail(.malformed, "malformed escape in description") }
             escapedDescription = text(value)
+        case "apt-source":
+            let rule: AptSourceRule
+            do { rule = try AptSourceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "apt-source: \(error)") }
+            if let last = aptSources.last, !(last < rule) { throw fail(.outOfOrder, "apt-source lines out of canonical order or repeated") }
+            aptSources.append(rule)
+        case "maintenance":
+            do { maintenance = try MaintenanceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "maintenance: \(error)") }
         case "allow-count", "deny-count":
+            if key == "allow-count" && version == 4 && aptSources.isEmpty && maintenance == nil {
+                throw fail(.malformed, "format version 4 but the header has no apt-source or maintenance line (write it as version 3 or lower)")
+            }
             guard let v = parseDecimal(value), v <= 100_000_000 else {
                 throw fail(.malformed, "\(key) must be a count, got '\(text(value))'")
             }

@@ -63,6 +63,19 @@ public final class PolicyWriter {
         if let keyID = header.keyID { try line("key-id \(keyID)") }
         if !header.scope.isEmpty { try line("scope \(header.scope.joined(separator: ","))") }
         if let description = header.escapedDescription, !description.isEmpty { try line("description \(description)") }
+        guard header.declaresLocalTrust == (header.version >= 4) else {
+            throw PolicyError(.malformed, file: name, header.version >= 4 ? "format version 4 needs an apt-source or maintenance line"
+                                                                             : "apt-source and maintenance lines need format version 4")
+        }
+        var previousSource: AptSourceRule?
+        for source in header.aptSources {
+            if let previousSource, !(previousSource < source) {
+                throw PolicyError(.outOfOrder, file: name, "apt-source lines out of canonical order or repeated at \(source)")
+            }
+            previousSource = source
+            try line("apt-source \(source)")
+        }
+        if let maintenance = header.maintenance { try line("maintenance \(maintenance)") }
         try line("allow-count \(header.allowCount)")
         try line("deny-count \(header.denyCount)")
     }
@@ -131,7 +144,7 @@ extension PolicyWriter {
         var header = header
         header.allowCount = allows.count
         header.denyCount = denies.count
-        header.version = PolicyHeader.formatVersion(for: allows)
+        header.version = PolicyHeader.formatVersion(for: allows, header: header)
         let file: AtomicFileWriter
         do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
             throw PolicyError(.io, file: path, "cannot create: \(error)")

@@ -6,6 +6,9 @@ public struct Verdict: Equatable, Sendable {
     public var serial: UInt64?
     public var mode: Mode
     public var layer: Layer
+    /// For an allow by digest: the trust layer whose entry allowed it (`base`, the signed policy, or
+    /// `overlay:apt`); nil for every other verdict.
+    public var allowedBy: String?
 
     /// Which rule of the ladder decided (`Triage` names each). Written into no file format: for the reader of the
     /// code and of tests, and for status figures.
@@ -26,8 +29,8 @@ public struct Verdict: Equatable, Sendable {
         case shutdown
     }
 
-    public init(_ decision: Decision, serial: UInt64?, mode: Mode, layer: Layer) {
-        self.decision = decision; self.serial = serial; self.mode = mode; self.layer = layer
+    public init(_ decision: Decision, serial: UInt64?, mode: Mode, layer: Layer, allowedBy: String? = nil) {
+        self.decision = decision; self.serial = serial; self.mode = mode; self.layer = layer; self.allowedBy = allowedBy
     }
 
     public var allow: Bool { decision.allow }

@@ -1,5 +1,6 @@
 import AppctlCore
 import AppctlKernel
+import AppctlPackages
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,6 +24,44 @@ extension Daemon: DaemonControl {
         case .failure(let refusal): Self.log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
         }
         return result
+    }
+
+    /// Reads every overlay layer from the state directory and swaps them in. Entries only added leave every cached
+    /// verdict standing (adding allows cannot make a cached allow wrong, and digests, not decisions, are cached);
+    /// a retired entry flushes the kernel-side cache, which may hold an allow for it. A file that cannot be read or
+    /// trusted keeps the overlays in force.
+    public func reloadOverlays(reason: String) -> Result<String, PolicyRefusal> {
+        let overlays: [Overlay]
+        do { overlays = try OverlayStore(stateDirectory: configuration.stateDirectory).readAll() } catch {
+            Self.log("appctl: \(reason): overlays NOT taken in, keeping the current ones: \(error)")
+            return .failure(PolicyRefusal(error.description))
+        }
+        let (table, revoked) = policy.setOverlays(overlays)
+        if revoked { kernelCache.flush(reason: "overlay entries retired") }
+        let summary = "overlays: \(table.trustedPackages) packages trusted (\(table.digestCount) digests)"
+            + (table.untrustedPackages.isEmpty ? "" : ", \(table.untrustedPackages.count) not trusted by the policy's apt-source lines")
+            + (revoked ? "; entries retired, kernel cache flushed" : "")
+        Self.log("appctl: \(reason): \(summary)")
+        return .success(summary)
+    }
+
+    /// At start-up, before the first event: overlays left by a transaction that never finished are reconciled
+    /// with dpkg's database first (unless dpkg is running now), then loaded. A failure is logged; the daemon
+    /// starts with the signed policy alone.
+    func loadInitialOverlays() {
+        let store = OverlayStore(stateDirectory: configuration.stateDirectory)
+        if (try? linkStatus(store.path(of: "apt"))) != nil, !DpkgStatus.isBusy() {
+            do {
+                let status = try DpkgStatus()
+                if let retired = try store.withLock(wait: false, { () throws(OverlayError) in try store.retire(layer: "apt", installed: status) }),
+                   !retired.isEmpty {
+                    Self.log("appctl: start-up: retired \(retired.count) package versions no longer installed from overlay:apt")
+                }
+            } catch {
+                Self.log("appctl: start-up: cannot reconcile overlay:apt with dpkg's database: \(error)")
+            }
+        }
+        _ = reloadOverlays(reason: "start-up")
     }
 
     /// After any policy is applied (a reload, or a last-known-good copy at start): interpreters may have been
@@ -63,6 +102,7 @@ extension Daemon: DaemonControl {
         marker.drainExecCounter(into: statistics)   // up to date for this answer
         statistics.set(.requestsDroppedUnanswered, PermissionRequest.droppedUnanswered.load(ordering: .relaxed))
         let s = policy.snapshot
+        let overlays = policy.overlayTable
         let counted = marker.execCounter != nil
         let hits = statistics[.cacheHits], misses = statistics[.cacheMisses]
         var fields: [(name: String, value: StatusReport.Value)] = [
@@ -84,6 +124,10 @@ extension Daemon: DaemonControl {
             ("policy_deny_entries", .int(s.denyCount)),
             ("last_policy_error", .string(s.lastError)),
             ("learned_files", .int(learned.count)),
+            ("policy_apt_sources", .strings(s.policy?.aptSources.map(\.description) ?? [])),
+            ("overlay_packages_trusted", .int(overlays.trustedPackages)),
+            ("overlay_digests", .int(overlays.digestCount)),
+            ("overlay_packages_not_trusted", .strings(overlays.untrustedPackages)),
             ("kernel_cache", .bool(kernelCache.enabled)),
         ]
         fields += StatusReport.counterFields(statistics, execsCounted: counted)
@@ -112,6 +156,7 @@ extension Daemon: DaemonControl {
                 ("{quantile=\"0.99\"}", String((statistics.latencyQuantile(0.99) ?? 0) / 1e6)),
             ]),
             ("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))]),
+            ("overlay_digests", "Digests allowed by local overlays the signed policy's apt-source lines trust.", [("", String(policy.overlayTable.digestCount))]),
             ("policy_last_known_good", "1 when the configured policy was refused at start and a policy applied before is enforced.",
              [("", s.source == .configured ? "0" : "1")]),
             ("mode", "1 for the current mode.", Mode.allCases.map { ("{mode=\"\($0.rawValue)\"}", $0 == s.mode ? "1" : "0") }),

@@ -110,6 +110,7 @@ public final class Daemon: Sendable {
             if policy.mode == .enforce { throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: no --policy and --key") }
             return
         }
+        defer { loadInitialOverlays() }
         let refusal: PolicyRefusal
         if policy.mode == .enforce || (try? linkStatus(path)) != nil {
             guard case .failure(let why) = reload(reason: "start-up") else { return }

@@ -61,10 +61,16 @@ public struct UnixListener: Sendable {
     }
 }
 
-/// Connects to a Unix stream socket.
-public func connectUnix(_ path: String) throws(Errno) -> FileDescriptor {
+/// Connects to a Unix stream socket. With a timeout, connecting, sending and receiving each give up after it
+/// (`SO_SNDTIMEO` also bounds a connect to a listener whose backlog is full; `EAGAIN` then says it timed out).
+public func connectUnix(_ path: String, timeoutSeconds: Int? = nil) throws(Errno) -> FileDescriptor {
     let fd = try retryingOnInterrupt { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
     var address = try unixAddress(path)
+    if let timeoutSeconds {
+        var limit = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+    }
     do throws(Errno) {
         _ = try retryingOnInterrupt {
             withUnsafePointer(to: &address) {

@@ -347,3 +347,5 @@ int appctl_path_status_cached(const char *path, struct appctl_file_status *out) 
     errno = saved;
     return rc;
 }
+
+int appctl_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

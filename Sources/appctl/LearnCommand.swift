@@ -17,6 +17,34 @@ struct SigningOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Free text stored in the header (who, why, ticket).", valueName: "text"))
     var description: String?
 
+    @Option(name: .customLong("apt-source"), help: ArgumentHelp(
+        "An apt source whose packages hosts may verify: signer=<40-hex fingerprint>[,origin=O][,suite=S][,mode=auto|gate]. auto: files of packages verified through the archive's signatures are trusted before dpkg unpacks them; gate: apt stops unless every program is already allowed; no mode: only reported. Repeatable; 'appctl apt-hook sources' prints this machine's.",
+        valueName: "spec"))
+    var aptSources: [String] = []
+
+    @Option(help: ArgumentHelp("Allow maintenance windows: max=<duration>[,paths=<dir>:<dir>...], e.g. max=2h,paths=/opt:/usr/local.",
+                               valueName: "spec"))
+    var maintenance: String?
+
+    /// The trust-source header lines given on the command line, checked and in canonical order; nil when none was given.
+    func localTrust() throws(CommandFailure) -> (sources: [AptSourceRule], maintenance: MaintenanceRule?)? {
+        guard !aptSources.isEmpty || maintenance != nil else { return nil }
+        var rules: [AptSourceRule] = []
+        for spec in aptSources {
+            do { rules.append(try AptSourceRule(spec: spec, canonical: false)) } catch {
+                throw CommandFailure("--apt-source \(spec): \(error)", exitCode: 2)
+            }
+        }
+        rules = Array(Set(rules)).sorted()
+        var window: MaintenanceRule?
+        if let maintenance {
+            do { window = try MaintenanceRule(spec: maintenance, canonical: false) } catch {
+                throw CommandFailure("--maintenance \(maintenance): \(error)", exitCode: 2)
+            }
+        }
+        return (rules, window)
+    }
+
     func scopeGlobs() throws(CommandFailure) -> [String] {
         guard let scope else { return [] }
         let globs = scope.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -107,6 +135,10 @@ extension Appctl {
             var header = PolicyHeader(issued: .now, description: signing.description ?? "learned on \(hostName()) from \(report.rootsScanned.joined(separator: " "))")
             header.expires = signing.expires?.value
             header.scope = scope
+            if let trust = try signing.localTrust() {
+                header.aptSources = trust.sources
+                header.maintenance = trust.maintenance
+            }
             if let key, let serial {
                 header.serial = serial.value
                 header.keyID = key.publicKey.keyID

@@ -39,6 +39,19 @@ extension Appctl {
             func run() throws {
                 let privateKey = try loadPrivateKey(key)
                 let scope = try signing.scopeGlobs()
+                let trust = try signing.localTrust()
+                // Version 4 is used exactly when the header names a trust source; dropping them from a version-4
+                // inventory needs the version its entries call for, which only a first pass can tell.
+                var entriesVersion: Int?
+                if trust != nil {
+                    entriesVersion = nil
+                } else {
+                    var allows: [AllowEntry] = []
+                    do { _ = try PolicyReader(path: inventory).read(onAllow: { line in if line.verity != nil || line.interpreter != nil { allows.append(line.entry()) } }) } catch {
+                        throw CommandFailure(error)
+                    }
+                    entriesVersion = PolicyHeader.formatVersion(for: allows)
+                }
                 let file: AtomicFileWriter
                 do { file = try AtomicFileWriter(path: out) } catch {
                     throw CommandFailure("\(out): cannot create: \(error)")
@@ -54,6 +67,11 @@ extension Appctl {
                             header.issued = .now
                             if let expires = signing.expires { header.expires = expires.value }
                             if !scope.isEmpty { header.scope = scope }
+                            if let trust {
+                                header.aptSources = trust.sources
+                                header.maintenance = trust.maintenance
+                            }
+                            header.version = header.declaresLocalTrust ? 4 : entriesVersion!
                             if let description = signing.description {
                                 header.escapedDescription = PolicyHeader(issued: .now, description: description).escapedDescription
                             }
@@ -143,6 +161,9 @@ extension Appctl {
                 print("expires:     \(h.expires.map(\.description) ?? "never")\(expired ? " (EXPIRED)" : "")")
                 print("scope:       \(h.scope.isEmpty ? "every host" : h.scope.joined(separator: ","))")
                 print("description: \(h.description ?? "-")")
+                print("apt sources: \(h.aptSources.isEmpty ? "none (this host derives no trust from apt)" : "")")
+                for source in h.aptSources { print("  \(source)\(source.mode == .report ? "  (report only)" : "")") }
+                print("maintenance: \(h.maintenance.map { "allowed, at most \(formatDuration($0.maximumSeconds)), trusting \($0.paths.isEmpty ? "no path (windows only report)" : $0.paths.joined(separator: " "))" } ?? "not allowed")")
                 print("allow:       \(h.allowCount) entries, \(formatBytes(Int64(bytes))) of content")
                 print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")
                 print("  by origin: \(["dpkg", "local", "manual"].map { "\($0) \(origins[$0] ?? 0)" }.joined(separator: ", "))")
@@ -180,6 +201,9 @@ extension Appctl {
                 field("scope", oldHeader.scope.joined(separator: ","), newHeader.scope.joined(separator: ","))
                 field("description", oldHeader.description ?? "-", newHeader.description ?? "-")
                 field("format", String(oldHeader.version), String(newHeader.version))
+                for source in Set(newHeader.aptSources).subtracting(oldHeader.aptSources).sorted() { print("+ apt-source \(source)"); changes += 1 }
+                for source in Set(oldHeader.aptSources).subtracting(newHeader.aptSources).sorted() { print("- apt-source \(source)"); changes += 1 }
+                field("maintenance", oldHeader.maintenance.map(\.description) ?? "not allowed", newHeader.maintenance.map(\.description) ?? "not allowed")
                 var added = 0, removed = 0, changed = 0
                 for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {
                     switch (oldAllows[path], newAllows[path]) {
@@ -280,6 +304,14 @@ extension Appctl {
             if !allAllowed { throw ExitCode(1) }
         }
     }
+}
+
+/// 7200 → "2h", 5400 → "90m", 45 → "45s".
+func formatDuration(_ seconds: UInt64) -> String {
+    if seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
+    if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
+    if seconds % 60 == 0 { return "\(seconds / 60)m" }
+    return "\(seconds)s"
 }
 
 extension String {

@@ -98,7 +98,7 @@ public final class DaemonHarness: @unchecked Sendable {
 
     /// Signs a policy allowing the given files (by content) and blocklisting `deny`.
     public func writePolicy(allow: [String]? = nil, deny: [String] = [], serial: UInt64 = 10, expires: Timestamp? = nil,
-                            to path: String? = nil, key: TestKeys? = nil) throws {
+                            to path: String? = nil, key: TestKeys? = nil, aptSources: [AptSourceRule] = []) throws {
         let allowPaths = try allow ?? [mount + "/known"]
         var entries: [AllowEntry] = []
         for p in allowPaths {
@@ -109,7 +109,8 @@ public final class DaemonHarness: @unchecked Sendable {
         }
         let denies = try deny.map { DenyEntry(digest: try digest($0), note: "test blocklist") }
         let signer = key ?? keys
-        let header = PolicyHeader(serial: serial, issued: .now, expires: expires, keyID: signer.publicKey.keyID)
+        var header = PolicyHeader(serial: serial, issued: .now, expires: expires, keyID: signer.publicKey.keyID)
+        header.aptSources = aptSources.sorted()
         try PolicyWriter.write(path: path ?? policyPath, header: header, allows: entries, denies: denies, signingKey: signer.privateKey)
     }
 
@@ -117,7 +118,10 @@ public final class DaemonHarness: @unchecked Sendable {
     /// `config` lines go into the config file after these defaults: the machine-wide sysctls
     /// (vm.memfd_noexec, user.max_user_namespaces) are left alone, because a test that kills an
     /// enforcing daemon could not restore them; the tests of those features turn them on.
-    public func start(mode: String, extra: [String] = [], config: [String] = [], writeDefaultPolicy: Bool = true) throws {
+    /// `wholeMachine` marks every local filesystem instead of the tmpfs: monitor mode only (the safety rules).
+    public func start(mode: String, extra: [String] = [], config: [String] = [], writeDefaultPolicy: Bool = true,
+                      wholeMachine: Bool = false) throws {
+        precondition(!wholeMachine || mode == "monitor", "a whole-machine daemon in a test runs in monitor mode only")
         if writeDefaultPolicy && (try? linkStatus(policyPath)) == nil { try writePolicy() }
         let configPath = dir.file("appctl.conf")
         let lines = ["memfd-noexec = no", "userns-restrict = no"] + config
@@ -125,7 +129,7 @@ public final class DaemonHarness: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: appctlBinary)
         process.arguments = ["daemon", "--config", configPath, "--mode", mode, "--policy", policyPath, "--key", keys.publicPath,
-                             "--path", mount, "--events", events, "--socket", socket, "--state-dir", stateDir,
+                             ] + (wholeMachine ? [] : ["--path", mount]) + ["--events", events, "--socket", socket, "--state-dir", stateDir,
                              "--learn-out", learnOut] + extra
         let output = dir.file("daemon-\(daemonStarts).log")
         daemonStarts += 1

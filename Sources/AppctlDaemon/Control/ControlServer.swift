@@ -12,6 +12,8 @@ public protocol DaemonControl: Sendable {
     /// The whole mode-switch transaction (refuse enforce without a policy, flush, hardening, log, systemd status).
     func setMode(_ mode: Mode) -> Result<Mode, ControlReply>
     func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal>
+    /// Reads the overlay directory again; the reply line, or why the overlays in force stay.
+    func reloadOverlays(reason: String) -> Result<String, PolicyRefusal>
     /// Test hook (`--debug-selftest`): make a call confinement forbids. Nil when the hook is off.
     func forbiddenCallSelfTest(_ call: String) -> String?
 }
@@ -85,6 +87,11 @@ public final class ControlServer: Sendable {
             switch control.reload(reason: "reload over the control socket") {
             case .success(let header): return .ok("applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny entries)")
             case .failure(let refusal): return .error("policy not applied, the current one stays: \(refusal)")
+            }
+        case .reloadOverlays:
+            switch control.reloadOverlays(reason: "overlay-reload over the control socket") {
+            case .success(let summary): return .ok(summary)
+            case .failure(let refusal): return .error("overlays not taken in, the current ones stay: \(refusal)")
             }
         case .debugForbiddenSyscall(let call):
             guard let result = control.forbiddenCallSelfTest(call) else { return .error("unknown command '\(line)'") }

@@ -31,6 +31,8 @@ public struct EventRecord: Sendable {
     /// For `mutable` verdicts: who besides root could change the file ("uid 1000", "gid 50", "everyone",
     /// "the filesystem's server").
     public var writableBy: String? = nil
+    /// For allows by digest: the layer whose entry allowed it (`base` or `overlay:apt`).
+    public var allowedBy: String? = nil
 
     var jsonLine: String {
         "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(outcome.rawValue)),\"reason\":\(jsonString(reason.rawValue)),"
@@ -38,7 +40,8 @@ public struct EventRecord: Sendable {
             + "\"dev\":\(device),\"ino\":\(inode),\"pid\":\(pid),\"tid\":\(tid),\"ppid\":\(process.ppid),\"uid\":\(process.uid),"
             + "\"exe\":\(jsonString(process.exe)),\"comm\":\(jsonString(process.comm)),"
             + "\"policy_serial\":\(serial.map(String.init) ?? "null"),\"mode\":\(jsonString(mode.rawValue))"
-            + (writableBy.map { ",\"writable_by\":\(jsonString($0))" } ?? "") + "}\n"
+            + (writableBy.map { ",\"writable_by\":\(jsonString($0))" } ?? "")
+            + (allowedBy.map { ",\"allowed_by\":\(jsonString($0))" } ?? "") + "}\n"
     }
 
     var humanLine: String {

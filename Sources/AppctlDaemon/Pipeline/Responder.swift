@@ -176,6 +176,7 @@ final class Responder: Sendable {
                 pid: snapshot.processID, process: snapshot, serial: verdict.serial, mode: verdict.mode,
                 writableBy: writableBy)
             record.tid = pid
+            record.allowedBy = verdict.allowedBy
             events.submit(record)
         }
     }

@@ -20,6 +20,9 @@ public final class PolicyState: Sendable {
         var mode: Mode
         var lastError: String?
         var source: Source = .configured
+        /// The local overlays as read from disk, and what of them the policy in force trusts.
+        var overlays: [Overlay] = []
+        var overlayTable = OverlayTable()
     }
 
     /// Where the policy in force came from.
@@ -51,11 +54,41 @@ public final class PolicyState: Sendable {
     }
 
     /// The policy's verdict on a digest, with the serial and mode it was made under (read together under one lock).
+    /// A digest the signed policy does not know may be allowed by an overlay the policy's rules trust; a
+    /// blocklisted digest never is.
     public func decide(_ digest: SHA256Digest, layer: Verdict.Layer = .digest) -> Verdict {
         current.withLock { c in
-            Verdict(Decision.decide(c.policy?.lookup(digest), mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer)
+            var lookup = c.policy?.lookup(digest)
+            var allowedBy: String? = lookup == .known ? "base" : nil
+            if lookup == .unknown, let overlay = c.overlayTable.layer(of: digest) {
+                lookup = .known
+                allowedBy = overlay
+            }
+            return Verdict(Decision.decide(lookup, mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer, allowedBy: allowedBy)
         }
     }
+
+    /// Replaces the overlays (read from disk by the caller) and re-derives what the policy in force trusts.
+    /// Returns whether any digest allowed before is no longer allowed (then cached verdicts must go).
+    /// The table is built outside the lock the event thread decides under (a 100k-entry overlay must not pause
+    /// answers); `rebuilding` keeps a policy swap and an overlay swap from crossing.
+    @discardableResult
+    public func setOverlays(_ overlays: [Overlay]) -> (table: OverlayTable, revoked: Bool) {
+        rebuilding.withLock { _ in
+            let (rules, before) = current.withLock { ($0.policy?.header.aptSources ?? [], $0.overlayTable) }
+            let table = OverlayTable(overlays, rules: rules)
+            let revoked = !table.containsEveryDigest(of: before)
+            current.withLock { c in
+                c.overlays = overlays
+                c.overlayTable = table
+            }
+            return (table, revoked)
+        }
+    }
+
+    private let rebuilding = Mutex<Void>(())
+
+    public var overlayTable: OverlayTable { current.withLock { $0.overlayTable } }
 
     /// A verdict that does not depend on the content (own process, unreadable, size filter, shutdown), stamped
     /// with the serial and mode in force.
@@ -80,7 +113,7 @@ public final class PolicyState: Sendable {
     public func mayAllow(size: Int64) -> Bool {
         current.withLock { c in
             guard let filter = c.policy?.allowedSizes else { return c.policy != nil ? true : false }
-            return size >= 0 && filter.mayContain(UInt64(size))
+            return size >= 0 && (filter.mayContain(UInt64(size)) || c.overlayTable.sizes.contains(UInt64(size)))
         }
     }
     public func setMode(_ mode: Mode) { current.withLock { $0.mode = mode } }
@@ -105,15 +138,19 @@ public final class PolicyState: Sendable {
     public func apply(path: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
         let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
         if case .success(let policy) = result { keepCopyInTheBackground(of: policy) }
+        rebuilding.withLock { _ in
+        let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, rules: $0.header.aptSources) }
         current.withLock { c in
             switch result {
             case .success(let policy):
                 c.policy = policy
                 c.lastError = nil
                 c.source = .configured
+                c.overlayTable = table!
             case .failure(let refusal):
                 c.lastError = refusal.description
             }
+        }
         }
         return result.map(\.header)
     }
@@ -138,6 +175,7 @@ public final class PolicyState: Sendable {
                     c.policy = policy
                     c.lastError = refusal.description
                     c.source = .lastKnownGood(because: refusal.description)
+                    c.overlayTable = OverlayTable(c.overlays, rules: policy.header.aptSources)
                 }
                 return .success(policy.header)
             case .failure(let why):

@@ -136,4 +136,7 @@ int appctl_drop_capabilities(const int *keep, size_t keep_count);
 /// Resolves a syscall name for this architecture; negative when unknown.
 int appctl_seccomp_syscall(const char *name);
 
+// pipe2(2), which Glibc's module map hides behind _GNU_SOURCE. Returns 0 or -1 with errno set.
+int appctl_pipe2(int fds[2], int flags);
+
 #endif

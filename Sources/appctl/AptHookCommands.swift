@@ -1,0 +1,118 @@
+import AppctlCore
+import AppctlKernel
+import AppctlPackages
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Appctl {
+    struct AptHookCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "apt-hook",
+            abstract: "Let apt updates through: trust what the archive's own signatures vouch for.",
+            discussion: """
+                Once installed, apt runs appctl-apt-hook before dpkg unpacks anything. It verifies every .deb
+                through apt's chain (InRelease signature by gpgv → Packages index hash → .deb hash), and for
+                packages from an apt source the signed policy names with mode=auto it writes their programs,
+                libraries and maintainer scripts to the local overlay 'overlay:apt' and tells the daemon, before
+                dpkg runs. After dpkg, versions no longer installed are retired. Nothing is trusted from a
+                source the signed policy does not name.
+                """,
+            subcommands: [Install.self, Uninstall.self, Sources.self]
+        )
+
+        static let confFile = "/etc/apt/apt.conf.d/20appctl"
+
+        /// The hook program: installed next to this `appctl`.
+        static func hookProgram() throws(CommandFailure) -> String {
+            guard let exe = realPath("/proc/self/exe") else { throw CommandFailure("cannot find this program's own path") }
+            let program = String(exe[..<exe.lastIndex(of: "/")!]) + "/appctl-apt-hook"
+            guard (try? fileStatus(program))?.isRegularFile == true else {
+                throw CommandFailure("\(program): not found (it is built and installed next to appctl)")
+            }
+            return program
+        }
+
+        struct Install: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Write the apt configuration that runs the hook (\(AptHookCommand.confFile)).")
+
+            @Option(help: ArgumentHelp("Where to write it.", valueName: "file"))
+            var file: String = AptHookCommand.confFile
+
+            @Option(help: ArgumentHelp("The appctl configuration the hook reads (default: \(DaemonConfigurationPath.path)).", valueName: "file"))
+            var config: String?
+
+            func run() throws {
+                let program = try hookProgram()
+                let configArgument = config.map { " --config \($0)" } ?? ""
+                // apt passes protocol version 3 to a Pre-Install-Pkgs command whose first word has Version "3"
+                // (apt.conf(5)); a failing command stops apt before dpkg unpacks anything.
+                let text = """
+                    // Written by `appctl apt-hook install`; `appctl apt-hook uninstall` removes it.
+                    // Before dpkg runs: verify every .deb through the archive's signatures and trust what the signed
+                    // policy's apt-source lines allow. After dpkg: retire versions no longer installed.
+                    DPkg::Pre-Install-Pkgs { "\(program) pre-install\(configArgument)"; };
+                    DPkg::Tools::Options::\(program)::Version "3";
+                    DPkg::Post-Invoke { "\(program) post-invoke\(configArgument)"; };
+
+                    """
+                do { try AtomicFileWriter.write(Array(text.utf8), to: file, permissions: 0o644) } catch {
+                    throw CommandFailure("\(file): cannot write: \(error)")
+                }
+                print("installed the apt hook: \(file) runs \(program)")
+            }
+        }
+
+        struct Uninstall: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Remove the apt configuration that runs the hook.")
+
+            @Option(help: ArgumentHelp("The file 'install' wrote.", valueName: "file"))
+            var file: String = AptHookCommand.confFile
+
+            func run() throws {
+                if unlink(file) != 0 && errno != ENOENT { throw CommandFailure("\(file): cannot remove: \(Errno.current)") }
+                print("removed the apt hook (\(file)); overlay:apt stays until a policy or the daemon's start-up retires it")
+            }
+        }
+
+        struct Sources: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Print this machine's apt sources as --apt-source specs, from the signatures apt's lists carry.",
+                discussion: """
+                    Each InRelease file in apt's lists is verified with gpgv; one line per good signer:
+                    signer=<fingerprint>,origin=<Origin>,suite=<Codename>[,mode=MODE]. Review them before you sign:
+                    they say whose packages this fleet will trust.
+                    """
+            )
+
+            @Option(help: ArgumentHelp("Mode to print: auto, gate, or report.", valueName: "mode"))
+            var mode: String = "auto"
+
+            @Option(help: ArgumentHelp("apt's lists directory.", valueName: "dir"))
+            var lists: String = "/var/lib/apt/lists"
+
+            func run() throws {
+                guard let trustMode = AptTrustMode(rawValue: mode) else { throw ValidationError("--mode must be auto, gate or report") }
+                let archive = AptArchive(listsDirectory: lists)
+                var specs = Set<AptSourceRule>()
+                var problems = 0
+                for path in archive.releaseFiles() {
+                    do {
+                        let release = try archive.verifyRelease(path)
+                        for signer in release.signers {
+                            specs.insert(AptSourceRule(signer: signer, origin: release.origin, suite: release.codename ?? release.suite, mode: trustMode))
+                        }
+                    } catch {
+                        problems += 1
+                        try? FileDescriptor(rawValue: 2).writeAll(Array("appctl: skipped \(error.description)\n".utf8))
+                    }
+                }
+                for spec in specs.sorted() { print(spec) }
+                if specs.isEmpty { throw CommandFailure("no verifiable InRelease file in \(lists)" + (problems > 0 ? " (\(problems) refused)" : "")) }
+            }
+        }
+    }
+}
+
+enum DaemonConfigurationPath { static let path = "/etc/appctl/appctl.conf" }

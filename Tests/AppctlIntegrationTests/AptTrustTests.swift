@@ -1,0 +1,248 @@
+import AppctlCore
+import AppctlKernel
+import AppctlPackages
+import AppctlTestSupport
+import Foundation
+import Testing
+
+/// Issue 11: updates without switching appctl off. The chain InRelease (gpgv) → Packages index → .deb is checked
+/// against the real Debian archive's files in apt's lists, with packages downloaded by the real apt-get.
+@Suite(.serialized, .enabled(if: rootTestsEnabled, "needs root: apt, dpkg, fanotify and mounts"))
+struct AptTrustTests {
+    init() {
+        #expect(isRoot, "root-only tests running without root (CI=true): run tools/test as root")
+    }
+
+    static var hookBinary: String { (appctlBinary as NSString).deletingLastPathComponent + "/appctl-apt-hook" }
+
+    /// This machine's own apt sources, as `appctl apt-hook sources` derives them from the signatures in its lists.
+    static func machineSources(mode: AptTrustMode = .auto) throws -> [AptSourceRule] {
+        let r = try appctl("apt-hook", "sources", "--mode", mode.rawValue)
+        #expect(r.status == 0, "apt-hook sources: \(r.stderr)")
+        return try r.stdout.split(separator: "\n").map { try AptSourceRule(spec: String($0), canonical: true) }
+    }
+
+    /// Downloads packages from the archive with apt-get (the versions apt's lists name) into `dir`.
+    static func download(_ packages: [String], into dir: String) throws -> [String] {
+        let r = try run("/bin/sh", ["-c", "cd '\(dir)' && apt-get download -q \(packages.joined(separator: " ")) 2>&1"])
+        guard r.status == 0 else { throw HarnessError("apt-get download \(packages): \(r.stdout)") }
+        return try packages.map { name in
+            guard let file = try FileManager.default.contentsOfDirectory(atPath: dir).first(where: { $0.hasPrefix(name + "_") && $0.hasSuffix(".deb") }) else {
+                throw HarnessError("apt-get download left no \(name) package")
+            }
+            return dir + "/" + file
+        }
+    }
+
+    /// The protocol-version-3 text apt writes to the hook, for installs of these `.deb` files.
+    static func request(_ debs: [String], lists: String = "/var/lib/apt/lists/") throws -> String {
+        var text = "VERSION 3\nDir=/\nDir::State=var/lib/apt\nDir::State::lists=\(lists)\n\n"
+        for deb in debs {
+            let fields = try run("/usr/bin/dpkg-deb", ["-f", deb, "Package", "Version", "Architecture"]).stdout
+            var values: [String: String] = [:]
+            for line in fields.split(separator: "\n") {
+                let pair = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                if pair.count == 2 { values[pair[0]] = pair[1] }
+            }
+            text += "\(values["Package"]!) - - none < \(values["Version"]!) \(values["Architecture"]!) none \(deb)\n"
+        }
+        return text
+    }
+
+    /// Runs the hook program as apt would, with a config naming the harness's policy, key, socket and state.
+    static func runHook(_ h: DaemonHarness, _ entry: String, stdin: String? = nil, mode: String = "enforce",
+                        socket: String? = nil, environment: [String: String] = [:]) throws -> ProcessResult {
+        let conf = h.dir.file("hook.conf")
+        try """
+            mode = \(mode)
+            policy = \(h.policyPath)
+            key = \(h.keys.publicPath)
+            socket = \(socket ?? h.socket)
+            state-dir = \(h.stateDir)
+
+            """.write(toFile: conf, atomically: false, encoding: .utf8)
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        return try run(hookBinary, [entry, "--config", conf], environment: env, stdin: stdin)
+    }
+
+    static func overlayPackages(_ h: DaemonHarness) throws -> [String] {
+        let path = h.stateDir + "/overlays/apt.overlay"
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        return try Overlay.load(path: path, directory: h.stateDir + "/overlays").packages.map(\.name)
+    }
+
+    /// A `.deb` built here by dpkg-deb: signed by nobody, in no index.
+    static func buildLocalPackage(in dir: TemporaryDirectory) throws -> String {
+        let root = dir.file("pkg")
+        try FileManager.default.createDirectory(atPath: root + "/DEBIAN", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/usr/local/bin", withIntermediateDirectories: true)
+        try "Package: appctl-test-local\nVersion: 1.0\nArchitecture: all\nMaintainer: appctl tests <root@localhost>\nDescription: built by appctl's tests\n"
+            .write(toFile: root + "/DEBIAN/control", atomically: false, encoding: .utf8)
+        try "#!/bin/sh\necho local-\(UUID().uuidString)\n".write(toFile: root + "/usr/local/bin/appctl-test-local", atomically: false, encoding: .utf8)
+        chmod(root + "/usr/local/bin/appctl-test-local", 0o755)
+        let deb = dir.file("appctl-test-local_1.0_all.deb")
+        let r = try run("/usr/bin/dpkg-deb", ["--root-owner-group", "--build", root, deb])
+        guard r.status == 0 else { throw HarnessError("dpkg-deb --build: \(r.stderr)") }
+        return deb
+    }
+
+    /// The whole path on an enforcing daemon (its own tmpfs): a program from a verified package is denied before
+    /// the hook runs and allowed after it (by `overlay:apt`, named in the event), with no flush; the locally built
+    /// package's program stays denied; once dpkg no longer has the version, post-invoke retires it and it is denied again.
+    @Test func verifiedPackagesAreTrustedBeforeDpkgRunsAndRetiredAfter() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let debs = try Self.download(["hello"], into: h.dir.path)
+        let local = try Self.buildLocalPackage(in: h.dir)
+        for deb in debs + [local] {
+            #expect(try run("/usr/bin/dpkg-deb", ["-x", deb, h.mount]).status == 0)
+        }
+        let hello = h.mount + "/usr/bin/hello", localProgram = h.mount + "/usr/local/bin/appctl-test-local"
+        try h.writePolicy(aptSources: try Self.machineSources())
+        try h.start(mode: "enforce", config: ["log-allows = yes"])
+        #expect(try h.exec(hello) == 126, "not yet trusted: denied")
+        let flushesBefore = try h.status()["kernel_cache_flushes"] as? Int
+
+        let pre = try Self.runHook(h, "pre-install", stdin: try Self.request(debs + [local]))
+        #expect(pre.status == 0, "\(pre.stderr)")
+        #expect(pre.stderr.contains("trusted 1 verified packages"), "\(pre.stderr)")
+        #expect(pre.stderr.contains("NOT VERIFIED appctl-test-local=1.0"), "\(pre.stderr)")
+        #expect(pre.stderr.contains("daemon: overlays: 1 packages trusted"), "\(pre.stderr)")
+        #expect(try h.execResult(hello).stdout.contains("Hello, world!"), "trusted through the archive's chain")
+        #expect(try h.exec(localProgram) == 126, "a package signed by nobody brings nothing")
+        let allowed = h.eventRecords().last { $0["path"] as? String == hello && $0["decision"] as? String == "allow" }
+        #expect(allowed?["allowed_by"] as? String == "overlay:apt")
+        let status = try h.status()
+        #expect(status["overlay_packages_trusted"] as? Int == 1)
+        #expect(status["kernel_cache_flushes"] as? Int == flushesBefore, "adding an overlay flushes nothing")
+
+        // dpkg's database without this hello version: post-invoke retires it, and the daemon drops it.
+        let statusFile = h.dir.file("dpkg-status")
+        try "Package: hello\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 0.1\n\n".write(toFile: statusFile, atomically: false, encoding: .utf8)
+        let post = try Self.runHook(h, "post-invoke", environment: ["APPCTL_DPKG_STATUS": statusFile])
+        #expect(post.status == 0)
+        #expect(post.stderr.contains("retired 1 package versions"), "\(post.stderr)")
+        #expect(try Self.overlayPackages(h).isEmpty)
+        #expect(try h.exec(hello) == 126, "a retired version runs no more")
+    }
+
+    /// Every broken link of the chain is refused with a one-line reason, and nothing is trusted.
+    @Test func everyBrokenLinkOfTheChainIsRefusedAndNothingIsTrusted() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let debs = try Self.download(["hello"], into: h.dir.path)
+        try h.writePolicy(aptSources: try Self.machineSources())
+        let lists = h.dir.file("lists")
+
+        func copyLists(_ edit: (String) throws -> Void) throws {
+            try? FileManager.default.removeItem(atPath: lists)
+            try FileManager.default.createDirectory(atPath: lists, withIntermediateDirectories: true)
+            for name in try FileManager.default.contentsOfDirectory(atPath: "/var/lib/apt/lists") where name.contains("InRelease") || name.contains("Packages") {
+                try FileManager.default.copyItem(atPath: "/var/lib/apt/lists/" + name, toPath: lists + "/" + name)
+            }
+            try edit(lists)
+        }
+        func expectRefused(_ debs: [String], _ reason: String, lists: String = "/var/lib/apt/lists/", _ comment: Comment) throws {
+            try? FileManager.default.removeItem(atPath: h.stateDir)
+            let r = try Self.runHook(h, "pre-install", stdin: try Self.request(debs, lists: lists))
+            #expect(r.status == 0, "nothing derived is no reason to stop apt: \(r.stderr)")
+            #expect(r.stderr.contains("NOT VERIFIED hello="), comment)
+            #expect(r.stderr.contains(reason), "\(comment): \(r.stderr)")
+            #expect(try Self.overlayPackages(h).isEmpty, comment)
+        }
+
+        // A .deb changed after download.
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: debs[0])))
+        bytes[bytes.count - 1] ^= 1
+        let tampered = h.dir.file("tampered/" + (debs[0] as NSString).lastPathComponent)
+        try FileManager.default.createDirectory(atPath: h.dir.file("tampered"), withIntermediateDirectories: true)
+        try Data(bytes).write(to: URL(fileURLWithPath: tampered))
+        try expectRefused([tampered], "is not the digest the archive's index lists", "a tampered .deb")
+
+        // A signed Release text changed (one byte in its body): gpgv's BADSIG.
+        try copyLists { dir in
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir) where name.hasSuffix("InRelease") {
+                let text = try String(contentsOfFile: dir + "/" + name, encoding: .utf8)
+                try text.replacingOccurrences(of: "Origin: Debian", with: "Origin: Debiam").write(toFile: dir + "/" + name, atomically: false, encoding: .utf8)
+            }
+        }
+        try expectRefused(debs, "BAD signature", lists: lists + "/", "a changed InRelease")
+
+        // An index whose content is not what the signed Release file lists (decompressed and edited).
+        try copyLists { dir in
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir) where name.hasSuffix("Packages.lz4") {
+                let plain = try run("/usr/lib/apt/apt-helper", ["cat-file", dir + "/" + name]).stdout
+                try FileManager.default.removeItem(atPath: dir + "/" + name)
+                try (plain + "\n").write(toFile: dir + "/" + String(name.dropLast(4)), atomically: false, encoding: .utf8)
+            }
+        }
+        try expectRefused(debs, "index hash mismatch", lists: lists + "/", "an edited index")
+
+        // No lists at all (apt-get update never ran, or they were removed).
+        try copyLists { dir in
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir) { try FileManager.default.removeItem(atPath: dir + "/" + name) }
+        }
+        try expectRefused(debs, "is in no index of a verified Release file", lists: lists + "/", "missing lists")
+
+        // A source the policy does not name: verified, but not trusted.
+        try h.writePolicy(aptSources: [AptSourceRule(signer: String(repeating: "AB", count: 20), origin: "Debian", mode: .auto)])
+        try? FileManager.default.removeItem(atPath: h.stateDir)
+        let other = try Self.runHook(h, "pre-install", stdin: try Self.request(debs))
+        #expect(other.stderr.contains("not trusted hello="), "\(other.stderr)")
+        #expect(try Self.overlayPackages(h).isEmpty)
+
+        // A policy that names no apt source derives nothing.
+        try h.writePolicy()
+        let none = try Self.runHook(h, "pre-install", stdin: try Self.request(debs))
+        #expect(none.status == 0 && none.stderr.contains("names no apt source"), "\(none.stderr)")
+    }
+
+    /// Release files past their Valid-Until are refused (the security archive's carries one; "now" is moved past it).
+    @Test func anExpiredReleaseFileIsRefused() throws {
+        let archive = AptArchive(listsDirectory: "/var/lib/apt/lists")
+        let withExpiry = try archive.releaseFiles().compactMap { path -> (String, Timestamp)? in
+            try archive.verifyRelease(path).validUntil.map { (path, $0) }
+        }
+        try #require(!withExpiry.isEmpty, "no Release file with Valid-Until in apt's lists (the security archive has one)")
+        let (path, until) = withExpiry[0]
+        let later = AptArchive(listsDirectory: "/var/lib/apt/lists", now: Timestamp(secondsSinceEpoch: until.secondsSinceEpoch + 1))
+        #expect(throws: ChainFailure.self) { try later.verifyRelease(path) }
+        do { _ = try later.verifyRelease(path) } catch { #expect(error.description.contains("expired: Valid-Until")) }
+    }
+
+    /// A daemon that accepts the connection but never answers: apt stops in enforce mode, goes on in monitor mode,
+    /// and neither waits longer than the bound.
+    @Test func aDaemonThatDoesNotAnswerStopsAptInEnforceModeOnly() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let debs = try Self.download(["hello"], into: h.dir.path)
+        try h.writePolicy(aptSources: try Self.machineSources())
+        let socketPath = h.dir.file("hung.sock")
+        let listener = try UnixListener(path: socketPath, mode: 0o600)   // listens, never accepts
+        defer { listener.descriptor.close() }
+        for (mode, proceeds) in [("enforce", false), ("monitor", true)] {
+            let started = Date()
+            let r = try Self.runHook(h, "pre-install", stdin: try Self.request(debs), mode: mode, socket: socketPath,
+                                     environment: ["APPCTL_APT_HOOK_TIMEOUT": "2"])
+            #expect((r.status == 0) == proceeds, "\(mode): \(r.stderr)")
+            #expect(r.stderr.contains("did not take the overlay in (no answer within 2 s)"), "\(mode): \(r.stderr)")
+            #expect(Date().timeIntervalSince(started) < 30)
+        }
+    }
+
+    /// gate mode: nothing is derived; apt stops before dpkg unless the signed policy already allows every program.
+    @Test func gateModeStopsAptUnlessThePolicyAlreadyAllowsEveryProgram() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let debs = try Self.download(["hello"], into: h.dir.path)
+        try h.writePolicy(aptSources: try Self.machineSources(mode: .gate))
+        let refused = try Self.runHook(h, "pre-install", stdin: try Self.request(debs))
+        #expect(refused.status == 1, "\(refused.stderr)")
+        #expect(refused.stderr.contains("gate hello=") && refused.stderr.contains("not in the signed policy"), "\(refused.stderr)")
+        #expect(try Self.overlayPackages(h).isEmpty)
+        // Once the signed policy carries the package's program, the same transaction passes.
+        let extracted = h.dir.file("x")
+        #expect(try run("/usr/bin/dpkg-deb", ["-x", debs[0], extracted]).status == 0)
+        try h.writePolicy(allow: [extracted + "/usr/bin/hello"], aptSources: try Self.machineSources(mode: .gate))
+        let passed = try Self.runHook(h, "pre-install", stdin: try Self.request(debs))
+        #expect(passed.status == 0, "\(passed.stderr)")
+        #expect(passed.stderr.contains("every executable file is already allowed"), "\(passed.stderr)")
+    }
+}
