@@ -43,8 +43,14 @@ extension Appctl {
             @Option(help: ArgumentHelp("The appctl configuration the hook reads (default: \(DaemonConfigurationPath.path)).", valueName: "file"))
             var config: String?
 
+            @Option(help: ArgumentHelp("The hook program (default: appctl-apt-hook next to this appctl). It must stay there: apt stops when it is missing.", valueName: "path"))
+            var program: String?
+
             func run() throws {
-                let program = try hookProgram()
+                let program = try self.program.map { path throws(CommandFailure) -> String in
+                    guard path.hasPrefix("/"), (try? fileStatus(path))?.isRegularFile == true else { throw CommandFailure("\(path): not an absolute path to a program") }
+                    return path
+                } ?? hookProgram()
                 let configArgument = config.map { " --config \($0)" } ?? ""
                 // apt passes protocol version 3 to a Pre-Install-Pkgs command whose first word has Version "3"
                 // (apt.conf(5)); a failing command stops apt before dpkg unpacks anything.

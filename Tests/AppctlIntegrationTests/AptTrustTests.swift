@@ -245,4 +245,56 @@ struct AptTrustTests {
         #expect(passed.status == 0, "\(passed.stderr)")
         #expect(passed.stderr.contains("every executable file is already allowed"), "\(passed.stderr)")
     }
+
+    /// The issue's own check, with the real apt-get against the real archive: on a daemon in monitor mode on every
+    /// local filesystem, installing packages through the hook (maintainer scripts and triggers included) logs no
+    /// would-deny for anything they brought; the same kind of install without the hook, and dpkg -i of a locally
+    /// built package, do get would-denies.
+    @Test func realAptInstallsThroughTheHookLogNoWouldDenyForWhatThePackagesBrought() throws {
+        let viaHook = ["hello", "tree", "figlet"], withoutHook = ["pv"]
+        for package in viaHook + withoutHook + ["appctl-test-local"] {
+            let state = try run("/usr/bin/dpkg-query", ["-W", "-f=${Status}", package]).stdout
+            try #require(!state.contains("installed"), "\(package) is installed on this machine already; the test installs and purges it")
+        }
+        let h = try DaemonHarness(); defer { h.stop() }
+        let local = try Self.buildLocalPackage(in: h.dir)
+        defer {
+            _ = try? run("/usr/bin/apt-get", ["purge", "-y", "-q"] + viaHook + withoutHook, environment: ["DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
+            _ = try? run("/usr/bin/dpkg", ["--purge", "appctl-test-local"], environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
+        }
+        try h.writePolicy(aptSources: try Self.machineSources())
+        try h.start(mode: "monitor", wholeMachine: true)
+        _ = try Self.runHook(h, "post-invoke", mode: "monitor")   // writes hook.conf
+        let conf = h.dir.file("hook.conf"), hook = Self.hookBinary
+        let env = ["DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        let install = try run("/usr/bin/apt-get", ["install", "-y", "-q", "--no-install-recommends",
+                                                   "-o", "DPkg::Pre-Install-Pkgs::=\(hook) pre-install --config \(conf)",
+                                                   "-o", "DPkg::Tools::Options::\(hook)::Version=3",
+                                                   "-o", "DPkg::Post-Invoke::=\(hook) post-invoke --config \(conf)"] + viaHook, environment: env)
+        try #require(install.status == 0, "apt-get install through the hook: \(install.stdout) \(install.stderr)")
+        #expect(install.stderr.contains("appctl: trusted 3 verified packages"), "\(install.stderr)")
+        let plain = try run("/usr/bin/apt-get", ["install", "-y", "-q", "--no-install-recommends"] + withoutHook, environment: env)
+        try #require(plain.status == 0, "apt-get install: \(plain.stderr)")
+        let dpkg = try run("/usr/bin/dpkg", ["-i", local], environment: env)
+        try #require(dpkg.status == 0, "dpkg -i: \(dpkg.stderr)")
+        for program in ["/usr/bin/hello", "/usr/bin/tree", "/usr/bin/figlet", "/usr/bin/pv", "/usr/local/bin/appctl-test-local"] {
+            _ = try run(program, program.hasSuffix("pv") ? ["-V"] : [])
+        }
+        #expect(try h.waitUntil(10) { try h.status()["events_queued"] as? Int == 0 })
+        #expect(try h.status()["events_dropped"] as? Int == 0, "no event may be lost, or a would-deny could hide")
+
+        func packageFiles(_ names: [String]) throws -> Set<String> {
+            var files = Set<String>()
+            for name in names {
+                for line in try run("/usr/bin/dpkg", ["-L", name]).stdout.split(separator: "\n") { files.insert(String(line)) }
+                for script in ["preinst", "postinst", "prerm", "postrm", "config"] { files.insert("/var/lib/dpkg/info/\(name).\(script)") }
+            }
+            return files
+        }
+        let wouldDeny = h.eventRecords().filter { $0["decision"] as? String == "would-deny" }.compactMap { $0["path"] as? String }
+        let broughtViaHook = try packageFiles(viaHook)
+        #expect(wouldDeny.filter(broughtViaHook.contains).isEmpty, "would-deny for files the hook vouched for: \(wouldDeny.filter(broughtViaHook.contains))")
+        #expect(wouldDeny.contains("/usr/bin/pv"), "without the hook, the new program is unknown (the check can fail)")
+        #expect(wouldDeny.contains("/usr/local/bin/appctl-test-local"), "a package signed by nobody brings nothing")
+    }
 }
