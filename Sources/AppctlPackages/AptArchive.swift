@@ -112,6 +112,9 @@ public struct AptArchive {
         return signers
     }
 
+    /// `goodSigners` for the unit tests.
+    public static func goodSignersForTesting(_ status: String) throws(ChainFailure) -> Set<String> { try goodSigners(statusLines: status, path: "test") }
+
     /// Every InRelease file in the lists directory.
     public func releaseFiles() -> [String] {
         (((try? listDirectory(listsDirectory)) ?? []).filter { $0.hasSuffix("_InRelease") }).sorted().map { listsDirectory + "/" + $0 }
