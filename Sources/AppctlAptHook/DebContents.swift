@@ -16,24 +16,29 @@ struct LibarchiveDebHasher: DebContentHasher {
     /// `AE_IFREG`, which libarchive defines as `S_IFREG` (a macro that does not import).
     static let regularFile: mode_t = 0o100000
 
-    func executableFiles(ofDeb path: String, package: String, architecture: String) throws(ChainFailure) -> [OverlayFile] {
-        var files = try members(of: path, stream: "--fsys-tarfile") { name in
+    func executableFiles(ofDeb deb: AptArchive.VerifiedDeb, package: String, architecture: String) throws(ChainFailure) -> [OverlayFile] {
+        var files = try members(of: deb, stream: "--fsys-tarfile") { name in
             // "./usr/bin/jq" → "/usr/bin/jq"
             var p = Substring(name)
             if p.hasPrefix("./") { p = p.dropFirst() } else if !p.hasPrefix("/") { p = "/" + p }
             return String(p)
         }
-        files += try members(of: path, stream: "--ctrl-tarfile", onlyExecutable: true) { name in
+        files += try members(of: deb, stream: "--ctrl-tarfile", onlyExecutable: true) { name in
             let script = name.hasPrefix("./") ? String(name.dropFirst(2)) : name
             return "/var/lib/dpkg/info/\(package).\(script)"
         }
         return files
     }
 
-    private func members(of deb: String, stream: String, onlyExecutable: Bool = false,
+    /// dpkg-deb reads the very file that was hashed: the verified descriptor is its standard input, named as
+    /// /proc/self/fd/0 (a new open of the same inode, never a lookup of the path again).
+    private func members(of verified: AptArchive.VerifiedDeb, stream: String, onlyExecutable: Bool = false,
                          installedPath: (String) -> String) throws(ChainFailure) -> [OverlayFile] {
+        let deb = verified.path
         let child: ChildProcess
-        do { child = try ChildProcess([Self.dpkgDeb, stream, deb]) } catch { throw ChainFailure(deb, "cannot run dpkg-deb: \(error)") }
+        do { child = try ChildProcess([Self.dpkgDeb, stream, "/proc/self/fd/0"], input: verified.file) } catch {
+            throw ChainFailure(deb, "cannot run dpkg-deb: \(error)")
+        }
         guard let archive = archive_read_new() else { throw ChainFailure(deb, "libarchive: out of memory") }
         defer { archive_read_free(archive) }
         archive_read_support_format_tar(archive)

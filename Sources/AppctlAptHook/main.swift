@@ -14,6 +14,10 @@ import Glibc
 
 func say(_ line: String) { try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8)) }
 
+// Never hang apt: whatever happens below, the hook ends within 15 minutes (SIGALRM's default action ends it; apt
+// then stops before dpkg runs, as for any failed Pre-Install-Pkgs command).
+alarm(15 * 60)
+
 var arguments = Array(CommandLine.arguments.dropFirst())
 var configPath = DaemonConfiguration.defaultPath
 if let i = arguments.firstIndex(of: "--config"), i + 1 < arguments.count {

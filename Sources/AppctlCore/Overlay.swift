@@ -44,8 +44,9 @@ public struct OverlayPackage: Hashable, Sendable {
 
     /// Whether a rule of the signed policy lets this host trust the package (mode `auto`, signer, origin, suite).
     public func isTrusted(by rules: [AptSourceRule]) -> AptSourceRule? {
-        rules.first { $0.mode == .auto && $0.matches(signers: [signer], origin: origin == "-" ? nil : origin,
-                                                     suite: suite == "-" ? nil : suite, codename: codename == "-" ? nil : codename) }
+        let rule = AptSourceRule.governing(rules, signers: [signer], origin: origin == "-" ? nil : origin,
+                                           suite: suite == "-" ? nil : suite, codename: codename == "-" ? nil : codename)
+        return rule?.mode == .auto ? rule : nil
     }
 }
 
@@ -157,6 +158,9 @@ public struct OverlayTable: Sendable {
     /// Digest → the layer that allows it (`overlay:apt`).
     private var layers: [SHA256Digest: String] = [:]
     public private(set) var sizes = Set<UInt64>()
+    /// Trusted programs (digest, installed path), for the daemon's interpreter rule: an interpreter a package
+    /// brings or upgrades must be recognised as one from the moment it is allowed.
+    public private(set) var programs: [(digest: SHA256Digest, path: String)] = []
     /// Packages whose records the policy's rules trust, and those it does not (named for `status`).
     public private(set) var trustedPackages = 0
     public private(set) var untrustedPackages: [String] = []
@@ -172,6 +176,7 @@ public struct OverlayTable: Sendable {
                 for file in package.files {
                     layers[file.digest] = layer
                     sizes.insert(file.size)
+                    if file.kind == .elfExec { programs.append((file.digest, PathEscaping.unescapedString(file.escapedPath))) }
                 }
             }
         }

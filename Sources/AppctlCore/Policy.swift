@@ -145,11 +145,13 @@ public struct PolicyHeader: Hashable, Sendable {
     public var aptSources: [AptSourceRule] = []
     /// Whether and how this host may open maintenance windows (format version 4). Nil: it may not.
     public var maintenance: MaintenanceRule?
+    /// What the apt hook does with packages nothing vouches for (format version 4); nil: by mode.
+    public var aptUnverified: UnverifiedPackages?
     public var allowCount: Int
     public var denyCount: Int
 
     /// Whether the header names any local trust source (so the file is format version 4).
-    public var declaresLocalTrust: Bool { !aptSources.isEmpty || maintenance != nil }
+    public var declaresLocalTrust: Bool { !aptSources.isEmpty || maintenance != nil || aptUnverified != nil }
 
     public init(serial: UInt64? = nil, issued: Timestamp, expires: Timestamp? = nil, keyID: String? = nil,
                 scope: [String] = [], description: String? = nil, allowCount: Int = 0, denyCount: Int = 0) {
@@ -316,6 +318,34 @@ public struct AptSourceRule: Hashable, Sendable, Comparable, CustomStringConvert
     }
 
     public static func < (a: AptSourceRule, b: AptSourceRule) -> Bool { a.description.utf8.lexicographicallyPrecedes(b.description.utf8) }
+
+    /// The rule that governs packages from a verified Release file: of all the rules it matches, the most
+    /// restrictive (gate, then report, then auto), whatever order they are written in — a narrower gate rule
+    /// is never shadowed by a broader auto rule. Nil when none matches. The hook and the daemon both use this.
+    public static func governing(_ rules: [AptSourceRule], signers: Set<String>, origin: String?, suite: String?, codename: String?) -> AptSourceRule? {
+        rules.filter { $0.matches(signers: signers, origin: origin, suite: suite, codename: codename) }.min { $0.mode.restriction > $1.mode.restriction }
+    }
+}
+
+extension AptTrustMode {
+    /// gate 2 > report 1 > auto 0.
+    public var restriction: Int {
+        switch self {
+        case .gate: 2
+        case .report: 1
+        case .auto: 0
+        }
+    }
+}
+
+/// The `apt-unverified` header line (format version 4): what the apt hook does with a package that nothing
+/// vouches for (`dpkg -i`-style local files, bad signatures, hash mismatches, expired lists, sources the policy
+/// does not name). Absent: `refuse` while the host enforces, `report` otherwise.
+public enum UnverifiedPackages: String, Sendable, CaseIterable {
+    /// Stop apt before dpkg runs.
+    case refuse
+    /// Install it and trust nothing of it (its programs are denied in enforce mode).
+    case report
 }
 
 /// The `maintenance` header line: whether this host may open maintenance windows, for how long at most, and under

@@ -98,6 +98,7 @@ private struct Parser {
     var escapedDescription: String?
     var aptSources: [AptSourceRule] = []
     var maintenance: MaintenanceRule?
+    var aptUnverified: UnverifiedPackages?
     var allowCount: Int?
     var denyCount: Int?
     var allowsSeen = 0
@@ -201,6 +202,7 @@ private struct Parser {
         header.escapedDescription = escapedDescription
         header.aptSources = aptSources
         header.maintenance = maintenance
+        header.aptUnverified = aptUnverified
         header.version = version
         return header
     }
@@ -208,7 +210,7 @@ private struct Parser {
     /// The header keys in their only allowed order; `true` marks the required ones.
     static let headerKeys: [(String, Bool)] = [
         ("serial", false), ("issued", true), ("expires", false), ("key-id", false),
-        ("scope", false), ("description", false), ("apt-source", false), ("maintenance", false),
+        ("scope", false), ("description", false), ("apt-source", false), ("apt-unverified", false), ("maintenance", false),
         ("allow-count", true), ("deny-count", true),
     ]
     /// Header keys that may appear on several lines in a row (in canonical order).
@@ -277,7 +279,7 @@ private struct Parser {
             throw fail(.malformed, "header field '\(Self.headerKeys[skipped].0)' is missing")
         }
         headerStep = step + 1
-        if (key == "apt-source" || key == "maintenance") && version < 4 {
+        if (key == "apt-source" || key == "apt-unverified" || key == "maintenance") && version < 4 {
             throw fail(.malformed, "'\(key)' needs format version 4 (this file says \(version))")
         }
         switch key {
@@ -310,11 +312,16 @@ private struct Parser {
             do { rule = try AptSourceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "apt-source: \(error)") }
             if let last = aptSources.last, !(last < rule) { throw fail(.outOfOrder, "apt-source lines out of canonical order or repeated") }
             aptSources.append(rule)
+        case "apt-unverified":
+            guard let v = UnverifiedPackages(rawValue: text(value)) else {
+                throw fail(.malformed, "apt-unverified must be \(UnverifiedPackages.allCases.map(\.rawValue).joined(separator: " or ")), got '\(text(value))'")
+            }
+            aptUnverified = v
         case "maintenance":
             do { maintenance = try MaintenanceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "maintenance: \(error)") }
         case "allow-count", "deny-count":
-            if key == "allow-count" && version == 4 && aptSources.isEmpty && maintenance == nil {
-                throw fail(.malformed, "format version 4 but the header has no apt-source or maintenance line (write it as version 3 or lower)")
+            if key == "allow-count" && version == 4 && aptSources.isEmpty && maintenance == nil && aptUnverified == nil {
+                throw fail(.malformed, "format version 4 but the header has no apt-source, apt-unverified or maintenance line (write it as version 3 or lower)")
             }
             guard let v = parseDecimal(value), v <= 100_000_000 else {
                 throw fail(.malformed, "\(key) must be a count, got '\(text(value))'")

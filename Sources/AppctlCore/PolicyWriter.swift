@@ -64,8 +64,8 @@ public final class PolicyWriter {
         if !header.scope.isEmpty { try line("scope \(header.scope.joined(separator: ","))") }
         if let description = header.escapedDescription, !description.isEmpty { try line("description \(description)") }
         guard header.declaresLocalTrust == (header.version >= 4) else {
-            throw PolicyError(.malformed, file: name, header.version >= 4 ? "format version 4 needs an apt-source or maintenance line"
-                                                                             : "apt-source and maintenance lines need format version 4")
+            throw PolicyError(.malformed, file: name, header.version >= 4 ? "format version 4 needs an apt-source, apt-unverified or maintenance line"
+                                                                             : "apt-source, apt-unverified and maintenance lines need format version 4")
         }
         var previousSource: AptSourceRule?
         for source in header.aptSources {
@@ -75,6 +75,7 @@ public final class PolicyWriter {
             previousSource = source
             try line("apt-source \(source)")
         }
+        if let unverified = header.aptUnverified { try line("apt-unverified \(unverified.rawValue)") }
         if let maintenance = header.maintenance { try line("maintenance \(maintenance)") }
         try line("allow-count \(header.allowCount)")
         try line("deny-count \(header.denyCount)")

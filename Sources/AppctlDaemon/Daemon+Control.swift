@@ -38,9 +38,13 @@ extension Daemon: DaemonControl {
         }
         let (table, revoked) = policy.setOverlays(overlays)
         if revoked { kernelCache.flush(reason: "overlay entries retired") }
-        let summary = "overlays: \(table.trustedPackages) packages trusted (\(table.digestCount) digests)"
-            + (table.untrustedPackages.isEmpty ? "" : ", \(table.untrustedPackages.count) not trusted by the policy's apt-source lines")
+        facts.rebuildInterpreters(declared: policy.declaredInterpreters, overlayPrograms: table.programs)
+        // The apt hook reads the labels after "not trusted: " (at most 64; "…" when there are more).
+        let untrusted = table.untrustedPackages
+        let summary = "mode \(policy.mode.rawValue); overlays: \(table.trustedPackages) packages trusted (\(table.digestCount) digests)"
             + (revoked ? "; entries retired, kernel cache flushed" : "")
+            + (untrusted.isEmpty ? "" : "; \(untrusted.count) not trusted by the policy's apt-source lines; not trusted: "
+                + untrusted.prefix(64).joined(separator: " ") + (untrusted.count > 64 ? " …" : ""))
         Self.log("appctl: \(reason): \(summary)")
         return .success(summary)
     }
@@ -50,7 +54,7 @@ extension Daemon: DaemonControl {
     /// starts with the signed policy alone.
     func loadInitialOverlays() {
         let store = OverlayStore(stateDirectory: configuration.stateDirectory)
-        if (try? linkStatus(store.path(of: "apt"))) != nil, !DpkgStatus.isBusy() {
+        if (try? linkStatus(store.path(of: "apt"))) != nil, !DpkgStatus.isBusy(), !DpkgStatus.isAptBusy() {
             do {
                 let status = try DpkgStatus()
                 if let retired = try store.withLock(wait: false, { () throws(OverlayError) in try store.retire(layer: "apt", installed: status) }),
@@ -67,7 +71,7 @@ extension Daemon: DaemonControl {
     /// After any policy is applied (a reload, or a last-known-good copy at start): interpreters may have been
     /// upgraded, and the policy may declare others (read here, off the event thread).
     func policyApplied() {
-        facts.rebuildInterpreters(declared: policy.declaredInterpreters)
+        facts.rebuildInterpreters(declared: policy.declaredInterpreters, overlayPrograms: policy.overlayPrograms)
         // At start-up the pass begins once the daemon is ready (`run`); after a reload, at once.
         if configuration.prehashListed, ready.load(ordering: .relaxed), let path = policy.snapshot.path {
             listedPrehash.start(policyPath: path)

@@ -66,6 +66,14 @@ public final class AtomicFileWriter {
                 _ = try retryingOnInterrupt { link(temporaryPath, path) }
                 unlink(temporaryPath)
             }
+            // The new name is durable only once the directory is synced (a crash right after a rename can
+            // otherwise bring the old file back: a reader told "it is written" must find it after a reboot).
+            let slash = path.lastIndex(of: "/")
+            let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+            if let dir = try? FileDescriptor.open(directory, [.readOnly, .directory]) {
+                try? dir.sync()
+                dir.close()
+            }
         } catch {
             unlink(temporaryPath)
             throw error

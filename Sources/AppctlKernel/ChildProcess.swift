@@ -6,7 +6,9 @@ import Glibc
 /// A program run by the command-line tools (never by the daemon, which never execs): Debian's own tools for the
 /// formats appctl does not parse itself (`gpgv` for OpenPGP, `apt-helper cat-file` for compressed indexes,
 /// `dpkg-deb` for package archives). `posix_spawn` with the standard output on a pipe the caller reads as a
-/// stream; standard input from /dev/null; standard error kept, for the one-line reason when it fails.
+/// stream; standard input from /dev/null or a descriptor the caller passes; standard error into an anonymous
+/// memory file, so that a chatty child never blocks on it (a pipe nobody reads while the output is streamed would
+/// fill), read once it exited, for the one-line reason when it fails.
 public final class ChildProcess {
     public let pid: pid_t
     /// The read end of the child's standard output.
@@ -16,38 +18,52 @@ public final class ChildProcess {
     private var collected: Int32?
 
     /// Starts `arguments[0]` (an absolute path; no `PATH` search) with a minimal environment.
-    public init(_ arguments: [String], environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"]) throws(Errno) {
+    /// - Parameter input: the child's standard input (a duplicate is given; the caller keeps its own); /dev/null if nil.
+    public init(_ arguments: [String], input: FileDescriptor? = nil,
+                environment: [String] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"]) throws(Errno) {
         precondition(arguments.first?.hasPrefix("/") == true, "ChildProcess needs an absolute program path")
         program = arguments[0]
-        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+        var outPipe: [Int32] = [-1, -1]
         _ = try retryingOnInterrupt { appctl_pipe2(&outPipe, O_CLOEXEC) }
-        do throws(Errno) { _ = try retryingOnInterrupt { appctl_pipe2(&errPipe, O_CLOEXEC | O_NONBLOCK) } } catch {
+        let errFile = appctl_memfd("appctl-child-stderr")
+        guard errFile >= 0 else {
+            let error = Errno.current
             Glibc.close(outPipe[0]); Glibc.close(outPipe[1]); throw error
         }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let input {
+            posix_spawn_file_actions_adddup2(&actions, input.rawValue, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        posix_spawn_file_actions_adddup2(&actions, errFile, 2)
         var childPID: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         let rc = posix_spawn(&childPID, program, &actions, nil, argv, envp)
-        Glibc.close(outPipe[1]); Glibc.close(errPipe[1])
+        Glibc.close(outPipe[1])
         guard rc == 0 else {
-            Glibc.close(outPipe[0]); Glibc.close(errPipe[0])
+            Glibc.close(outPipe[0]); Glibc.close(errFile)
             throw Errno(rawValue: rc)
         }
         pid = childPID
         output = FileDescriptor(rawValue: outPipe[0])
-        errorOutput = FileDescriptor(rawValue: errPipe[0])
+        errorOutput = FileDescriptor(rawValue: errFile)
     }
 
+    /// A child whose caller gave up on it (an error half-way through its output) is killed, never waited for
+    /// while it blocks on a pipe nobody reads.
     deinit {
-        if collected == nil { _ = try? wait() }
-        output.close(); errorOutput.close()
+        output.close()
+        if collected == nil {
+            kill(pid, SIGKILL)
+            _ = try? wait()
+        }
+        errorOutput.close()
     }
 
     /// Reads the whole standard output (bounded).
@@ -65,16 +81,16 @@ public final class ChildProcess {
         return code
     }
 
-    /// What the child wrote to standard error, read once it has exited. The pipe holds 64 KiB: a child writing
-    /// more there would block, so only tools that write a few lines to it (gpgv's status lines, one-line errors)
-    /// are run through here.
+    /// What the child wrote to standard error (the first 4 MiB), read once it has exited.
     public lazy var errorText: String = {
         var text: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { (try? errorOutput.read(into: $0)) ?? 0 }
+        var offset: Int64 = 0
+        while text.count < 4 << 20 {
+            let n = buffer.withUnsafeMutableBytes { (try? errorOutput.read(into: $0, at: offset)) ?? 0 }
             if n <= 0 { break }
             text += buffer.prefix(n)
+            offset += Int64(n)
         }
         return String(decoding: text, as: UTF8.self)
     }()

@@ -94,17 +94,25 @@ public struct AptArchive {
     /// than MD5 (1), SHA-1 (2) or RIPEMD-160 (3). Any BADSIG fails the file (someone changed it).
     static func goodSigners(statusLines: String, path: String) throws(ChainFailure) -> Set<String> {
         var signers = Set<String>()
-        var good = false, valid: String?
-        func close() { if good, let valid { signers.insert(valid) }; good = false; valid = nil }
+        var goodKeyID: String?, valid: (signingKey: String, primary: String)?
+        func close() {
+            // GOODSIG names the signing key by its id (the fingerprint's last 16 hex digits); VALIDSIG must be about
+            // that same key, or the two lines do not describe one signature.
+            if let goodKeyID, let valid, valid.signingKey.hasSuffix(goodKeyID) { signers.insert(valid.primary) }
+            goodKeyID = nil; valid = nil
+        }
         for line in statusLines.split(separator: "\n") where line.hasPrefix("[GNUPG:] ") {
             let f = line.dropFirst(9).split(separator: " ").map(String.init)
             switch f.first {
             case "NEWSIG": close()
-            case "GOODSIG": good = true
+            case "GOODSIG" where f.count > 1: goodKeyID = f[1].uppercased()
             case "BADSIG": throw ChainFailure(path, "BAD signature (by key \(f.count > 1 ? f[1] : "?")): the file was changed after it was signed")
+            // A packet gpgv could not process, or no signed data at all: the file is not what a Release file is.
+            case "ERROR": throw ChainFailure(path, "gpgv could not process it (\(f.dropFirst().joined(separator: " ")))")
+            case "NODATA": throw ChainFailure(path, "no OpenPGP signed data in it")
             case "VALIDSIG":
                 guard f.count >= 10, let hashAlgorithm = Int(f[8]), ![1, 2, 3].contains(hashAlgorithm) else { continue }
-                valid = (f.count >= 11 ? f[10] : f[1]).uppercased()
+                valid = (f[1].uppercased(), (f.count >= 11 ? f[10] : f[1]).uppercased())
             default: break
             }
         }
@@ -222,20 +230,33 @@ public struct AptArchive {
     // MARK: .deb files
 
     /// A `.deb` whose digest and size an index from a verified Release file lists for that package version.
+    /// `file` is the descriptor it was hashed through, kept open: its members are read from that same file (never
+    /// from the path again, which could name another file by then), and only root can change its content.
     public struct VerifiedDeb: Sendable {
         public var path: String
+        public var file: FileDescriptor
         public var digest: SHA256Digest
-        public var record: IndexRecord
+        /// Every index record that lists this digest for the package version (one per Release file that has it).
+        public var records: [IndexRecord]
+        public var record: IndexRecord { records[0] }
+
+        public func close() { file.close() }
     }
 
-    /// Hashes a `.deb` and finds the index record that vouches for it.
+    /// Hashes a `.deb` and finds the index records that vouch for it. The file must be a regular file only root
+    /// can write (apt's cache is; a user's `~/x.deb` is not: its owner could change it after the hash).
     public static func verifyDeb(path: String, package: String, version: String, in lookup: Lookup) throws(ChainFailure) -> VerifiedDeb {
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking, .noFollow]) } catch { throw ChainFailure(path, "cannot open: \(error)") }
+        var keep = false
+        defer { if !keep { fd.close() } }
         let digest: SHA256Digest, size: Int64
         do {
-            let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking, .noFollow])
-            defer { fd.close() }
             let st = try fd.status()
             guard st.isRegularFile else { throw ChainFailure(path, "not a regular file") }
+            guard st.st_uid == 0, st.st_mode & 0o022 == 0 else {
+                throw ChainFailure(path, "uid \(st.st_uid) or others could change it after it is checked (only a file only root can write is verified; copy it somewhere root-only)")
+            }
             size = Int64(st.st_size)
             digest = try FileHasher().hash(fd).sha256
         } catch let error as ChainFailure { throw error } catch { throw ChainFailure(path, "cannot read: \(error)") }
@@ -243,10 +264,12 @@ public struct AptArchive {
         guard !candidates.isEmpty else {
             throw ChainFailure(path, "\(package) \(version) is in no index of a verified Release file" + (lookup.problems.isEmpty ? "" : " (\(lookup.problems.count) lists unusable: \(lookup.problems[0]))"))
         }
-        guard let record = candidates.first(where: { $0.sha256 == digest && $0.size == UInt64(size) }) else {
+        let matching = candidates.filter { $0.sha256 == digest && $0.size == UInt64(size) }
+        guard !matching.isEmpty else {
             throw ChainFailure(path, "SHA-256 \(digest) is not the digest the archive's index lists for \(package) \(version) (\(candidates[0].sha256)): the file was changed or comes from elsewhere")
         }
-        return VerifiedDeb(path: path, digest: digest, record: record)
+        keep = true
+        return VerifiedDeb(path: path, file: fd, digest: digest, records: matching)
     }
 }
 

@@ -1,5 +1,7 @@
 import AppctlCore
 import AppctlKernel
+import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,10 +9,10 @@ import Glibc
 /// Hashes the files a `.deb` will install and its maintainer scripts, through a well-kept archive reader
 /// (the `appctl-apt-hook` program: dpkg-deb's tar streams read by libarchive). Kept behind a protocol so that
 /// the daemon and the main `appctl` binary never link the archive library.
-public protocol DebContentHasher {
+public protocol DebContentHasher: Sendable {
     /// Every executable regular file of the package's data (path as installed, e.g. `/usr/bin/jq`) and every
     /// maintainer script (path `/var/lib/dpkg/info/<package>.<script>`, where dpkg runs it from).
-    func executableFiles(ofDeb path: String, package: String, architecture: String) throws(ChainFailure) -> [OverlayFile]
+    func executableFiles(ofDeb deb: AptArchive.VerifiedDeb, package: String, architecture: String) throws(ChainFailure) -> [OverlayFile]
 }
 
 /// Where the hook finds what it needs: the daemon's configuration, read the same way the daemon reads it.
@@ -41,41 +43,59 @@ public enum AptHook {
         public mutating func say(_ line: String) { lines.append("appctl: " + line) }
     }
 
-    /// The `apt-source` lines of the configured policy. Only the header is read here, without checking the
-    /// signature: the daemon checks every overlay record against the policy it verified, so a forged header could
-    /// only make the hook derive entries the daemon then ignores.
-    public static func policyRules(_ path: String?) -> (rules: [AptSourceRule], problem: String?) {
-        guard let path else { return ([], "no policy configured") }
-        struct HeaderRead: Error {}
-        var rules: [AptSourceRule]?
+    /// The local-trust lines of the configured policy's header. Only the header is read here, without checking
+    /// the signature: the daemon checks every overlay record against the policy it verified, so a forged header
+    /// could only make the hook derive entries the daemon then ignores (and the hook then stops apt when enforcing).
+    public static func policyHeader(_ path: String?) -> (header: PolicyHeader?, problem: String?) {
+        guard let path else { return (nil, "no policy configured") }
+        var header: PolicyHeader?
         do {
-            _ = try PolicyReader(path: path).read(onHeader: { rules = $0.aptSources }, onAllow: { (_) throws(PolicyError) in
+            _ = try PolicyReader(path: path).read(onHeader: { header = $0 }, onAllow: { (_) throws(PolicyError) in
                 throw PolicyError(.io, file: path, "header read")   // stop at the first entry: the header is all we need
             })
         } catch {
-            if rules == nil { return ([], error.description) }
+            if header == nil { return (nil, error.description) }
         }
-        return (rules ?? [], nil)
+        return (header, nil)
     }
 
     /// `DPkg::Pre-Install-Pkgs`: before dpkg unpacks anything, verify every `.deb` of the transaction through the
     /// archive's chain, write the trusted packages' files to the `apt` overlay, and have the daemon take it in.
+    /// apt stops (exit 1) when the host enforces (the daemon's mode; the configured one when it does not answer)
+    /// and something would be denied half-way through dpkg: a package nothing vouches for (unless the policy says
+    /// `apt-unverified report`), a gate that does not pass, an overlay that cannot be written, a daemon that does
+    /// not take the overlay in.
     public static func preInstall(_ request: AptHookRequest, settings: AptHookSettings, hasher: DebContentHasher,
                                   archive: AptArchive? = nil) -> Outcome {
         var outcome = Outcome()
         let unpacks = request.unpacks
         guard !unpacks.isEmpty else { return outcome }
-        let (rules, problem) = policyRules(settings.policyPath)
+        let (header, problem) = policyHeader(settings.policyPath)
+        let rules = header?.aptSources ?? []
         if let problem { outcome.say("cannot read the policy's apt sources (\(problem)); nothing derived") }
         guard !rules.isEmpty else {
             if problem == nil { outcome.say("the signed policy names no apt source: nothing derived from this transaction (\(unpacks.count) packages)") }
             return outcome
         }
+        let mode: Mode
+        switch daemonMode(settings: settings) {
+        case .running(let m): mode = m
+        case .notRunning: mode = settings.configuredMode
+        case .notAnswering(let why):
+            daemonDidNotAnswer(why, mode: settings.configuredMode, outcome: &outcome)
+            if !outcome.proceed { return outcome }
+            mode = settings.configuredMode
+        }
+        let refuseUnverified = (header?.aptUnverified ?? (mode == .enforce ? .refuse : .report)) == .refuse
+
         let archive = archive ?? AptArchive(listsDirectory: request.directory("Dir::State::lists", default: "/var/lib/apt/lists/"))
         let lookup = archive.lookUp(Set(unpacks.compactMap { a in a.newVersion.map { AptArchive.PackageKey(name: a.package, version: $0) } }))
-        var derived: [OverlayPackage] = []
+        // First every .deb through the chain and the policy's rules (quick), then the members of those that need
+        // them hashed on every core (dpkg-deb's decompression is most of the hook's time), then the report in order.
+        struct Verified { var action: AptHookRequest.Action; var deb: AptArchive.VerifiedDeb; var rule: AptSourceRule; var architecture: String }
+        var steps: [(label: String, verified: Verified?)] = []
         var untrusted: [String] = []
-        var gatePolicy: Result<LoadedPolicy, PolicyError>?
+        defer { for case let (_, v?) in steps { v.deb.close() } }
         for action in unpacks {
             guard let debPath = action.debPath, let version = action.newVersion else { continue }
             let label = "\(action.package)=\(version)"
@@ -85,62 +105,89 @@ public enum AptHook {
                 untrusted.append(label)
                 continue
             }
-            let release = deb.record.release
-            guard let rule = rules.first(where: { $0.matches(signers: release.signers, origin: release.origin, suite: release.suite, codename: release.codename) }) else {
+            // Every Release file that lists this .deb is asked; the most restrictive rule among them governs.
+            let governing = deb.records.compactMap { r in
+                AptSourceRule.governing(rules, signers: r.release.signers, origin: r.release.origin, suite: r.release.suite, codename: r.release.codename)
+            }.min { $0.mode.restriction > $1.mode.restriction }
+            guard let rule = governing else {
+                let release = deb.record.release
                 outcome.say("not trusted \(label): \(release.path) is signed by \(release.signers.sorted().joined(separator: ",")), which no apt-source line of the policy names")
                 untrusted.append(label)
+                deb.close()
                 continue
             }
-            switch rule.mode {
-            case .report:
-                outcome.say("report only \(label): verified (\(rule)), nothing derived")
-            case .gate:
+            steps.append((label, Verified(action: action, deb: deb, rule: rule, architecture: action.newArchitecture ?? deb.record.architecture)))
+        }
+        let toHash = steps.compactMap(\.verified).filter { $0.rule.mode != .report }
+        let hashed = Mutex<[String: Result<[OverlayFile], ChainFailure>]>([:])
+        DispatchQueue.concurrentPerform(iterations: toHash.count) { i in
+            let v = toHash[i]
+            let result = Result { () throws(ChainFailure) in
+                try hasher.executableFiles(ofDeb: v.deb, package: v.action.package, architecture: v.architecture)
+            }
+            hashed.withLock { $0[v.deb.path] = result }
+        }
+        let members = hashed.withLock { $0 }
+        var derived: [OverlayPackage] = []
+        var gatePolicy: Result<LoadedPolicy, PolicyError>?
+        for case let (label, v?) in steps {
+            let release = v.deb.records.first { v.rule.matches(signers: $0.release.signers, origin: $0.release.origin, suite: $0.release.suite, codename: $0.release.codename) }?.release
+                ?? v.deb.record.release
+            switch (v.rule.mode, members[v.deb.path]) {
+            case (.report, _):
+                outcome.say("report only \(label): verified (\(v.rule)), nothing derived")
+            case (_, .failure(let error)?):
+                outcome.say("NOT TRUSTED \(label): \(error.description)")
+                untrusted.append(label)
+                if v.rule.mode == .gate { outcome.proceed = false }
+            case (.gate, .success(let files)?):
                 // Derive nothing: the signed policy must carry the update already, or apt stops here.
-                switch gateCheck(debPath: debPath, action: action, architecture: action.newArchitecture ?? deb.record.architecture,
-                                 settings: settings, hasher: hasher, policy: &gatePolicy) {
-                case nil: outcome.say("gate \(label): every executable file is already allowed by the signed policy")
-                case let why?:
+                if let why = gateCheck(files, settings: settings, policy: &gatePolicy) {
                     outcome.say("gate \(label): \(why); stopping apt before dpkg runs")
                     outcome.proceed = false
+                } else {
+                    outcome.say("gate \(label): every executable file is already allowed by the signed policy")
                 }
-            case .auto:
-                let files: [OverlayFile]
-                do { files = try hasher.executableFiles(ofDeb: debPath, package: action.package, architecture: action.newArchitecture ?? deb.record.architecture) } catch {
-                    outcome.say("NOT TRUSTED \(label): \(error.description)")
-                    untrusted.append(label)
-                    continue
-                }
-                let signer = release.signers.sorted().first { rule.signer == $0 } ?? rule.signer
-                derived.append(OverlayPackage(name: action.package, version: version, architecture: action.newArchitecture ?? deb.record.architecture,
-                                              debDigest: deb.digest, signer: signer, origin: release.origin ?? "-", suite: release.suite ?? "-",
+            case (.auto, .success(let files)?):
+                let signer = release.signers.sorted().first { v.rule.signer == $0 } ?? v.rule.signer
+                derived.append(OverlayPackage(name: v.action.package, version: v.action.newVersion!, architecture: v.architecture,
+                                              debDigest: v.deb.digest, signer: signer, origin: release.origin ?? "-", suite: release.suite ?? "-",
                                               codename: release.codename ?? "-", files: files))
+            case (_, nil):
+                outcome.say("NOT TRUSTED \(label): its members were not read")
+                untrusted.append(label)
             }
+        }
+        if !untrusted.isEmpty && refuseUnverified {
+            outcome.say("stopping apt before dpkg runs: \(untrusted.count) packages would be trusted by nothing (\(untrusted.prefix(8).joined(separator: " "))\(untrusted.count > 8 ? " …" : "")) and this host \(header?.aptUnverified == .refuse ? "refuses them (apt-unverified refuse)" : "enforces; a policy with apt-unverified report lets them install, trusted by nothing")")
+            outcome.proceed = false
         }
         guard !derived.isEmpty, outcome.proceed else { return outcome }
         // Written (and synced) before the daemon is told: a daemon that restarts reads it from disk.
         do {
             _ = try settings.store.withLock(wait: true) { () throws(OverlayError) in
                 var overlay = try settings.store.read(layer: "apt")
-                let replaced = Set(derived.map { "\($0.name) \($0.version) \($0.architecture)" })
-                overlay.packages.removeAll { replaced.contains("\($0.name) \($0.version) \($0.architecture)") }
+                let replaced = Set(derived.map(\.label))
+                overlay.packages.removeAll { replaced.contains($0.label) }
                 overlay.packages += derived
                 try settings.store.write(overlay)
             }
         } catch {
             outcome.say("cannot write the apt overlay: \(error.description)")
-            outcome.proceed = settings.configuredMode != .enforce
-            if !outcome.proceed { outcome.say("stopping apt before dpkg runs: in enforce mode its programs would be denied") }
+            if mode == .enforce {
+                outcome.proceed = false
+                outcome.say("stopping apt before dpkg runs: in enforce mode its programs would be denied")
+            }
             return outcome
         }
         let files = derived.reduce(0) { $0 + $1.files.count }
         outcome.say("trusted \(derived.count) verified packages (\(files) executable files) in overlay:apt" + (untrusted.isEmpty ? "" : "; \(untrusted.count) not trusted"))
-        notifyDaemon(settings: settings, outcome: &outcome)
+        notifyDaemon(settings: settings, mode: mode, expecting: derived.map(\.label), outcome: &outcome)
         return outcome
     }
 
     /// Gate mode: nil when every executable file of the package is allowed by the verified signed policy, else why not.
-    static func gateCheck(debPath: String, action: AptHookRequest.Action, architecture: String, settings: AptHookSettings,
-                          hasher: DebContentHasher, policy: inout Result<LoadedPolicy, PolicyError>?) -> String? {
+    static func gateCheck(_ files: [OverlayFile], settings: AptHookSettings, policy: inout Result<LoadedPolicy, PolicyError>?) -> String? {
         if policy == nil {
             guard let path = settings.policyPath, let keyPath = settings.publicKeyPath else { return "no policy and key configured to check against" }
             do {
@@ -155,63 +202,104 @@ public enum AptHook {
         case .success(let p): loaded = p
         case .failure(let error): return "the policy does not verify: \(error)"
         }
-        let files: [OverlayFile]
-        do { files = try hasher.executableFiles(ofDeb: debPath, package: action.package, architecture: architecture) } catch { return error.description }
         let missing = files.filter { loaded.lookup($0.digest) != .known }
         guard let first = missing.first else { return nil }
         return "\(missing.count) of its \(files.count) executable files are not in the signed policy (first: \(PathEscaping.unescapedString(first.escapedPath)) sha256 \(first.digest))"
     }
 
     /// `DPkg::Post-Invoke`: dpkg is done. Retire the overlay records of package versions that are no longer on
-    /// the machine (upgraded or removed), and have the daemon drop them.
+    /// the machine (upgraded or removed), and always have the daemon read the overlays again: the files are on
+    /// disk now, so interpreters among them are found where they are installed.
     public static func postInvoke(settings: AptHookSettings) -> Outcome {
         var outcome = Outcome()
         do {
             let status = try DpkgStatus(path: settings.dpkgStatusPath)
             let retired = try settings.store.withLock(wait: true) { () throws(OverlayError) in try settings.store.retire(layer: "apt", installed: status) } ?? []
-            guard !retired.isEmpty else { return outcome }
-            outcome.say("retired \(retired.count) package versions no longer installed from overlay:apt: \(retired.prefix(8).joined(separator: " "))\(retired.count > 8 ? " …" : "")")
+            if !retired.isEmpty {
+                outcome.say("retired \(retired.count) package versions no longer installed from overlay:apt: \(retired.prefix(8).joined(separator: " "))\(retired.count > 8 ? " …" : "")")
+            }
         } catch {
             outcome.say("cannot reconcile the apt overlay with dpkg's database: \(error.description)")
-            return outcome
         }
-        notifyDaemon(settings: settings, outcome: &outcome)
+        if (try? linkStatus(settings.store.path(of: "apt"))) != nil {
+            notifyDaemon(settings: settings, mode: settings.configuredMode, expecting: [], outcome: &outcome, quietWhenNotRunning: true)
+        }
         outcome.proceed = true   // after dpkg ran, failing would only hide the message
         return outcome
     }
 
-    /// Tells the daemon to take the overlay in. Not running: fine (it reads overlays at start). Not answering in
-    /// time: apt stops in enforce mode (the new programs would be denied half-way through the transaction) and
-    /// goes on in monitor mode. Never waits longer than the bound.
-    static func notifyDaemon(settings: AptHookSettings, outcome: inout Outcome) {
+    enum DaemonState { case running(Mode), notRunning, notAnswering(String) }
+
+    /// The daemon's mode, asked over its control socket within the bound.
+    static func daemonMode(settings: AptHookSettings) -> DaemonState {
+        switch request(.status(json: true), settings: settings) {
+        case .success(let reply):
+            let mode = Mode.allCases.first { reply.body.contains("\"mode\":\"\($0.rawValue)\"") || reply.body.contains("\"mode\": \"\($0.rawValue)\"") }
+            return mode.map { .running($0) } ?? .notAnswering("its status names no mode")
+        case .failure(let failure):
+            return failure.notRunning ? .notRunning : .notAnswering(failure.why)
+        }
+    }
+
+    struct RequestFailure: Error { var why: String; var notRunning: Bool }
+
+    static func request(_ request: ControlRequest, settings: AptHookSettings) -> Result<ControlReply, RequestFailure> {
         let fd: FileDescriptor
         do { fd = try connectUnix(settings.socketPath, timeoutSeconds: settings.daemonTimeoutSeconds) } catch {
-            if error == .noSuchFile || error == Errno(rawValue: ECONNREFUSED) {
-                outcome.say("the daemon is not running; it loads the overlay when it starts")
-                return
-            }
-            daemonDidNotAnswer("cannot reach it at \(settings.socketPath): \(error)", settings: settings, outcome: &outcome)
-            return
+            let absent = error == .noSuchFile || error == Errno(rawValue: ECONNREFUSED)
+            return .failure(RequestFailure(why: "cannot reach it at \(settings.socketPath): \(error)", notRunning: absent))
         }
         defer { fd.close() }
         signal(SIGPIPE, SIG_IGN)
         do {
-            try fd.writeAll(Array((ControlRequest.reloadOverlays.line + "\n").utf8))
-            let reply = ControlReply(wire: String(decoding: try fd.readAll(limit: 1 << 16), as: UTF8.self))
-            if reply.ok { outcome.say("daemon: \(reply.head)") } else {
-                daemonDidNotAnswer("it refused the overlay: \(reply.head)", settings: settings, outcome: &outcome)
-            }
+            try fd.writeAll(Array((request.line + "\n").utf8))
+            return .success(ControlReply(wire: String(decoding: try fd.readAll(limit: 1 << 20), as: UTF8.self)))
         } catch {
-            daemonDidNotAnswer(error == .wouldBlock ? "no answer within \(settings.daemonTimeoutSeconds) s" : "\(error)", settings: settings, outcome: &outcome)
+            return .failure(RequestFailure(why: error == .wouldBlock ? "no answer within \(settings.daemonTimeoutSeconds) s" : "\(error)", notRunning: false))
         }
     }
 
-    private static func daemonDidNotAnswer(_ why: String, settings: AptHookSettings, outcome: inout Outcome) {
-        if settings.configuredMode == .enforce {
+    /// Tells the daemon to take the overlay in, and checks that it trusts every package just derived (a daemon
+    /// enforcing a last-known-good policy without these apt-source lines would not). Not running: fine (it reads
+    /// overlays at start). Not answering in time, refusing, or not trusting them: apt stops in enforce mode (the
+    /// new programs would be denied half-way through dpkg) and goes on otherwise. Never waits longer than the bound.
+    static func notifyDaemon(settings: AptHookSettings, mode: Mode, expecting derived: [String], outcome: inout Outcome,
+                             quietWhenNotRunning: Bool = false) {
+        switch request(.reloadOverlays, settings: settings) {
+        case .failure(let failure) where failure.notRunning:
+            if !quietWhenNotRunning { outcome.say("the daemon is not running; it loads the overlay when it starts") }
+        case .failure(let failure):
+            daemonDidNotAnswer(failure.why, mode: mode, outcome: &outcome)
+        case .success(let reply) where !reply.ok:
+            daemonDidNotAnswer("it refused the overlay: \(reply.head)", mode: mode, outcome: &outcome)
+        case .success(let reply):
+            outcome.say("daemon: \(reply.head)")
+            let notTrusted = Set(reply.head.suffix(after: "not trusted: ")?.split(separator: " ").map(String.init) ?? [])
+            let missing = derived.filter { notTrusted.contains($0) || notTrusted.contains("…") }
+            if !missing.isEmpty {
+                daemonDidNotAnswer("the policy it enforces does not trust \(missing.prefix(8).joined(separator: " "))", mode: mode, outcome: &outcome)
+            }
+        }
+    }
+
+    private static func daemonDidNotAnswer(_ why: String, mode: Mode, outcome: inout Outcome) {
+        if mode == .enforce {
             outcome.proceed = false
             outcome.say("the daemon did not take the overlay in (\(why)); stopping apt before dpkg runs (enforce mode would deny the new programs)")
         } else {
-            outcome.say("the daemon did not take the overlay in (\(why)); going on (\(settings.configuredMode.rawValue) mode)")
+            outcome.say("the daemon did not take the overlay in (\(why)); going on (\(mode.rawValue) mode)")
         }
+    }
+}
+
+extension String {
+    /// What follows the first occurrence of `marker`, or nil.
+    func suffix(after marker: String) -> Substring? {
+        let m = Array(marker.utf8), u = Array(utf8)
+        guard u.count >= m.count else { return nil }
+        for i in 0...(u.count - m.count) where u[i..<(i + m.count)].elementsEqual(m) {
+            return Substring(String(decoding: u[(i + m.count)...], as: UTF8.self))
+        }
+        return nil
     }
 }

@@ -102,9 +102,13 @@ public struct DpkgStatus: Sendable {
         versions[name + ":" + architecture] == version
     }
 
+    /// Whether an apt transaction holds dpkg's frontend lock (`lock-frontend`), which it keeps across all its dpkg
+    /// runs: between two of them `lock` is free, but the transaction is not over.
+    public static func isAptBusy(adminDirectory: String = "/var/lib/dpkg") -> Bool { isBusy(adminDirectory: adminDirectory, lock: "lock-frontend") }
+
     /// Whether dpkg's database is in use now (a transaction is running): its lock file has a record lock.
-    public static func isBusy(adminDirectory: String = "/var/lib/dpkg") -> Bool {
-        guard let fd = try? FileDescriptor.open(adminDirectory + "/lock", [.readOnly, .nonBlocking, .noFollow]) else { return false }
+    public static func isBusy(adminDirectory: String = "/var/lib/dpkg", lock: String = "lock") -> Bool {
+        guard let fd = try? FileDescriptor.open(adminDirectory + "/" + lock, [.readOnly, .nonBlocking, .noFollow]) else { return false }
         defer { fd.close() }
         return fd.isRecordLockedByAnother()
     }

@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <errno.h>
 #include <string.h>
 #include <openssl/err.h>
@@ -349,3 +350,5 @@ int appctl_path_status_cached(const char *path, struct appctl_file_status *out) 
 }
 
 int appctl_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int appctl_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

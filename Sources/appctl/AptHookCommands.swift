@@ -106,8 +106,19 @@ extension Appctl {
                 for path in archive.releaseFiles() {
                     do {
                         let release = try archive.verifyRelease(path)
+                        // A Release field a spec cannot hold (a space in "Google LLC") is left out: the signer
+                        // still pins the source; the line says so on stderr.
+                        func word(_ value: String?, _ field: String) -> String? {
+                            guard let value else { return nil }
+                            if (try? AptSourceRule(spec: "signer=\(String(repeating: "0", count: 40)),\(field)=\(value)", canonical: true)) == nil {
+                                try? FileDescriptor(rawValue: 2).writeAll(Array("appctl: \(path): \(field) '\(value)' cannot be written in a spec; left out (the signer alone pins it)\n".utf8))
+                                return nil
+                            }
+                            return value
+                        }
                         for signer in release.signers {
-                            specs.insert(AptSourceRule(signer: signer, origin: release.origin, suite: release.codename ?? release.suite, mode: trustMode))
+                            specs.insert(AptSourceRule(signer: signer, origin: word(release.origin, "origin"),
+                                                       suite: word(release.codename ?? release.suite, "suite"), mode: trustMode))
                         }
                     } catch {
                         problems += 1

@@ -201,4 +201,14 @@ extension Appctl {
         @OptionGroup var control: SocketOption
         func run() throws { print(try sendControl(.reload, socket: control.path).head) }
     }
+
+    struct OverlayReload: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "overlay-reload",
+            abstract: "Make the running daemon re-read its local overlays (the apt hook does this itself).",
+            discussion: "Entries are trusted only as far as the signed policy's apt-source lines allow. A file that cannot be read keeps the overlays in force; exit 1 and the reason."
+        )
+        @OptionGroup var control: SocketOption
+        func run() throws { print(try sendControl(.reloadOverlays, socket: control.path).head) }
+    }
 }

@@ -22,13 +22,23 @@ struct SigningOptions: ParsableArguments {
         valueName: "spec"))
     var aptSources: [String] = []
 
+    @Option(name: .customLong("apt-unverified"), help: ArgumentHelp(
+        "What the apt hook does with a package nothing vouches for (a local .deb, a bad signature, a source not named): refuse (stop apt before dpkg) or report (install it, trust nothing of it). Default: refuse while enforcing, report otherwise.",
+        valueName: "refuse|report"))
+    var aptUnverified: String?
+
     @Option(help: ArgumentHelp("Allow maintenance windows: max=<duration>[,paths=<dir>:<dir>...], e.g. max=2h,paths=/opt:/usr/local.",
                                valueName: "spec"))
     var maintenance: String?
 
     /// The trust-source header lines given on the command line, checked and in canonical order; nil when none was given.
-    func localTrust() throws(CommandFailure) -> (sources: [AptSourceRule], maintenance: MaintenanceRule?)? {
-        guard !aptSources.isEmpty || maintenance != nil else { return nil }
+    func localTrust() throws(CommandFailure) -> (sources: [AptSourceRule], maintenance: MaintenanceRule?, unverified: UnverifiedPackages?)? {
+        guard !aptSources.isEmpty || maintenance != nil || aptUnverified != nil else { return nil }
+        var unverified: UnverifiedPackages?
+        if let aptUnverified {
+            guard let value = UnverifiedPackages(rawValue: aptUnverified) else { throw CommandFailure("--apt-unverified must be refuse or report", exitCode: 2) }
+            unverified = value
+        }
         var rules: [AptSourceRule] = []
         for spec in aptSources {
             do { rules.append(try AptSourceRule(spec: spec, canonical: false)) } catch {
@@ -42,7 +52,7 @@ struct SigningOptions: ParsableArguments {
                 throw CommandFailure("--maintenance \(maintenance): \(error)", exitCode: 2)
             }
         }
-        return (rules, window)
+        return (rules, window, unverified)
     }
 
     func scopeGlobs() throws(CommandFailure) -> [String] {
@@ -138,6 +148,7 @@ extension Appctl {
             if let trust = try signing.localTrust() {
                 header.aptSources = trust.sources
                 header.maintenance = trust.maintenance
+                header.aptUnverified = trust.unverified
             }
             if let key, let serial {
                 header.serial = serial.value

@@ -70,6 +70,7 @@ extension Appctl {
                             if let trust {
                                 header.aptSources = trust.sources
                                 header.maintenance = trust.maintenance
+                                header.aptUnverified = trust.unverified
                             }
                             header.version = header.declaresLocalTrust ? 4 : entriesVersion!
                             if let description = signing.description {
@@ -161,8 +162,9 @@ extension Appctl {
                 print("expires:     \(h.expires.map(\.description) ?? "never")\(expired ? " (EXPIRED)" : "")")
                 print("scope:       \(h.scope.isEmpty ? "every host" : h.scope.joined(separator: ","))")
                 print("description: \(h.description ?? "-")")
-                print("apt sources: \(h.aptSources.isEmpty ? "none (this host derives no trust from apt)" : "")")
+                print("apt sources: \(h.aptSources.isEmpty ? "none (this host derives no trust from apt)" : "\(h.aptSources.count)")")
                 for source in h.aptSources { print("  \(source)\(source.mode == .report ? "  (report only)" : "")") }
+                print("apt unverified: \(h.aptUnverified.map { $0 == .refuse ? "refuse (stop apt before dpkg runs)" : "report (install, trust nothing)" } ?? "refuse while enforcing, report otherwise")")
                 print("maintenance: \(h.maintenance.map { "allowed, at most \(formatDuration($0.maximumSeconds)), trusting \($0.paths.isEmpty ? "no path (windows only report)" : $0.paths.joined(separator: " "))" } ?? "not allowed")")
                 print("allow:       \(h.allowCount) entries, \(formatBytes(Int64(bytes))) of content")
                 print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")
@@ -203,6 +205,7 @@ extension Appctl {
                 field("format", String(oldHeader.version), String(newHeader.version))
                 for source in Set(newHeader.aptSources).subtracting(oldHeader.aptSources).sorted() { print("+ apt-source \(source)"); changes += 1 }
                 for source in Set(oldHeader.aptSources).subtracting(newHeader.aptSources).sorted() { print("- apt-source \(source)"); changes += 1 }
+                field("apt-unverified", oldHeader.aptUnverified?.rawValue ?? "by mode", newHeader.aptUnverified?.rawValue ?? "by mode")
                 field("maintenance", oldHeader.maintenance.map(\.description) ?? "not allowed", newHeader.maintenance.map(\.description) ?? "not allowed")
                 var added = 0, removed = 0, changed = 0
                 for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {

@@ -26,6 +26,18 @@ import Testing
         #expect(!rule.matches(signers: [debian], origin: "Debiam", suite: "bookworm", codename: nil))
     }
 
+    /// Review finding: the most restrictive matching rule governs, whatever the sort order of the lines.
+    @Test func theMostRestrictiveMatchingRuleGoverns() throws {
+        let auto = try AptSourceRule(spec: "signer=\(debian),mode=auto", canonical: true)
+        let gateSid = try AptSourceRule(spec: "signer=\(debian),suite=sid,mode=gate", canonical: true)
+        let report = try AptSourceRule(spec: "signer=\(debian),origin=Other", canonical: true)
+        let rules = [auto, gateSid, report].sorted()
+        #expect(AptSourceRule.governing(rules, signers: [debian], origin: "Debian", suite: "sid", codename: nil) == gateSid)
+        #expect(AptSourceRule.governing(rules, signers: [debian], origin: "Debian", suite: "bookworm", codename: nil) == auto)
+        #expect(AptSourceRule.governing(rules, signers: [debian], origin: "Other", suite: "bookworm", codename: nil) == report)
+        #expect(AptSourceRule.governing(rules, signers: ["0000000000000000000000000000000000000000"], origin: "Debian", suite: nil, codename: nil) == nil)
+    }
+
     @Test func maintenanceSpecs() throws {
         let rule = try MaintenanceRule(spec: "max=2h,paths=/opt:/usr/local", canonical: false)
         #expect(rule.description == "max=7200s,paths=/opt:/usr/local")
@@ -63,7 +75,7 @@ import Testing
         let body = "issued 2026-01-01T00:00:00Z\n"
         let source = "apt-source signer=\(debian),mode=auto\n"
         let cases: [(String, String, Int)] = [
-            ("appctl-policy 4\n" + body + "allow-count 0\ndeny-count 0\n", "no apt-source or maintenance line", 3),
+            ("appctl-policy 4\n" + body + "allow-count 0\ndeny-count 0\n", "no apt-source, apt-unverified or maintenance line", 3),
             ("appctl-policy 3\n" + body + source + "allow-count 0\ndeny-count 0\n", "needs format version 4", 3),
             ("appctl-policy 4\n" + body + "maintenance max=60s\n" + source + "allow-count 0\ndeny-count 0\n", "out of order", 4),
             ("appctl-policy 4\n" + body + source + source + "allow-count 0\ndeny-count 0\n", "out of canonical order or repeated", 4),

@@ -98,7 +98,8 @@ public final class DaemonHarness: @unchecked Sendable {
 
     /// Signs a policy allowing the given files (by content) and blocklisting `deny`.
     public func writePolicy(allow: [String]? = nil, deny: [String] = [], serial: UInt64 = 10, expires: Timestamp? = nil,
-                            to path: String? = nil, key: TestKeys? = nil, aptSources: [AptSourceRule] = []) throws {
+                            to path: String? = nil, key: TestKeys? = nil, aptSources: [AptSourceRule] = [],
+                            aptUnverified: UnverifiedPackages? = nil) throws {
         let allowPaths = try allow ?? [mount + "/known"]
         var entries: [AllowEntry] = []
         for p in allowPaths {
@@ -111,6 +112,7 @@ public final class DaemonHarness: @unchecked Sendable {
         let signer = key ?? keys
         var header = PolicyHeader(serial: serial, issued: .now, expires: expires, keyID: signer.publicKey.keyID)
         header.aptSources = aptSources.sorted()
+        header.aptUnverified = aptUnverified
         try PolicyWriter.write(path: path ?? policyPath, header: header, allows: entries, denies: denies, signingKey: signer.privateKey)
     }
 

@@ -47,8 +47,8 @@ final class KernelFileFacts: FileFacts {
 
     /// Re-reads the configured interpreters and takes the policy's declared ones (off the event thread: it opens
     /// and hashes files).
-    func rebuildInterpreters(declared: [DeclaredInterpreter]) {
-        let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared)
+    func rebuildInterpreters(declared: [DeclaredInterpreter], overlayPrograms: [(digest: SHA256Digest, path: String)] = []) {
+        let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared, overlayPrograms: overlayPrograms)
         interpreters.withLock { $0 = rebuilt }
         built.store(true, ordering: .relaxed)
     }

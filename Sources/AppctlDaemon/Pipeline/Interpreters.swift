@@ -32,7 +32,11 @@ struct InterpreterRule: Sendable {
     /// Resolves the configured paths and hashes the interpreters found, and adds those the signed policy declares
     /// (by their digest, and at their path; their family by language: python has its grammar, the others count
     /// every argument). Built at start-up before any mark exists, and on every reload off the event thread.
-    init(configured: [String], declared: [DeclaredInterpreter] = []) {
+    /// `overlayPrograms`: programs a local overlay allows (a package apt just installed or upgraded). One whose
+    /// name is a configured interpreter's, version digits aside (`lua5.4` for `lua`, `python3.11` for `python3`,
+    /// `bash` for `/bin/bash`), is one by its digest: its copies are recognised from the moment it is allowed, not
+    /// from the next reload after dpkg wrote it.
+    init(configured: [String], declared: [DeclaredInterpreter] = [], overlayPrograms: [(digest: SHA256Digest, path: String)] = []) {
         var paths: [String: InterpreterFamily] = [:]
         var digests: [SHA256Digest: InterpreterFamily] = [:]
         var files: [[UInt64]: InterpreterFamily] = [:]
@@ -49,6 +53,13 @@ struct InterpreterRule: Sendable {
                 fd.close()
             }
         }
+        let stems = Set(configured.map { Self.stem(of: String($0.split(separator: "/").last ?? "")) })
+        for program in overlayPrograms {
+            let name = String(program.path.split(separator: "/").last ?? "")
+            guard stems.contains(Self.stem(of: name)) else { continue }
+            let family = InterpreterFamily(executableName: name)
+            digests[program.digest] = merge(digests[program.digest] ?? family, family)
+        }
         for interpreter in declared {
             let family: InterpreterFamily = interpreter.kind == .python ? .python : .other
             digests[interpreter.digest] = merge(digests[interpreter.digest] ?? family, family)
@@ -59,6 +70,14 @@ struct InterpreterRule: Sendable {
         self.paths = paths
         self.digests = digests
         self.files = files
+    }
+
+    /// A program name without the version it carries: `python3.11` → `python`, `lua5.4` → `lua`, `guile-3.0` →
+    /// `guile`, `ld-linux-x86-64.so.2` → `ld-linux-x86-64.so`.
+    static func stem(of name: String) -> String {
+        var s = Substring(name)
+        while let last = s.last, last.isNumber || last == "." || last == "-" || last == "_" { s.removeLast() }
+        return s.isEmpty ? name : String(s)
     }
 
     /// Whether `pid` runs an interpreter. Never opens the executable (it may be on a marked filesystem

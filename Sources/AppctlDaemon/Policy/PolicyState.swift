@@ -101,6 +101,9 @@ public final class PolicyState: Sendable {
     /// The interpreters the current policy declares (format version 3).
     public var declaredInterpreters: [DeclaredInterpreter] { current.withLock { $0.policy?.interpreters ?? [] } }
 
+    /// Programs the overlays the policy trusts allow (digest and installed path).
+    public var overlayPrograms: [(digest: SHA256Digest, path: String)] { current.withLock { $0.overlayTable.programs } }
+
     /// Whether the current policy has any fs-verity digest (else measuring files is pointless).
     public var usesVerity: Bool { current.withLock { ($0.policy?.verity.count ?? 0) > 0 } }
 
