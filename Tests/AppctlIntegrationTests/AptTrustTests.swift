@@ -336,3 +336,63 @@ struct AptTrustTests {
         #expect(!r.stdout.contains("evil-ran"), "an unknown script handed to the new interpreter must not run: \(r.stdout) \(r.stderr)")
     }
 }
+
+/// Issue 11: `appctl drift`, each finding on files made for it.
+@Suite(.enabled(if: rootTestsEnabled, "needs root: the overlay store must be root's"))
+struct DriftReportTests {
+    @Test func driftNamesEachKindOfChange() throws {
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        let root = dir.file("root"), state = dir.file("state")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        func put(_ name: String, _ text: String) throws -> String {
+            let path = root + "/" + name
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            chmod(path, 0o755)
+            return path
+        }
+        let known = try put("known", "#!/bin/sh\necho known\n")
+        _ = try put("unknown", "#!/bin/sh\necho dropped\n")
+        let changed = try put("changed", "#!/bin/sh\necho version 2\n")
+        let fromOverlay = try put("from-overlay", "#!/bin/sh\necho from apt\n")
+        let packaged = try put("packaged", "#!/bin/sh\necho edited\n")
+        let digest = { (text: String) in SHA256Digest.of(Array(text.utf8)) }
+        // dpkg's record for `packaged` says other content.
+        try FileManager.default.createDirectory(atPath: dir.file("dpkg/info"), withIntermediateDirectories: true)
+        try "0123456789abcdef0123456789abcdef  \(packaged.dropFirst())\n".write(toFile: dir.file("dpkg/info/pkg.md5sums"), atomically: false, encoding: .utf8)
+        // The signed policy: known, an old version of `changed`, and content that exists nowhere here.
+        let keys = try TestKeys(in: dir)
+        let signer = String(repeating: "AB", count: 20)
+        var header = PolicyHeader(serial: 1, issued: .now, keyID: keys.publicKey.keyID)
+        header.aptSources = [AptSourceRule(signer: signer, origin: "Debian", mode: .auto)]
+        let entries = [
+            AllowEntry(digest: try #require(SHA256Digest(hex: try sha256sum(known))), size: 22, kind: .script, origin: .local, path: Array(known.utf8)),
+            AllowEntry(digest: digest("#!/bin/sh\necho version 1\n"), size: 25, kind: .script, origin: .local, path: Array(changed.utf8)),
+            AllowEntry(digest: digest("gone"), size: 4, kind: .script, origin: .local, path: Array((root + "/gone").utf8)),
+        ]
+        try PolicyWriter.write(path: dir.file("policy.txt"), header: header, allows: entries, denies: [], signingKey: keys.privateKey)
+        // An overlay the policy trusts, allowing `from-overlay`.
+        let store = OverlayStore(stateDirectory: state)
+        try store.prepare()
+        let file = OverlayFile(digest: try #require(SHA256Digest(hex: try sha256sum(fromOverlay))), size: 25, kind: .script,
+                               escapedPath: PathEscaping.escapeToken(Array(fromOverlay.utf8)))
+        try store.write(Overlay(layer: "apt", packages: [OverlayPackage(name: "p", version: "1", architecture: "all", debDigest: digest("deb"), signer: signer,
+                                                                        origin: "Debian", suite: "-", codename: "-", files: [file])]))
+        try "{\"decision\":\"deny\",\"path\":\"/tmp/x\"}\n{\"decision\":\"allow\",\"path\":\"/bin/ls\"}\n".write(toFile: dir.file("events.jsonl"), atomically: false, encoding: .utf8)
+        try "policy = \(dir.file("policy.txt"))\nkey = \(keys.publicPath)\nstate-dir = \(state)\nevents = \(dir.file("events.jsonl"))\n"
+            .write(toFile: dir.file("appctl.conf"), atomically: false, encoding: .utf8)
+
+        let r = try appctl("drift", "--config", dir.file("appctl.conf"), "--root", root, "--dpkg-admindir", dir.file("dpkg"), "--json",
+                           "--metrics-file", dir.file("drift.prom"))
+        try #require(r.status == 0, "\(r.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        func paths(_ key: String) -> [String] { (object[key] as? [[String: Any]] ?? []).compactMap { $0["path"] as? String } }
+        #expect(Set(paths("unknown")) == [root + "/unknown", changed, packaged], "\(r.stdout)")
+        #expect(paths("modified_packaged") == [packaged])
+        #expect(paths("overlay_only") == [fromOverlay])
+        #expect(paths("superseded") == [changed])
+        #expect(Set(paths("absent")) == [changed, root + "/gone"])
+        #expect((object["recent_denies"] as? [Any])?.count == 1)
+        let metrics = try String(contentsOfFile: dir.file("drift.prom"), encoding: .utf8)
+        #expect(metrics.contains("appctl_drift_unknown_files 3") && metrics.contains("appctl_drift_superseded_entries 1"))
+    }
+}

@@ -1,0 +1,117 @@
+import AppctlCore
+import AppctlDaemon
+import AppctlKernel
+import AppctlLearn
+import AppctlPackages
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Appctl {
+    struct Drift: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Report what changed since the policy was signed: unknown programs, modified packaged files, overlay-only, superseded and absent entries, recent denies.",
+            discussion: """
+                Reads the daemon's configuration (policy, key, state directory, event log), verifies the policy as
+                the daemon would, reads the local overlays the policy trusts, and scans the disk as 'learn' does
+                (files owned by packages are checked against dpkg's MD5 records). Nothing is changed.
+                - unknown: executable content no layer allows (enforce mode would deny it);
+                - modified: packaged files whose content differs from their package;
+                - overlay-only: digests an overlay allows that no signed policy carries yet (sign them in);
+                - superseded: signed entries whose path now holds other content; the old digest is still allowed;
+                - absent: signed entries whose content is found nowhere in the scanned roots;
+                - recent denies: the last denies and would-denies in the event log.
+                --metrics-file writes one Prometheus gauge per finding (node_exporter's textfile collector).
+                """
+        )
+
+        @Option(help: ArgumentHelp("The daemon's configuration file.", valueName: "file"))
+        var config: String = DaemonConfiguration.defaultPath
+
+        @Option(name: .customLong("root"), help: ArgumentHelp("A directory to scan (repeatable). Default: those 'learn' scans.", valueName: "dir"))
+        var roots: [String] = []
+
+        @Option(help: ArgumentHelp("dpkg's database.", valueName: "dir"))
+        var dpkgAdmindir: String = "/var/lib/dpkg"
+
+        @Option(help: ArgumentHelp("Write the findings as Prometheus gauges to this file (atomically).", valueName: "file"))
+        var metricsFile: String?
+
+        @Option(help: ArgumentHelp("How many recent denies to show.", valueName: "n"))
+        var recent: Int = 20
+
+        @Flag(help: "One JSON object instead of text.")
+        var json = false
+
+        func run() throws {
+            var configuration = DaemonConfiguration()
+            if let bytes = try? readSmallFile(config, limit: 1 << 20) {
+                do { try configuration.apply(file: config, text: String(decoding: bytes, as: UTF8.self)) } catch { throw CommandFailure("\(error)") }
+            }
+            guard let policyPath = configuration.policyPath, let keyPath = configuration.publicKeyPath else {
+                throw CommandFailure("\(config): no policy and key configured")
+            }
+            let key = try loadPublicKey(keyPath)
+            let header: PolicyHeader
+            do { header = try LoadedPolicy.load(path: policyPath, key: key, acceptExpired: true).header } catch { throw CommandFailure(error) }
+            var signed: [(digest: SHA256Digest, path: String)] = []
+            do {
+                _ = try PolicyReader(path: policyPath).read(onAllow: { line in
+                    signed.append((line.digest, PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
+                })
+            } catch { throw CommandFailure(error) }
+            let overlays: [Overlay]
+            do { overlays = try OverlayStore(stateDirectory: configuration.stateDirectory).readAll() } catch { throw CommandFailure("\(error)") }
+            let table = OverlayTable(overlays, rules: header.aptSources)
+            var dpkg: DpkgDatabase?
+            if (try? linkStatus(dpkgAdmindir + "/info")) != nil { dpkg = try? DpkgDatabase(adminDir: dpkgAdmindir) }
+            for root in roots where (try? linkStatus(root))?.isDirectory != true { throw CommandFailure("\(root): not a directory") }
+            let scan = Scanner(options: LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, dpkg: dpkg, includeModified: true)).run()
+            let events = (try? readTail(configuration.eventsPath, bytes: 4 << 20)) ?? []
+            let report = DriftReport.compute(signed: signed, overlays: overlays, table: table, scan: scan, recentEvents: events, recentLimit: recent)
+            if let metricsFile {
+                do { try AtomicFileWriter.write(Array(report.prometheusText.utf8), to: metricsFile, permissions: 0o644) } catch {
+                    throw CommandFailure("\(metricsFile): cannot write: \(error)")
+                }
+            }
+            if json { print(Self.json(report)) } else { Self.printText(report, policy: policyPath, serial: header.serial) }
+        }
+
+        static func printText(_ r: DriftReport, policy: String, serial: UInt64?) {
+            print("drift against \(policy) (serial \(serial.map(String.init) ?? "-")):")
+            let sections: [(String, [DriftReport.File])] = [
+                ("unknown (no layer allows them)", r.unknown), ("modified packaged files", r.modifiedPackaged),
+                ("overlay-only (not in a signed policy yet)", r.overlayOnly), ("superseded (old digest still allowed)", r.superseded),
+                ("absent (content found nowhere here)", r.absent),
+            ]
+            for (title, files) in sections {
+                print("  \(title): \(files.count)")
+                for f in files.prefix(20) { print("    \(PathEscaping.escapeText(Array(f.path.utf8)))  \(f.digest.map { String($0.hex.prefix(16)) } ?? "-")  \(f.note)") }
+                if files.count > 20 { print("    … and \(files.count - 20) more (--json lists all)") }
+            }
+            print("  recent denies: \(r.recentDenies.count)")
+            for line in r.recentDenies { print("    \(line)") }
+        }
+
+        static func json(_ r: DriftReport) -> String {
+            func files(_ list: [DriftReport.File]) -> String {
+                "[" + list.map { "{\"path\":\(jsonString($0.path)),\"sha256\":\($0.digest.map { "\"\($0.hex)\"" } ?? "null"),\"note\":\(jsonString($0.note))}" }.joined(separator: ",") + "]"
+            }
+            return "{\"unknown\":\(files(r.unknown)),\"modified_packaged\":\(files(r.modifiedPackaged)),\"overlay_only\":\(files(r.overlayOnly)),"
+                + "\"superseded\":\(files(r.superseded)),\"absent\":\(files(r.absent)),\"recent_denies\":[\(r.recentDenies.joined(separator: ","))]}"
+        }
+    }
+}
+
+/// The last lines of a file, reading at most `bytes` from its end.
+func readTail(_ path: String, bytes: Int) throws(Errno) -> [String] {
+    let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking])
+    defer { fd.close() }
+    let size = Int64(try fd.status().st_size)
+    let start = max(0, size - Int64(bytes))
+    let data = fd.readBytes(at: start, count: Int(size - start))
+    var lines = data.split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
+    if start > 0, !lines.isEmpty { lines.removeFirst() }   // a partial first line
+    return lines
+}
