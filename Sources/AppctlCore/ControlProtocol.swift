@@ -8,6 +8,10 @@ public enum ControlRequest: Equatable, Sendable {
     case reload
     /// Read the overlay directory again (the apt hook, after it wrote a layer): added entries need no flush.
     case reloadOverlays
+    /// Open a maintenance window for the mount namespace of `pid` (`appctl maintenance start`).
+    case maintenanceStart(seconds: UInt64, pid: Int32, paths: [String], reason: String)
+    case maintenanceEnd
+    case maintenanceStatus
     /// Test hook (the daemon's hidden `--debug-selftest`): make a call that confinement forbids.
     case debugForbiddenSyscall(String)
 
@@ -17,6 +21,10 @@ public enum ControlRequest: Equatable, Sendable {
         case .setMode(let mode): return "mode \(mode.rawValue)"
         case .reload: return "reload"
         case .reloadOverlays: return "overlay-reload"
+        case .maintenanceStart(let seconds, let pid, let paths, let reason):
+            return "maintenance-start \(seconds) \(pid) \(paths.isEmpty ? "-" : paths.joined(separator: ":")) \(PathEscaping.escapeToken(Array(reason.utf8)))"
+        case .maintenanceEnd: return "maintenance-end"
+        case .maintenanceStatus: return "maintenance-status"
         case .debugForbiddenSyscall(let call): return "debug-forbidden-syscall \(call)"
         }
     }
@@ -35,8 +43,17 @@ public enum ControlRequest: Equatable, Sendable {
         case ("mode", _): throw ControlReply.error("usage: mode \(Self.modes)")
         case ("reload", 1): self = .reload
         case ("overlay-reload", 1): self = .reloadOverlays
+        case ("maintenance-start", 5):
+            guard let seconds = UInt64(words[1]), let pid = Int32(words[2]), pid > 0,
+                  let reason = PathEscaping.unescape(words[4].utf8, token: true) else {
+                throw ControlReply.error("usage: maintenance-start <seconds> <pid> <paths|-> <reason>")
+            }
+            self = .maintenanceStart(seconds: seconds, pid: pid, paths: words[3] == "-" ? [] : words[3].split(separator: ":").map(String.init),
+                                     reason: String(decoding: reason, as: UTF8.self))
+        case ("maintenance-end", 1): self = .maintenanceEnd
+        case ("maintenance-status", 1): self = .maintenanceStatus
         case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
-        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload, overlay-reload)")
+        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload, overlay-reload, maintenance-start|end|status)")
         }
     }
 }

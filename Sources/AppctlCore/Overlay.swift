@@ -8,11 +8,15 @@ import Glibc
 /// root-owned and mode 0600; the daemon re-checks every record against the policy in force when it loads it,
 /// so an overlay can never grant more than the policy's `apt-source` lines allow.
 public struct Overlay: Equatable, Sendable {
-    /// Which layer: `apt` (files of verified packages). Events and status name it `overlay:<layer>`.
+    /// Which layer: `apt` (files of verified packages) or `maintenance` (files written in maintenance windows).
+    /// Events and status name it `overlay:<layer>`.
     public var layer: String
     public var packages: [OverlayPackage]
+    public var windows: [OverlayWindow] = []
 
-    public init(layer: String, packages: [OverlayPackage]) { self.layer = layer; self.packages = packages }
+    public init(layer: String, packages: [OverlayPackage], windows: [OverlayWindow] = []) {
+        self.layer = layer; self.packages = packages; self.windows = windows
+    }
 
     public static let magic = "appctl-overlay 1"
 }
@@ -50,6 +54,28 @@ public struct OverlayPackage: Hashable, Sendable {
     }
 }
 
+/// One maintenance window's content: files its own processes wrote, only root could write, under the paths the
+/// policy's `maintenance` line allows. Trusted until `closed` + the rule's `keep`.
+public struct OverlayWindow: Hashable, Sendable {
+    public var id: UInt64
+    public var opened: Timestamp
+    /// When it closed (or will at the latest, while open).
+    public var closed: Timestamp
+    public var reason: String
+    public var files: [OverlayFile]
+
+    public init(id: UInt64, opened: Timestamp, closed: Timestamp, reason: String, files: [OverlayFile]) {
+        self.id = id; self.opened = opened; self.closed = closed; self.reason = reason; self.files = files
+    }
+
+    /// Whether the policy's maintenance line trusts this window's file now.
+    public func trusts(_ file: OverlayFile, rule: MaintenanceRule?, now: Timestamp) -> Bool {
+        guard let rule else { return false }
+        let keep = Int64(rule.keepSeconds ?? MaintenanceRule.defaultKeepSeconds)
+        return now.secondsSinceEpoch < closed.secondsSinceEpoch + keep && rule.covers(PathEscaping.unescapedString(file.escapedPath))
+    }
+}
+
 public struct OverlayFile: Hashable, Sendable {
     public var digest: SHA256Digest
     public var size: UInt64
@@ -78,6 +104,12 @@ extension Overlay {
                 out += "file \(f.digest) \(f.size) \(f.kind.rawValue) \(f.escapedPath)\n"
             }
         }
+        for w in windows.sorted(by: { $0.id < $1.id }) {
+            out += "window \(w.id) \(w.opened) \(w.closed) \(Self.token(w.reason)) \(w.files.count)\n"
+            for f in w.files.sorted(by: { ($0.escapedPath, $0.digest.hex) < ($1.escapedPath, $1.digest.hex) }) {
+                out += "file \(f.digest) \(f.size) \(f.kind.rawValue) \(f.escapedPath)\n"
+            }
+        }
         return Array(out.utf8)
     }
 
@@ -95,6 +127,7 @@ extension Overlay {
         guard layerLine.hasPrefix("layer "), layerLine.count > 6 else { throw OverlayError("\(name):2: expected 'layer <name>'") }
         var overlay = Overlay(layer: String(layerLine.dropFirst(6)), packages: [])
         var remaining = 0
+        var inWindow = false
         for (index, raw) in lines.enumerated().dropFirst(2) {
             let lineNumber = index + 1
             let fields = raw.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
@@ -111,13 +144,27 @@ extension Overlay {
                 overlay.packages.append(OverlayPackage(name: text[0]!, version: text[1]!, architecture: text[2]!, debDigest: deb,
                                                        signer: fields[5], origin: text[5]!, suite: text[6]!, codename: text[7]!, files: []))
                 remaining = count
+                inWindow = false
+            case "window"?:
+                guard remaining == 0 else { throw fail("window line before the previous record's files are complete") }
+                guard fields.count == 6, let id = UInt64(fields[1]), let opened = Timestamp(canonical: Array(fields[2].utf8)),
+                      let closed = Timestamp(canonical: Array(fields[3].utf8)), let count = Int(fields[5]),
+                      let reason = PathEscaping.unescape(fields[4].utf8, token: true) else {
+                    throw fail("malformed window line (expected 'window <id> <opened> <closed> <reason> <file-count>')")
+                }
+                overlay.windows.append(OverlayWindow(id: id, opened: opened, closed: closed, reason: String(decoding: reason, as: UTF8.self), files: []))
+                remaining = count
+                inWindow = true
             case "file"?:
-                guard remaining > 0, !overlay.packages.isEmpty else { throw fail("file line outside a package's announced count") }
+                guard remaining > 0, inWindow ? !overlay.windows.isEmpty : !overlay.packages.isEmpty else { throw fail("file line outside a record's announced count") }
                 guard fields.count == 5, let digest = SHA256Digest(hex: fields[1]), let size = UInt64(fields[2]),
                       let kind = FileKind(rawValue: fields[3]), PathEscaping.unescape(fields[4].utf8, token: true) != nil else {
                     throw fail("malformed file line (expected 'file <sha256> <size> <kind> <path>')")
                 }
-                overlay.packages[overlay.packages.count - 1].files.append(OverlayFile(digest: digest, size: size, kind: kind, escapedPath: fields[4]))
+                let file = OverlayFile(digest: digest, size: size, kind: kind, escapedPath: fields[4])
+                if inWindow { overlay.windows[overlay.windows.count - 1].files.append(file) } else {
+                    overlay.packages[overlay.packages.count - 1].files.append(file)
+                }
                 remaining -= 1
             default:
                 throw fail("unknown line")
@@ -164,12 +211,28 @@ public struct OverlayTable: Sendable {
     /// Packages whose records the policy's rules trust, and those it does not (named for `status`).
     public private(set) var trustedPackages = 0
     public private(set) var untrustedPackages: [String] = []
+    /// Digests trusted because a maintenance window wrote them.
+    public private(set) var windowDigests = 0
+    /// When the first window's entries expire (the table must be rebuilt then).
+    public private(set) var earliestExpiry: Timestamp?
 
     public init() {}
 
-    public init(_ overlays: [Overlay], rules: [AptSourceRule]) {
+    public init(_ overlays: [Overlay], rules: [AptSourceRule], maintenance: MaintenanceRule? = nil, now: Timestamp = .now) {
         for overlay in overlays {
             let layer = "overlay:\(overlay.layer)"
+            for window in overlay.windows {
+                for file in window.files where window.trusts(file, rule: maintenance, now: now) {
+                    layers[file.digest] = layer
+                    sizes.insert(file.size)
+                    windowDigests += 1
+                    if file.kind == .elfExec { programs.append((file.digest, PathEscaping.unescapedString(file.escapedPath))) }
+                }
+                let expiry = window.closed.secondsSinceEpoch + Int64(maintenance?.keepSeconds ?? MaintenanceRule.defaultKeepSeconds)
+                if expiry > now.secondsSinceEpoch, earliestExpiry.map({ expiry < $0.secondsSinceEpoch }) ?? true {
+                    earliestExpiry = Timestamp(secondsSinceEpoch: expiry)
+                }
+            }
             for package in overlay.packages {
                 guard package.isTrusted(by: rules) != nil else { untrustedPackages.append(package.label); continue }
                 trustedPackages += 1
@@ -180,6 +243,11 @@ public struct OverlayTable: Sendable {
                 }
             }
         }
+    }
+
+    /// What the header of the policy in force lets this host trust of the overlays.
+    public init(_ overlays: [Overlay], header: PolicyHeader?, now: Timestamp = .now) {
+        self.init(overlays, rules: header?.aptSources ?? [], maintenance: header?.maintenance, now: now)
     }
 
     public func layer(of digest: SHA256Digest) -> String? { layers[digest] }

@@ -346,19 +346,34 @@ public enum UnverifiedPackages: String, Sendable, CaseIterable {
     case refuse
     /// Install it and trust nothing of it (its programs are denied in enforce mode).
     case report
+    /// Install it only while a maintenance window is open (what the window's processes write is trusted as the
+    /// window's, under the policy's maintenance paths: `appctl maintenance start -- apt-get install ./x.deb`);
+    /// refuse it otherwise.
+    case maintenance
 }
 
-/// The `maintenance` header line: whether this host may open maintenance windows, for how long at most, and under
-/// which directories content written during one may be trusted. Canonical: `max=<seconds>s[,paths=<dir>:<dir>…]`.
+/// The `maintenance` header line: whether this host may open maintenance windows, for how long at most, under
+/// which directories content written during one may be trusted, and how long that trust lasts unless a signed
+/// policy adopts the content. Canonical: `max=<seconds>s[,paths=<dir>:<dir>…][,keep=<seconds>s]`.
 public struct MaintenanceRule: Hashable, Sendable, CustomStringConvertible {
     public var maximumSeconds: UInt64
     /// Absolute, normalised directories; empty means no path is trusted (a window only reports).
     public var paths: [String]
+    /// How long entries a window added stay allowed after it closed; nil: `defaultKeepSeconds`.
+    public var keepSeconds: UInt64?
+    public static let defaultKeepSeconds: UInt64 = 7 * 86_400
 
-    public init(maximumSeconds: UInt64, paths: [String]) { self.maximumSeconds = maximumSeconds; self.paths = paths }
+    public init(maximumSeconds: UInt64, paths: [String], keepSeconds: UInt64? = nil) {
+        self.maximumSeconds = maximumSeconds; self.paths = paths; self.keepSeconds = keepSeconds
+    }
+
+    /// Whether `path` is at or below one of the rule's directories.
+    public func covers(_ path: String) -> Bool {
+        paths.contains { $0 == "/" || path == $0 || path.hasPrefix($0 + "/") }
+    }
 
     public init(spec: String, canonical: Bool) throws(SpecError) {
-        var maximum: UInt64?, paths: [String] = [], keys: [String] = []
+        var maximum: UInt64?, keep: UInt64?, paths: [String] = [], keys: [String] = []
         for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
             guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
             let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
@@ -371,22 +386,28 @@ public struct MaintenanceRule: Hashable, Sendable, CustomStringConvertible {
                 }
                 if canonical && value != "\(seconds)s" { throw SpecError("max= must be written in seconds, as \(seconds)s") }
                 maximum = seconds
+            case "keep":
+                guard let seconds = parseDuration(value), seconds > 0, seconds <= 366 * 86_400 else {
+                    throw SpecError("keep= must be a duration such as 12h or 7d (at most 366d), got '\(value)'")
+                }
+                if canonical && value != "\(seconds)s" { throw SpecError("keep= must be written in seconds, as \(seconds)s") }
+                keep = seconds
             case "paths":
                 paths = value.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
                 for path in paths where !isNormalisedAbsolute(path) {
                     throw SpecError("paths= must be absolute, normalised directories without ',' or spaces, got '\(path)'")
                 }
             default:
-                throw SpecError("unknown field '\(key)=' (max, paths)")
+                throw SpecError("unknown field '\(key)=' (max, paths, keep)")
             }
         }
         guard let maximum else { throw SpecError("max= is required") }
-        if canonical && keys != ["max", "paths"].filter(keys.contains) { throw SpecError("fields must come in the order max, paths") }
-        self.init(maximumSeconds: maximum, paths: paths)
+        if canonical && keys != ["max", "paths", "keep"].filter(keys.contains) { throw SpecError("fields must come in the order max, paths, keep") }
+        self.init(maximumSeconds: maximum, paths: paths, keepSeconds: keep)
     }
 
     public var description: String {
-        "max=\(maximumSeconds)s" + (paths.isEmpty ? "" : ",paths=" + paths.joined(separator: ":"))
+        "max=\(maximumSeconds)s" + (paths.isEmpty ? "" : ",paths=" + paths.joined(separator: ":")) + (keepSeconds.map { ",keep=\($0)s" } ?? "")
     }
 }
 

@@ -49,6 +49,14 @@ extension Daemon: DaemonControl {
         return .success(summary)
     }
 
+    public func maintenanceStart(seconds: UInt64, pid: Int32, paths: [String], reason: String) -> Result<String, PolicyRefusal> {
+        maintenance.open(seconds: seconds, pid: pid, paths: paths, reason: reason)
+    }
+
+    public func maintenanceEnd() -> Result<String, PolicyRefusal> { maintenance.close(because: "ended by appctl maintenance end") }
+
+    public func maintenanceStatus() -> String { maintenance.statusLine }
+
     /// At start-up, before the first event: overlays left by a transaction that never finished are reconciled
     /// with dpkg's database first (unless dpkg is running now), then loaded. A failure is logged; the daemon
     /// starts with the signed policy alone.
@@ -63,6 +71,21 @@ extension Daemon: DaemonControl {
                 }
             } catch {
                 Self.log("appctl: start-up: cannot reconcile overlay:apt with dpkg's database: \(error)")
+            }
+        }
+        // A window that was open when the daemon stopped is closed now: what it wrote afterwards is not its.
+        if (try? linkStatus(store.path(of: "maintenance"))) != nil {
+            do {
+                _ = try store.withLock(wait: false) { () throws(OverlayError) in
+                    var overlay = try store.read(layer: "maintenance")
+                    let now = Timestamp.now
+                    guard overlay.windows.contains(where: { $0.closed > now }) else { return }
+                    for i in overlay.windows.indices where overlay.windows[i].closed > now { overlay.windows[i].closed = now }
+                    try store.write(overlay)
+                    Self.log("appctl: start-up: a maintenance window open when the daemon stopped is closed as of now")
+                }
+            } catch {
+                Self.log("appctl: start-up: cannot close the maintenance windows left open: \(error)")
             }
         }
         _ = reloadOverlays(reason: "start-up")
@@ -132,6 +155,8 @@ extension Daemon: DaemonControl {
             ("overlay_packages_trusted", .int(overlays.trustedPackages)),
             ("overlay_digests", .int(overlays.digestCount)),
             ("overlay_packages_not_trusted", .strings(overlays.untrustedPackages)),
+            ("overlay_window_digests", .int(overlays.windowDigests)),
+            ("maintenance_window", .string(maintenance.isOpen ? maintenance.statusLine : nil)),
             ("kernel_cache", .bool(kernelCache.enabled)),
         ]
         fields += StatusReport.counterFields(statistics, execsCounted: counted)
@@ -219,6 +244,11 @@ final class PeriodicJobs {
         case .namespaceScan: daemon.marker.updateOtherNamespaces()
         case .metrics: if let file = daemon.configuration.metricsFile { daemon.writeMetrics(to: file) }
         case .expiryCheck:
+            // Entries of a maintenance window expire (the policy's keep= after it closed): the table is rebuilt
+            // without them, which flushes the kernel-side cache that may hold their allows.
+            if let expiry = daemon.policy.overlayTable.earliestExpiry, expiry <= .now {
+                _ = daemon.reloadOverlays(reason: "maintenance entries expired")
+            }
             if let expires = daemon.policy.snapshot.policy?.expires, expires <= .now, !expiryReported {
                 expiryReported = true
                 // Keep enforcing it: dropping to no policy would open the machine. Say so, loudly.

@@ -30,6 +30,7 @@ public final class Daemon: Sendable {
     let reader: EventReader
     let hashPool: HashPool
     let prehasher: Prehasher?
+    let maintenance: MaintenanceWindows
     let listedPrehash: ListedFilesPrehash
     let hardening: Hardening
     let ownPID = getpid()
@@ -93,6 +94,14 @@ public final class Daemon: Sendable {
         listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)
         let pid = ownPID, counters = statistics
         prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }
+        // Its fanotify group is created here, before confinement forbids fanotify_init. Entries it adds are taken
+        // in by re-reading the overlays (no flush: only allows are added); a digest unknown while a window is open
+        // first waits for the window's queued notices (a program written and run at once).
+        maintenance = MaintenanceWindows(policy: policy, stateDirectory: configuration.stateDirectory, log: { Self.log($0) })
+        let windows = maintenance
+        // Re-decided whenever a window is open: the window's own thread may just have taken the notice in.
+        policy.beforeUnknown = { guard windows.isOpen else { return false }; windows.drain(); return true }
+        policy.windowOpen = { windows.isOpen }
         do {
             reader = try EventReader(group: group, triage: triage, responder: responder, hashPool: hashPool, ownPID: ownPID,
                                  statistics: statistics, attributeWatch: attributeWatch, kernelCache: kernelCache)
@@ -159,6 +168,8 @@ public final class Daemon: Sendable {
         hashPool.start()
         reader.start()
         prehasher?.start()
+        maintenance.onAdded { [self] in _ = reloadOverlays(reason: "maintenance window") }
+        maintenance.start()
         control?.start(serving: self)
         // Other namespaces' filesystems: after the event thread runs (the scan reads /proc only, but opening
         // anything on a marked filesystem with nobody answering would wait for ever).
@@ -209,6 +220,7 @@ public final class Daemon: Sendable {
         reader.stop()
         hashPool.stop()
         prehasher?.stop()
+        maintenance.stop()
         hardening.apply(for: .monitor)
         eventLog.stop()
         if let nullDevice {

@@ -138,6 +138,20 @@ public struct FanotifyGroup: Sendable {
         return true
     }
 
+    /// Marks one mount — the mount `fd` (an `O_PATH` descriptor) was opened through, in whatever mount namespace
+    /// that is — so that `events` through that mount, and no other, are reported:
+    /// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_MOUNT, events, AT_FDCWD, "/proc/self/fd/N")`.
+    public func markMount(pinned fd: FileDescriptor, events: Events) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_ADD | FAN_MARK_MOUNT), events.rawValue, AT_FDCWD, "/proc/self/fd/\(fd.rawValue)")
+        }
+    }
+
+    /// Removes every mount mark of the group: `fanotify_mark(FAN_MARK_FLUSH | FAN_MARK_MOUNT)`.
+    public func flushMountMarks() throws(Errno) {
+        _ = try retryingOnInterrupt { fanotify_mark(descriptor.rawValue, UInt32(FAN_MARK_FLUSH | FAN_MARK_MOUNT), 0, AT_FDCWD, nil) }
+    }
+
     /// Kernel-side verdict cache: later `events` on the inode behind `eventDescriptor` are not sent to
     /// the group any more, until the inode is modified through write()/truncate (the kernel clears the
     /// ignore mask on modify events) or evicted from memory (`FAN_MARK_EVICTABLE`: the mark does not pin

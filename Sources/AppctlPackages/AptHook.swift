@@ -78,15 +78,17 @@ public enum AptHook {
             return outcome
         }
         let mode: Mode
+        var windowOpen = false
         switch daemonMode(settings: settings) {
-        case .running(let m): mode = m
+        case .running(let m, let window): mode = m; windowOpen = window
         case .notRunning: mode = settings.configuredMode
         case .notAnswering(let why):
             daemonDidNotAnswer(why, mode: settings.configuredMode, outcome: &outcome)
             if !outcome.proceed { return outcome }
             mode = settings.configuredMode
         }
-        let refuseUnverified = (header?.aptUnverified ?? (mode == .enforce ? .refuse : .report)) == .refuse
+        let unverifiedRule = header?.aptUnverified ?? (mode == .enforce ? .refuse : .report)
+        let refuseUnverified = unverifiedRule == .refuse || (unverifiedRule == .maintenance && !windowOpen)
 
         let archive = archive ?? AptArchive(listsDirectory: request.directory("Dir::State::lists", default: "/var/lib/apt/lists/"))
         let lookup = archive.lookUp(Set(unpacks.compactMap { a in a.newVersion.map { AptArchive.PackageKey(name: a.package, version: $0) } }))
@@ -159,7 +161,7 @@ public enum AptHook {
             }
         }
         if !untrusted.isEmpty && refuseUnverified {
-            outcome.say("stopping apt before dpkg runs: \(untrusted.count) packages would be trusted by nothing (\(untrusted.prefix(8).joined(separator: " "))\(untrusted.count > 8 ? " …" : "")) and this host \(header?.aptUnverified == .refuse ? "refuses them (apt-unverified refuse)" : "enforces; a policy with apt-unverified report lets them install, trusted by nothing")")
+            outcome.say("stopping apt before dpkg runs: \(untrusted.count) packages would be trusted by nothing (\(untrusted.prefix(8).joined(separator: " "))\(untrusted.count > 8 ? " …" : "")) and this host \(header?.aptUnverified == .refuse ? "refuses them (apt-unverified refuse)" : header?.aptUnverified == .maintenance ? "takes them only inside a maintenance window (appctl maintenance start -- apt-get …)" : "enforces; a policy with apt-unverified report lets them install, trusted by nothing")")
             outcome.proceed = false
         }
         guard !derived.isEmpty, outcome.proceed else { return outcome }
@@ -228,14 +230,16 @@ public enum AptHook {
         return outcome
     }
 
-    enum DaemonState { case running(Mode), notRunning, notAnswering(String) }
+    enum DaemonState { case running(Mode, windowOpen: Bool), notRunning, notAnswering(String) }
 
     /// The daemon's mode, asked over its control socket within the bound.
     static func daemonMode(settings: AptHookSettings) -> DaemonState {
         switch request(.status(json: true), settings: settings) {
         case .success(let reply):
             let mode = Mode.allCases.first { reply.body.contains("\"mode\":\"\($0.rawValue)\"") || reply.body.contains("\"mode\": \"\($0.rawValue)\"") }
-            return mode.map { .running($0) } ?? .notAnswering("its status names no mode")
+            // `maintenance_window` is null in the JSON status when no window is open.
+            let window = reply.body.contains("\"maintenance_window\":\"") || reply.body.contains("\"maintenance_window\": \"")
+            return mode.map { .running($0, windowOpen: window) } ?? .notAnswering("its status names no mode")
         case .failure(let failure):
             return failure.notRunning ? .notRunning : .notAnswering(failure.why)
         }

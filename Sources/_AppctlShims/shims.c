@@ -352,3 +352,5 @@ int appctl_path_status_cached(const char *path, struct appctl_file_status *out) 
 int appctl_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
 int appctl_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int appctl_unshare_mounts(void) { return unshare(CLONE_NEWNS); }

@@ -63,7 +63,7 @@ extension Appctl {
             } catch { throw CommandFailure(error) }
             let overlays: [Overlay]
             do { overlays = try OverlayStore(stateDirectory: configuration.stateDirectory).readAll() } catch { throw CommandFailure("\(error)") }
-            let table = OverlayTable(overlays, rules: header.aptSources)
+            let table = OverlayTable(overlays, header: header)
             var dpkg: DpkgDatabase?
             if (try? linkStatus(dpkgAdmindir + "/info")) != nil { dpkg = try? DpkgDatabase(adminDir: dpkgAdmindir) }
             for root in roots where (try? linkStatus(root))?.isDirectory != true { throw CommandFailure("\(root): not a directory") }

@@ -23,8 +23,8 @@ struct SigningOptions: ParsableArguments {
     var aptSources: [String] = []
 
     @Option(name: .customLong("apt-unverified"), help: ArgumentHelp(
-        "What the apt hook does with a package nothing vouches for (a local .deb, a bad signature, a source not named): refuse (stop apt before dpkg) or report (install it, trust nothing of it). Default: refuse while enforcing, report otherwise.",
-        valueName: "refuse|report"))
+        "What the apt hook does with a package nothing vouches for (a local .deb, a bad signature, a source not named): refuse (stop apt before dpkg), report (install it, trust nothing of it), or maintenance (only inside a maintenance window, whose writes are trusted as the window's). Default: refuse while enforcing, report otherwise.",
+        valueName: "refuse|report|maintenance"))
     var aptUnverified: String?
 
     @Option(help: ArgumentHelp("Allow maintenance windows: max=<duration>[,paths=<dir>:<dir>...], e.g. max=2h,paths=/opt:/usr/local.",
@@ -36,7 +36,7 @@ struct SigningOptions: ParsableArguments {
         guard !aptSources.isEmpty || maintenance != nil || aptUnverified != nil else { return nil }
         var unverified: UnverifiedPackages?
         if let aptUnverified {
-            guard let value = UnverifiedPackages(rawValue: aptUnverified) else { throw CommandFailure("--apt-unverified must be refuse or report", exitCode: 2) }
+            guard let value = UnverifiedPackages(rawValue: aptUnverified) else { throw CommandFailure("--apt-unverified must be refuse, report or maintenance", exitCode: 2) }
             unverified = value
         }
         var rules: [AptSourceRule] = []

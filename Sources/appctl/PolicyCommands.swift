@@ -164,7 +164,9 @@ extension Appctl {
                 print("description: \(h.description ?? "-")")
                 print("apt sources: \(h.aptSources.isEmpty ? "none (this host derives no trust from apt)" : "\(h.aptSources.count)")")
                 for source in h.aptSources { print("  \(source)\(source.mode == .report ? "  (report only)" : "")") }
-                print("apt unverified: \(h.aptUnverified.map { $0 == .refuse ? "refuse (stop apt before dpkg runs)" : "report (install, trust nothing)" } ?? "refuse while enforcing, report otherwise")")
+                let unverified: [UnverifiedPackages: String] = [.refuse: "refuse (stop apt before dpkg runs)", .report: "report (install, trust nothing)",
+                                                                .maintenance: "only inside a maintenance window"]
+                print("apt unverified: \(h.aptUnverified.map { unverified[$0]! } ?? "refuse while enforcing, report otherwise")")
                 print("maintenance: \(h.maintenance.map { "allowed, at most \(formatDuration($0.maximumSeconds)), trusting \($0.paths.isEmpty ? "no path (windows only report)" : $0.paths.joined(separator: " "))" } ?? "not allowed")")
                 print("allow:       \(h.allowCount) entries, \(formatBytes(Int64(bytes))) of content")
                 print("  by kind:   \(FileKind.allCases.map { "\($0.rawValue) \(kinds[$0] ?? 0)" }.joined(separator: ", "))")

@@ -23,6 +23,8 @@ enum ConfinementProfile {
         "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "mkdir", "mkdirat", "chmod", "fchmod",
         "fchmodat", "fstatfs", "statfs", "uname", "getcwd", "access", "faccessat", "faccessat2", "getuid", "geteuid",
         "getgid", "getegid",
+        // the overlay store's lock (maintenance windows write overlay:maintenance)
+        "flock",
         // event loop, signals, control socket (already listening), systemd notification (socket already open)
         "poll", "ppoll", "eventfd2", "signalfd4", "accept", "accept4", "setsockopt", "getsockopt", "sendto", "recvfrom",
         "shutdown", "fanotify_mark",

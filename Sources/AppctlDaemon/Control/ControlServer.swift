@@ -14,6 +14,10 @@ public protocol DaemonControl: Sendable {
     func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal>
     /// Reads the overlay directory again; the reply line, or why the overlays in force stay.
     func reloadOverlays(reason: String) -> Result<String, PolicyRefusal>
+    /// Maintenance windows: open, close (the report), or say what is open.
+    func maintenanceStart(seconds: UInt64, pid: Int32, paths: [String], reason: String) -> Result<String, PolicyRefusal>
+    func maintenanceEnd() -> Result<String, PolicyRefusal>
+    func maintenanceStatus() -> String
     /// Test hook (`--debug-selftest`): make a call confinement forbids. Nil when the hook is off.
     func forbiddenCallSelfTest(_ call: String) -> String?
 }
@@ -93,6 +97,18 @@ public final class ControlServer: Sendable {
             case .success(let summary): return .ok(summary)
             case .failure(let refusal): return .error("overlays not taken in, the current ones stay: \(refusal)")
             }
+        case .maintenanceStart(let seconds, let pid, let paths, let reason):
+            switch control.maintenanceStart(seconds: seconds, pid: pid, paths: paths, reason: reason) {
+            case .success(let line): return .ok(line)
+            case .failure(let refusal): return .error("no maintenance window: \(refusal)")
+            }
+        case .maintenanceEnd:
+            switch control.maintenanceEnd() {
+            case .success(let report): return .ok("closed", body: report)
+            case .failure(let refusal): return .error(refusal.description)
+            }
+        case .maintenanceStatus:
+            return .ok(control.maintenanceStatus())
         case .debugForbiddenSyscall(let call):
             guard let result = control.forbiddenCallSelfTest(call) else { return .error("unknown command '\(line)'") }
             return .ok(result)

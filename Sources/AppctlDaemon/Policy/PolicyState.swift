@@ -57,6 +57,12 @@ public final class PolicyState: Sendable {
     /// A digest the signed policy does not know may be allowed by an overlay the policy's rules trust; a
     /// blocklisted digest never is.
     public func decide(_ digest: SHA256Digest, layer: Verdict.Layer = .digest) -> Verdict {
+        let verdict = decideNow(digest, layer: layer)
+        if verdict.decision.reason == .unknown, let beforeUnknown, beforeUnknown() { return decideNow(digest, layer: layer) }
+        return verdict
+    }
+
+    private func decideNow(_ digest: SHA256Digest, layer: Verdict.Layer) -> Verdict {
         current.withLock { c in
             var lookup = c.policy?.lookup(digest)
             var allowedBy: String? = lookup == .known ? "base" : nil
@@ -75,8 +81,8 @@ public final class PolicyState: Sendable {
     @discardableResult
     public func setOverlays(_ overlays: [Overlay]) -> (table: OverlayTable, revoked: Bool) {
         rebuilding.withLock { _ in
-            let (rules, before) = current.withLock { ($0.policy?.header.aptSources ?? [], $0.overlayTable) }
-            let table = OverlayTable(overlays, rules: rules)
+            let (header, before) = current.withLock { ($0.policy?.header, $0.overlayTable) }
+            let table = OverlayTable(overlays, header: header)
             let revoked = !table.containsEveryDigest(of: before)
             current.withLock { c in
                 c.overlays = overlays
@@ -89,6 +95,16 @@ public final class PolicyState: Sendable {
     private let rebuilding = Mutex<Void>(())
 
     public var overlayTable: OverlayTable { current.withLock { $0.overlayTable } }
+
+    /// The overlays as last read (the maintenance recorder adds to them).
+    public var overlays: [Overlay] { current.withLock { $0.overlays } }
+
+    /// Asked when a digest is unknown while a maintenance window is open: the window's close-write notices still
+    /// queued are taken in first (a program written and run at once must not lose that race). Returns whether
+    /// anything was added. Set once at start-up.
+    /// (`nonisolated(unsafe)`: both are set once at start-up, before any thread that reads them exists.)
+    nonisolated(unsafe) public var beforeUnknown: (@Sendable () -> Bool)?
+    nonisolated(unsafe) public var windowOpen: (@Sendable () -> Bool)?
 
     /// A verdict that does not depend on the content (own process, unreadable, size filter, shutdown), stamped
     /// with the serial and mode in force.
@@ -112,9 +128,11 @@ public final class PolicyState: Sendable {
         current.withLock { $0.policy?.verity.contentDigest(forVerity: digest) }
     }
 
-    /// False when no allow entry of the current policy can have this size (so hashing is pointless).
+    /// False when no allow entry of the current policy can have this size (so hashing is pointless). Always true
+    /// while a maintenance window is open: what it writes may be allowed by the time the hash is done.
     public func mayAllow(size: Int64) -> Bool {
-        current.withLock { c in
+        if let windowOpen, windowOpen() { return true }
+        return current.withLock { c in
             guard let filter = c.policy?.allowedSizes else { return c.policy != nil ? true : false }
             return size >= 0 && (filter.mayContain(UInt64(size)) || c.overlayTable.sizes.contains(UInt64(size)))
         }
@@ -142,7 +160,7 @@ public final class PolicyState: Sendable {
         let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
         if case .success(let policy) = result { keepCopyInTheBackground(of: policy) }
         rebuilding.withLock { _ in
-        let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, rules: $0.header.aptSources) }
+        let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
         current.withLock { c in
             switch result {
             case .success(let policy):
@@ -178,7 +196,7 @@ public final class PolicyState: Sendable {
                     c.policy = policy
                     c.lastError = refusal.description
                     c.source = .lastKnownGood(because: refusal.description)
-                    c.overlayTable = OverlayTable(c.overlays, rules: policy.header.aptSources)
+                    c.overlayTable = OverlayTable(c.overlays, header: policy.header)
                 }
                 return .success(policy.header)
             case .failure(let why):

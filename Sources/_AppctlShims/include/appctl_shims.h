@@ -139,6 +139,9 @@ int appctl_seccomp_syscall(const char *name);
 // pipe2(2), which Glibc's module map hides behind _GNU_SOURCE. Returns 0 or -1 with errno set.
 int appctl_pipe2(int fds[2], int flags);
 
+// unshare(CLONE_NEWNS): a mount namespace of the caller's own (`appctl maintenance start`). 0 or -1, errno set.
+int appctl_unshare_mounts(void);
+
 // memfd_create(name, MFD_CLOEXEC): an anonymous file (a child's standard error). Returns the fd or -1, errno set.
 int appctl_memfd(const char *name);
 
