@@ -24,15 +24,15 @@ if let i = arguments.firstIndex(of: "--config"), i + 1 < arguments.count {
     configPath = arguments[i + 1]
     arguments.removeSubrange(i...(i + 1))
 }
-guard arguments.count == 1, ["pre-install", "post-invoke"].contains(arguments[0]) else {
-    say("usage: appctl-apt-hook pre-install|post-invoke [--config FILE]  (run by apt; see 'appctl apt-hook install')")
+guard arguments.count == 1, ["pre-install", "post-invoke", "dpkg-pre-invoke"].contains(arguments[0]) else {
+    say("usage: appctl-apt-hook pre-install|post-invoke|dpkg-pre-invoke [--config FILE]  (run by apt and dpkg; see 'appctl apt-hook install')")
     exit(2)
 }
 var configuration = DaemonConfiguration()
 if let bytes = try? readSmallFile(configPath, limit: 1 << 20) {
     do { try configuration.apply(file: configPath, text: String(decoding: bytes, as: UTF8.self)) } catch {
         say("appctl: \(error); the apt hook cannot tell what this host trusts")
-        exit(arguments[0] == "pre-install" ? 1 : 0)
+        exit(arguments[0] == "post-invoke" ? 0 : 1)
     }
 }
 var settings = AptHookSettings(policyPath: configuration.policyPath, socketPath: configuration.socketPath,
@@ -57,6 +57,10 @@ if arguments[0] == "pre-install" {
         exit(1)
     }
     outcome = AptHook.preInstall(request, settings: settings, hasher: LibarchiveDebHasher())
+} else if arguments[0] == "dpkg-pre-invoke" {
+    // dpkg sets DPKG_HOOK_ACTION for its hooks; apt sets DPKG_FRONTEND_LOCKED when it runs dpkg.
+    let action = getenv("DPKG_HOOK_ACTION").map { String(cString: $0) }
+    outcome = AptHook.dpkgPreInvoke(settings: settings, action: action, fromApt: getenv("DPKG_FRONTEND_LOCKED") != nil)
 } else {
     outcome = AptHook.postInvoke(settings: settings)
 }

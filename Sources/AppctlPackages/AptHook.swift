@@ -173,6 +173,11 @@ public enum AptHook {
                 overlay.packages.removeAll { replaced.contains($0.label) }
                 overlay.packages += derived
                 try settings.store.write(overlay)
+                // What post-invoke checks on disk once dpkg is done.
+                let transaction = derived.map { "\($0.name) \($0.version) \($0.architecture)\n" }.joined()
+                do { try AtomicFileWriter.write(Array(transaction.utf8), to: settings.store.directory + "/apt.transaction", permissions: 0o600) } catch {
+                    throw OverlayError("\(settings.store.directory)/apt.transaction: cannot write: \(error)")
+                }
             }
         } catch {
             outcome.say("cannot write the apt overlay: \(error.description)")
@@ -185,6 +190,33 @@ public enum AptHook {
         let files = derived.reduce(0) { $0 + $1.files.count }
         outcome.say("trusted \(derived.count) verified packages (\(files) executable files) in overlay:apt" + (untrusted.isEmpty ? "" : "; \(untrusted.count) not trusted"))
         notifyDaemon(settings: settings, mode: mode, expecting: derived.map(\.label), outcome: &outcome)
+        return outcome
+    }
+
+    /// dpkg's own `pre-invoke` hook (best effort for `dpkg -i` used directly): dpkg does not say which packages,
+    /// so none can be verified. When apt runs dpkg (`DPKG_FRONTEND_LOCKED` is set) the apt hook has done the
+    /// work; otherwise an install or unpack is a package nothing vouches for, handled as `apt-unverified` says.
+    public static func dpkgPreInvoke(settings: AptHookSettings, action: String?, fromApt: Bool) -> Outcome {
+        var outcome = Outcome()
+        guard !fromApt, let action, ["install", "unpack"].contains(action) else { return outcome }
+        let (header, _) = policyHeader(settings.policyPath)
+        guard let header, !header.aptSources.isEmpty || header.aptUnverified != nil else { return outcome }
+        var mode = settings.configuredMode, windowOpen = false
+        switch daemonMode(settings: settings) {
+        case .running(let m, let window): mode = m; windowOpen = window
+        case .notRunning, .notAnswering: break
+        }
+        let rule = header.aptUnverified ?? (mode == .enforce ? .refuse : .report)
+        switch rule {
+        case .report:
+            outcome.say("dpkg used directly (\(action)): its packages are verified by nothing and trusted by nothing here")
+        case .maintenance where windowOpen:
+            outcome.say("dpkg used directly (\(action)) inside a maintenance window: what it writes is trusted as the window's")
+        case .maintenance, .refuse:
+            outcome.say("dpkg used directly (\(action)): packages installed this way are verified by nothing, and this host refuses them"
+                + (rule == .maintenance ? " outside a maintenance window (appctl maintenance start -- dpkg -i ...)" : " (install through apt from a source the policy names)"))
+            outcome.proceed = false
+        }
         return outcome
     }
 
@@ -223,11 +255,46 @@ public enum AptHook {
         } catch {
             outcome.say("cannot reconcile the apt overlay with dpkg's database: \(error.description)")
         }
+        for line in unexplainedContent(settings: settings) { outcome.say(line) }
         if (try? linkStatus(settings.store.path(of: "apt"))) != nil {
             notifyDaemon(settings: settings, mode: settings.configuredMode, expecting: [], outcome: &outcome, quietWhenNotRunning: true)
         }
         outcome.proceed = true   // after dpkg ran, failing would only hide the message
         return outcome
+    }
+
+    /// After the transaction: executable files dpkg lists for the packages just trusted whose content is not what
+    /// their verified `.deb` held — kept conffiles an admin changed, diversions, files a maintainer script rewrote.
+    /// The overlay does not explain them; unless the signed policy does, enforce mode denies them. Reported, one
+    /// line each (at most 20). Files a maintainer script creates outside dpkg's lists are not seen here
+    /// (`appctl drift` finds them).
+    static func unexplainedContent(settings: AptHookSettings) -> [String] {
+        // dpkg's admin directory holds its status file (the one the settings name).
+        let adminDirectory = String(settings.dpkgStatusPath[..<(settings.dpkgStatusPath.lastIndex(of: "/") ?? settings.dpkgStatusPath.endIndex)])
+        let transactionPath = settings.store.directory + "/apt.transaction"
+        guard let bytes = try? readSmallFile(transactionPath, limit: 16 << 20) else { return [] }
+        defer { unlink(transactionPath) }
+        guard let overlay = try? settings.store.read(layer: "apt") else { return [] }
+        var lines: [String] = []
+        let hasher = FileHasher()
+        for record in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let f = record.split(separator: " ").map(String.init)
+            guard f.count == 3, let package = overlay.packages.first(where: { $0.name == f[0] && $0.version == f[1] && $0.architecture == f[2] }) else { continue }
+            let known = Set(package.files.map(\.digest))
+            let list = [adminDirectory + "/info/\(f[0]):\(f[2]).list", adminDirectory + "/info/\(f[0]).list"]
+                .lazy.compactMap { try? readSmallFile($0, limit: 64 << 20) }.first ?? []
+            for raw in list.split(separator: UInt8(ascii: "\n")) {
+                let path = String(decoding: raw, as: UTF8.self)
+                guard let fd = try? FileDescriptor.open(path, [.readOnly, .nonBlocking, .noFollow]) else { continue }
+                defer { fd.close() }
+                guard let st = try? fd.status(), st.isRegularFile else { continue }
+                let head = fd.readBytes(at: 0, count: ContentClassifier.headerLength)
+                guard ContentClassifier.classify(head: head, executableBit: st.isExecutableByMode, readAt: { fd.readBytes(at: $0, count: $1) }) != nil,
+                      let digest = try? hasher.hash(fd).sha256, !known.contains(digest) else { continue }
+                if lines.count < 20 { lines.append("\(path) (\(package.label)): executable content not from its verified package (a kept conffile, a diversion, or a script's rewrite): not trusted by overlay:apt") }
+            }
+        }
+        return lines
     }
 
     enum DaemonState { case running(Mode, windowOpen: Bool), notRunning, notAnswering(String) }

@@ -23,6 +23,7 @@ extension Appctl {
         )
 
         static let confFile = "/etc/apt/apt.conf.d/20appctl"
+        static let dpkgConfFile = "/etc/dpkg/dpkg.cfg.d/appctl"
 
         /// The hook program: installed next to this `appctl`.
         static func hookProgram() throws(CommandFailure) -> String {
@@ -39,6 +40,9 @@ extension Appctl {
 
             @Option(help: ArgumentHelp("Where to write it.", valueName: "file"))
             var file: String = AptHookCommand.confFile
+
+            @Option(help: ArgumentHelp("Where to write dpkg's pre-invoke hook (for dpkg used directly; best effort).", valueName: "file"))
+            var dpkgFile: String = AptHookCommand.dpkgConfFile
 
             @Option(help: ArgumentHelp("The appctl configuration the hook reads (default: \(DaemonConfigurationPath.path)).", valueName: "file"))
             var config: String?
@@ -63,10 +67,17 @@ extension Appctl {
                     DPkg::Post-Invoke { "\(program) post-invoke\(configArgument)"; };
 
                     """
-                do { try AtomicFileWriter.write(Array(text.utf8), to: file, permissions: 0o644) } catch {
-                    throw CommandFailure("\(file): cannot write: \(error)")
+                // dpkg used directly (`dpkg -i x.deb`): dpkg does not say which packages, so the hook can only apply the
+                // policy's apt-unverified rule (dpkg.cfg(5): a failing pre-invoke command stops dpkg).
+                let dpkgText = "# Written by `appctl apt-hook install`; `appctl apt-hook uninstall` removes it.\n"
+                    + "pre-invoke=\"\(program) dpkg-pre-invoke\(configArgument)\"\n"
+                do {
+                    try AtomicFileWriter.write(Array(text.utf8), to: file, permissions: 0o644)
+                    try AtomicFileWriter.write(Array(dpkgText.utf8), to: dpkgFile, permissions: 0o644)
+                } catch {
+                    throw CommandFailure("cannot write \(file) or \(dpkgFile): \(error)")
                 }
-                print("installed the apt hook: \(file) runs \(program)")
+                print("installed the apt hook: \(file) and \(dpkgFile) run \(program)")
             }
         }
 
@@ -76,9 +87,14 @@ extension Appctl {
             @Option(help: ArgumentHelp("The file 'install' wrote.", valueName: "file"))
             var file: String = AptHookCommand.confFile
 
+            @Option(help: ArgumentHelp("The dpkg file 'install' wrote.", valueName: "file"))
+            var dpkgFile: String = AptHookCommand.dpkgConfFile
+
             func run() throws {
-                if unlink(file) != 0 && errno != ENOENT { throw CommandFailure("\(file): cannot remove: \(Errno.current)") }
-                print("removed the apt hook (\(file)); overlay:apt stays until a policy or the daemon's start-up retires it")
+                for path in [file, dpkgFile] where unlink(path) != 0 && errno != ENOENT {
+                    throw CommandFailure("\(path): cannot remove: \(Errno.current)")
+                }
+                print("removed the apt hook (\(file), \(dpkgFile)); overlay:apt stays until a policy or the daemon's start-up retires it")
             }
         }
 

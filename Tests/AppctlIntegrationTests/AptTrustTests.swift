@@ -124,6 +124,22 @@ struct AptTrustTests {
         let status = try h.status()
         #expect(status["overlay_packages_trusted"] as? Int == 1)
 
+        // After the transaction, dpkg's lists name a hello whose content is not the verified package's (a diversion,
+        // a kept conffile, a script's rewrite): post-invoke says so. (The transaction file is the one pre-install
+        // wrote for hello; the last pre-install runs derived nothing.)
+        let admin = h.dir.file("dpkg")
+        try FileManager.default.createDirectory(atPath: admin + "/info", withIntermediateDirectories: true)
+        let changed = h.dir.file("x")
+        #expect(try run("/usr/bin/dpkg-deb", ["-x", debs[0], changed]).status == 0)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: changed + "/usr/bin/hello"))
+        handle.seekToEndOfFile(); handle.write(Data("changed".utf8)); try handle.close()
+        try (changed + "/usr/bin/hello\n").write(toFile: admin + "/info/hello:amd64.list", atomically: false, encoding: .utf8)
+        let version = try run("/usr/bin/dpkg-deb", ["-f", debs[0], "Version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: \(version)\n\n".write(toFile: admin + "/status", atomically: false, encoding: .utf8)
+        let kept = try Self.runHook(h, "post-invoke", environment: ["APPCTL_DPKG_STATUS": admin + "/status"])
+        #expect(kept.stderr.contains("\(changed)/usr/bin/hello (hello=\(version):amd64): executable content not from its verified package"), "\(kept.stderr)")
+        #expect(try Self.overlayPackages(h) == ["hello"], "the installed version stays")
+
         // dpkg's database without this hello version: post-invoke retires it, and the daemon drops it.
         let statusFile = h.dir.file("dpkg-status")
         try "Package: hello\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 0.1\n\n".write(toFile: statusFile, atomically: false, encoding: .utf8)
@@ -243,6 +259,33 @@ struct AptTrustTests {
             #expect(r.stderr.contains("(no answer within 2 s)"), "\(mode): \(r.stderr)")
             #expect(Date().timeIntervalSince(started) < 30)
         }
+    }
+
+    /// dpkg used directly (`dpkg -i`), through dpkg's own pre-invoke hook: the real dpkg stops before it installs
+    /// anything while the host enforces (nothing can vouch for the package), and goes on when apt runs it.
+    @Test func dpkgUsedDirectlyIsHandledAsUnverified() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let state = try run("/usr/bin/dpkg-query", ["-W", "-f=${Status}", "appctl-test-local"]).stdout
+        try #require(!state.contains(" installed"), "appctl-test-local is installed here already")
+        defer { _ = try? run("/usr/bin/dpkg", ["--purge", "appctl-test-local"], environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) }
+        let local = try Self.buildLocalPackage(in: h.dir)
+        try h.writePolicy(aptSources: try Self.machineSources())
+        _ = try Self.runHook(h, "post-invoke", mode: "enforce")   // writes hook.conf (enforce; no daemon running)
+        let hook = "\(Self.hookBinary) dpkg-pre-invoke --config \(h.dir.file("hook.conf"))"
+        let env = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        let refused = try run("/usr/bin/dpkg", ["--pre-invoke=\(hook)", "-i", local], environment: env)
+        #expect(refused.status != 0, "\(refused.stdout) \(refused.stderr)")
+        #expect(refused.stderr.contains("dpkg used directly (install)") && refused.stderr.contains("this host refuses them"), "\(refused.stderr)")
+        #expect(!(try run("/usr/bin/dpkg-query", ["-W", "-f=${Status}", "appctl-test-local"]).stdout.contains(" installed")), "nothing was installed")
+        // When apt runs dpkg, the apt hook has done the work: the dpkg hook stays out of the way.
+        var fromApt = env
+        fromApt["DPKG_FRONTEND_LOCKED"] = "true"
+        fromApt["DPKG_HOOK_ACTION"] = "install"
+        #expect(try run(Self.hookBinary, ["dpkg-pre-invoke", "--config", h.dir.file("hook.conf")], environment: fromApt).status == 0)
+        // A policy that says apt-unverified report lets it install, trusted by nothing.
+        try h.writePolicy(aptSources: try Self.machineSources(), aptUnverified: .report)
+        let reported = try run("/usr/bin/dpkg", ["--pre-invoke=\(hook)", "-i", local], environment: env)
+        #expect(reported.status == 0 && reported.stderr.contains("trusted by nothing here"), "\(reported.stderr)")
     }
 
     /// gate mode: nothing is derived; apt stops before dpkg unless the signed policy already allows every program.
