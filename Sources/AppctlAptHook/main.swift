@@ -24,6 +24,14 @@ if let i = arguments.firstIndex(of: "--config"), i + 1 < arguments.count {
     configPath = arguments[i + 1]
     arguments.removeSubrange(i...(i + 1))
 }
+// verify-debs [--lists DIR] DEB...: for `appctl learn --apt-cache`; one line per result on standard output.
+if arguments.first == "verify-debs" {
+    var lists = "/var/lib/apt/lists"
+    var debs = Array(arguments.dropFirst())
+    if let i = debs.firstIndex(of: "--lists"), i + 1 < debs.count { lists = debs[i + 1]; debs.removeSubrange(i...(i + 1)) }
+    for line in AptHook.verifyDebs(debs, archive: AptArchive(listsDirectory: lists), hasher: LibarchiveDebHasher()) { print(line) }
+    exit(0)
+}
 guard arguments.count == 1, ["pre-install", "post-invoke", "dpkg-pre-invoke"].contains(arguments[0]) else {
     say("usage: appctl-apt-hook pre-install|post-invoke|dpkg-pre-invoke [--config FILE]  (run by apt and dpkg; see 'appctl apt-hook install')")
     exit(2)

@@ -18,13 +18,8 @@ public struct DpkgDatabase: Sendable {
 
     public init() {}
 
-    /// - Parameters:
-    ///   - adminDir: dpkg's admin directory (`/var/lib/dpkg`).
-    ///   - systemRoot: where to look for usr-merge symlinks (`/`).
-    public init(adminDir: String, systemRoot: String = "/") throws(Errno) {
-        let infoDir = adminDir + "/info"
-        guard let dir = opendir(infoDir) else { throw Errno.current }
-        defer { closedir(dir) }
+    /// A package's path as it is on this machine: on a usr-merged system `/bin/x` is `/usr/bin/x`.
+    public static func canonicalizer(systemRoot: String = "/") -> @Sendable (String) -> String {
         var mergedTopDirs: [String: String] = [:]
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             var buf = [CChar](repeating: 0, count: 256)
@@ -34,13 +29,23 @@ public struct DpkgDatabase: Sendable {
                 if target == "usr/\(top)" || target == "/usr/\(top)" { mergedTopDirs[top] = "/usr/\(top)" }
             }
         }
-        func canonical(_ path: String) -> String {
-            // "/bin/ls" → "/usr/bin/ls" when /bin is a symlink to usr/bin.
+        let merged = mergedTopDirs
+        return { path in
             guard path.count > 1, let slash = path.dropFirst().firstIndex(of: "/") else { return path }
             let top = String(path[path.index(after: path.startIndex)..<slash])
-            if let merged = mergedTopDirs[top] { return merged + path[slash...] }
+            if let m = merged[top] { return m + path[slash...] }
             return path
         }
+    }
+
+    /// - Parameters:
+    ///   - adminDir: dpkg's admin directory (`/var/lib/dpkg`).
+    ///   - systemRoot: where to look for usr-merge symlinks (`/`).
+    public init(adminDir: String, systemRoot: String = "/") throws(Errno) {
+        let infoDir = adminDir + "/info"
+        guard let dir = opendir(infoDir) else { throw Errno.current }
+        defer { closedir(dir) }
+        let canonical = Self.canonicalizer(systemRoot: systemRoot)
         while let entry = readdir(dir) {
             let name = withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
             guard name.hasSuffix(".md5sums") else { continue }

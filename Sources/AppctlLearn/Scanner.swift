@@ -21,6 +21,9 @@ public struct LearnOptions: Sendable {
     public var dpkg: DpkgDatabase?
     public var includeModified: Bool
     public var threads: Int
+    /// Path (as on this machine) → SHA-256 and package, from `.deb`s verified through the archive's signed chain
+    /// (`learn --apt-cache`). Such a file is checked against that digest instead of dpkg's MD5 record.
+    public var archiveDigests: [String: ArchiveDigest] = [:]
     /// Called between listing and hashing with the files found; tests use it to make files
     /// vanish or change at exactly that moment.
     public var afterListing: (@Sendable ([String]) -> Void)?
@@ -29,6 +32,13 @@ public struct LearnOptions: Sendable {
                 threads: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))) {
         self.roots = roots; self.excludes = excludes; self.dpkg = dpkg; self.includeModified = includeModified; self.threads = threads
     }
+}
+
+/// A packaged file's digest as its verified `.deb` holds it.
+public struct ArchiveDigest: Sendable, Hashable {
+    public var digest: SHA256Digest
+    public var package: String
+    public init(digest: SHA256Digest, package: String) { self.digest = digest; self.package = package }
 }
 
 /// A file the scan saw but did not put into the inventory, and why.
@@ -306,7 +316,15 @@ public final class Scanner: Sendable {
                 return
             }
             var origin = Origin.local
-            if let records {
+            if let archived = options.archiveDigests[display] {
+                // The archive's own digest (signed chain), not the MD5 list dpkg keeps.
+                if archived.digest == hashed.sha256 {
+                    origin = .dpkg(package: archived.package)
+                } else {
+                    result.exclusions.append(Exclusion(path: display, reason: .modifiedFromPackage(archived.package)))
+                    guard options.includeModified else { return }
+                }
+            } else if let records {
                 if let match = records.first(where: { $0.md5 == hashed.md5 }) {
                     origin = .dpkg(package: match.package)
                 } else {

@@ -229,6 +229,14 @@ public struct AptArchive {
 
     // MARK: .deb files
 
+    /// `<package>_<version>_<arch>.deb`, as apt's cache names them (an epoch's `:` written `%3a`).
+    public static func parseDebFileName(_ path: String) -> (key: PackageKey, architecture: String)? {
+        let name = String(path.split(separator: "/").last ?? "")
+        let parts = name.dropLast(4).split(separator: "_").map(String.init)
+        guard name.hasSuffix(".deb"), parts.count == 3 else { return nil }
+        return (PackageKey(name: parts[0], version: parts[1].split(separator: "%3a", omittingEmptySubsequences: false).joined(separator: ":")), parts[2])
+    }
+
     /// A `.deb` whose digest and size an index from a verified Release file lists for that package version.
     /// `file` is the descriptor it was hashed through, kept open: its members are read from that same file (never
     /// from the path again, which could name another file by then), and only root can change its content.

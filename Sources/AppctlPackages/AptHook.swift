@@ -193,6 +193,33 @@ public enum AptHook {
         return outcome
     }
 
+    /// `appctl learn --apt-cache`: verifies `.deb` files (named `<package>_<version>_<arch>.deb`, as apt's cache
+    /// names them, `:` as `%3a`) through the chain and prints, for each, `verified <package> <version> <arch>` and
+    /// its files as `file <sha256> <escaped path>`, or `unverified <escaped deb path> <escaped reason>`.
+    public static func verifyDebs(_ debs: [String], archive: AptArchive, hasher: DebContentHasher) -> [String] {
+        let parsed: [(deb: String, key: AptArchive.PackageKey, arch: String)] = debs.compactMap { deb in
+            AptArchive.parseDebFileName(deb).map { (deb, $0.key, $0.architecture) }
+        }
+        let lookup = archive.lookUp(Set(parsed.map(\.key)))
+        let results = Mutex<[Int: [String]]>([:])
+        DispatchQueue.concurrentPerform(iterations: parsed.count) { i in
+            let p = parsed[i]
+            var lines: [String] = []
+            do {
+                let deb = try AptArchive.verifyDeb(path: p.deb, package: p.key.name, version: p.key.version, in: lookup)
+                defer { deb.close() }
+                let files = try hasher.executableFiles(ofDeb: deb, package: p.key.name, architecture: p.arch)
+                lines.append("verified \(p.key.name) \(p.key.version) \(p.arch)")
+                lines += files.map { "file \($0.digest) \($0.escapedPath)" }
+            } catch {
+                lines = ["unverified \(PathEscaping.escapeToken(Array(p.deb.utf8))) \(PathEscaping.escapeToken(Array("\(error)".utf8)))"]
+            }
+            results.withLock { $0[i] = lines }
+        }
+        let all = results.withLock { $0 }
+        return (0..<parsed.count).flatMap { all[$0] ?? [] }
+    }
+
     /// dpkg's own `pre-invoke` hook (best effort for `dpkg -i` used directly): dpkg does not say which packages,
     /// so none can be verified. When apt runs dpkg (`DPKG_FRONTEND_LOCKED` is set) the apt hook has done the
     /// work; otherwise an install or unpack is a package nothing vouches for, handled as `apt-unverified` says.

@@ -1,5 +1,6 @@
 import AppctlCore
 import AppctlLearn
+import AppctlPackages
 import AppctlKernel
 import ArgumentParser
 #if canImport(Glibc)
@@ -107,6 +108,12 @@ extension Appctl {
 
         @OptionGroup var signing: SigningOptions
 
+        @Option(help: ArgumentHelp("apt's package cache: installed packages whose .deb is there are verified through the archive's signed chain instead of dpkg's MD5 lists ('none' to skip).", valueName: "dir"))
+        var aptCache: String = "/var/cache/apt/archives"
+
+        @Option(help: ArgumentHelp("apt's lists directory (the chain's InRelease and Packages files).", valueName: "dir"))
+        var aptLists: String = "/var/lib/apt/lists"
+
         @Option(help: ArgumentHelp("Hashing threads. Default: one per core.", valueName: "n"))
         var threads: Int?
 
@@ -133,6 +140,9 @@ extension Appctl {
             }
             var options = LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, excludes: excludes,
                                        dpkg: dpkg, includeModified: includeModified)
+            let archive = archiveDigests()
+            options.archiveDigests = archive.digests
+            dpkgNote += "\n  archive:   " + archive.note
             if let threads { options.threads = threads }
             for root in roots where (try? linkStatus(root))?.isDirectory != true {
                 throw CommandFailure("\(root): not a directory")
@@ -161,6 +171,43 @@ extension Appctl {
             }
             printSummary(report, dpkgNote: dpkgNote, signed: key != nil)
         }
+
+        /// Installed packages whose `.deb` is in apt's cache, verified through the archive's signed chain by the
+        /// hook program (it links the archive library; this binary does not): their files' SHA-256 as the archive
+        /// signed them. The note says how many and where it fell back to dpkg's MD5 lists.
+        private func archiveDigests() -> (digests: [String: ArchiveDigest], note: String) {
+            guard aptCache != "none", dpkg(adminDir: dpkgAdmindir) else { return ([:], "not used (--apt-cache none, or no dpkg database): dpkg's MD5 lists only") }
+            let status = try? DpkgStatus(path: dpkgAdmindir + "/status")
+            let names = ((try? listDirectory(aptCache)) ?? []).filter { $0.hasSuffix(".deb") }.sorted()
+            let installed = names.filter { name in
+                guard let status, let deb = AptArchive.parseDebFileName(name) else { return false }
+                return status.has(name: deb.key.name, version: deb.key.version, architecture: deb.architecture)
+            }
+            guard !installed.isEmpty else { return ([:], "no installed package's .deb in \(aptCache): dpkg's MD5 lists for every package") }
+            guard let exe = realPath("/proc/self/exe") else { return ([:], "cannot find the hook program: dpkg's MD5 lists for every package") }
+            let hook = String(exe[..<exe.lastIndex(of: "/")!]) + "/appctl-apt-hook"
+            let output: [UInt8]
+            do { output = try ChildProcess.run([hook, "verify-debs", "--lists", aptLists] + installed.map { aptCache + "/" + $0 }, outputLimit: 256 << 20) } catch {
+                return ([:], "\(error): dpkg's MD5 lists for every package")
+            }
+            let canonical = DpkgDatabase.canonicalizer()
+            var digests: [String: ArchiveDigest] = [:]
+            var verified = 0, unverified: [String] = [], package = ""
+            for line in output.split(separator: UInt8(ascii: "\n")).map({ String(decoding: $0, as: UTF8.self) }) {
+                let f = line.split(separator: " ").map(String.init)
+                switch f.first {
+                case "verified" where f.count == 4: verified += 1; package = f[1]
+                case "file" where f.count == 3:
+                    if let digest = SHA256Digest(hex: f[1]) { digests[canonical(PathEscaping.unescapedString(f[2]))] = ArchiveDigest(digest: digest, package: package) }
+                case "unverified" where f.count == 3: unverified.append("\(PathEscaping.unescapedString(f[1])): \(PathEscaping.unescapedString(f[2]))")
+                default: break
+                }
+            }
+            return (digests, "\(verified) packages verified against their signed .debs in \(aptCache) (\(digests.count) executable files by SHA-256); "
+                + "dpkg's MD5 lists for the rest" + (unverified.isEmpty ? "" : "; \(unverified.count) .debs not verifiable: " + unverified.prefix(3).joined(separator: "; ")))
+        }
+
+        private func dpkg(adminDir: String) -> Bool { (try? linkStatus(adminDir + "/status")) != nil }
 
         private func printSummary(_ r: LearnReport, dpkgNote: String, signed: Bool) {
             let gb = Double(r.bytesHashed) / 1e9

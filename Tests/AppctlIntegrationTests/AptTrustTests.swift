@@ -288,6 +288,26 @@ struct AptTrustTests {
         #expect(reported.status == 0 && reported.stderr.contains("trusted by nothing here"), "\(reported.stderr)")
     }
 
+    /// `learn --apt-cache`: an installed package whose .deb is in the cache is verified through the archive's chain
+    /// (SHA-256 of what the archive signed), and the summary says where it fell back to dpkg's MD5 lists.
+    @Test func learnVerifiesInstalledPackagesAgainstTheArchivesDebs() throws {
+        let dir = TemporaryDirectory(); defer { dir.remove() }
+        let cache = dir.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let installed = try run("/usr/bin/dpkg-query", ["-W", "-f=${Version}", "hostname"]).stdout
+        let candidate = try run("/usr/bin/apt-cache", ["policy", "hostname"]).stdout
+        try #require(candidate.contains("Candidate: \(installed)"), "hostname's installed version must be the archive's for this check")
+        _ = try Self.download(["hostname"], into: cache)
+        let r = try appctl("learn", "--root", "/usr/bin", "--apt-cache", cache, "--out", dir.file("inventory.txt"))
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("archive:   1 packages verified against their signed .debs in \(cache)"), "\(r.stdout)")
+        #expect(r.stdout.contains("dpkg's MD5 lists for the rest"))
+        let inventory = try String(contentsOfFile: dir.file("inventory.txt"), encoding: .utf8)
+        #expect(inventory.contains(" dpkg:hostname /usr/bin/hostname\n"))
+        let none = try appctl("learn", "--root", "/usr/bin", "--apt-cache", dir.file("empty"), "--out", dir.file("inventory2.txt"))
+        #expect(none.stdout.contains("no installed package's .deb in"), "\(none.stdout)")
+    }
+
     /// gate mode: nothing is derived; apt stops before dpkg unless the signed policy already allows every program.
     @Test func gateModeStopsAptUnlessThePolicyAlreadyAllowsEveryProgram() throws {
         let h = try DaemonHarness(); defer { h.stop() }
