@@ -10,7 +10,8 @@ public enum ControlRequest: Equatable, Sendable {
     case reloadOverlays
     /// Open a maintenance window for the mount namespace of `pid` (`appctl maintenance start`).
     case maintenanceStart(seconds: UInt64, pid: Int32, paths: [String], reason: String)
-    case maintenanceEnd
+    /// Close the open window (only if it is window `id`, when given).
+    case maintenanceEnd(id: UInt64?)
     case maintenanceStatus
     /// Test hook (the daemon's hidden `--debug-selftest`): make a call that confinement forbids.
     case debugForbiddenSyscall(String)
@@ -23,7 +24,7 @@ public enum ControlRequest: Equatable, Sendable {
         case .reloadOverlays: return "overlay-reload"
         case .maintenanceStart(let seconds, let pid, let paths, let reason):
             return "maintenance-start \(seconds) \(pid) \(paths.isEmpty ? "-" : paths.joined(separator: ":")) \(PathEscaping.escapeToken(Array(reason.utf8)))"
-        case .maintenanceEnd: return "maintenance-end"
+        case .maintenanceEnd(let id): return "maintenance-end" + (id.map { " \($0)" } ?? "")
         case .maintenanceStatus: return "maintenance-status"
         case .debugForbiddenSyscall(let call): return "debug-forbidden-syscall \(call)"
         }
@@ -50,7 +51,10 @@ public enum ControlRequest: Equatable, Sendable {
             }
             self = .maintenanceStart(seconds: seconds, pid: pid, paths: words[3] == "-" ? [] : words[3].split(separator: ":").map(String.init),
                                      reason: String(decoding: reason, as: UTF8.self))
-        case ("maintenance-end", 1): self = .maintenanceEnd
+        case ("maintenance-end", 1): self = .maintenanceEnd(id: nil)
+        case ("maintenance-end", 2):
+            guard let id = UInt64(words[1]) else { throw ControlReply.error("usage: maintenance-end [<id>]") }
+            self = .maintenanceEnd(id: id)
         case ("maintenance-status", 1): self = .maintenanceStatus
         case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
         default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload, overlay-reload, maintenance-start|end|status)")

@@ -53,7 +53,7 @@ extension Daemon: DaemonControl {
         maintenance.open(seconds: seconds, pid: pid, paths: paths, reason: reason)
     }
 
-    public func maintenanceEnd() -> Result<String, PolicyRefusal> { maintenance.close(because: "ended by appctl maintenance end") }
+    public func maintenanceEnd(id: UInt64?) -> Result<String, PolicyRefusal> { maintenance.close(because: "ended by appctl maintenance end", id: id) }
 
     public func maintenanceStatus() -> String { maintenance.statusLine }
 
@@ -157,6 +157,7 @@ extension Daemon: DaemonControl {
             ("overlay_packages_not_trusted", .strings(overlays.untrustedPackages)),
             ("overlay_window_digests", .int(overlays.windowDigests)),
             ("maintenance_window", .string(maintenance.isOpen ? maintenance.statusLine : nil)),
+            ("maintenance_window_pid", maintenance.windowPID.map { .int(Int($0)) } ?? .string(nil)),
             ("kernel_cache", .bool(kernelCache.enabled)),
         ]
         fields += StatusReport.counterFields(statistics, execsCounted: counted)

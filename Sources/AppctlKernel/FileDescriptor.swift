@@ -216,6 +216,8 @@ public struct FileIdentity: Hashable, Sendable {
     public var isVerity = false
     /// The mount the descriptor was opened through (`STATX_MNT_ID`, as mountinfo's first field); 0 when unknown.
     public var mountID: UInt64 = 0
+    /// The path is the root of a mount (`STATX_ATTR_MOUNT_ROOT`); known only from `FileDescriptor.identity()`.
+    public var isMountRoot = false
 
     public init(_ st: stat) {
         device = UInt64(st.st_dev); inode = UInt64(st.st_ino); changeTimeNanoseconds = st.ctimeNanoseconds
@@ -227,6 +229,7 @@ public struct FileIdentity: Hashable, Sendable {
         size = st.size; owner = st.owner; mode = st.mode
         isVerity = st.attributes & APPCTL_STATX_ATTR_VERITY != 0
         mountID = st.mount_id
+        isMountRoot = st.attributes & APPCTL_STATX_ATTR_MOUNT_ROOT != 0
     }
 
     public var isRegularFile: Bool { mode & S_IFMT == S_IFREG }

@@ -33,15 +33,17 @@ public struct DriftReport: Sendable {
     ///   - overlays: the overlays with the table the policy's rules make of them.
     ///   - scan: what `Scanner` found (run with `includeModified`, so modified packaged files carry a digest).
     ///   - recentEvents: JSON lines of the event log, newest last.
-    public static func compute(signed: [(digest: SHA256Digest, path: String)], overlays: [Overlay], table: OverlayTable,
-                               scan: LearnReport, recentEvents: [String], recentLimit: Int = 20) -> DriftReport {
+    ///   - denied: the policy's blocklist (a blocklisted digest is never allowed, whatever else lists it).
+    public static func compute(signed: [(digest: SHA256Digest, path: String)], denied: Set<SHA256Digest> = [], overlays: [Overlay],
+                               table: OverlayTable, scan: LearnReport, recentEvents: [String], recentLimit: Int = 20) -> DriftReport {
         var report = DriftReport()
-        let signedDigests = Set(signed.map(\.digest))
+        let signedDigests = Set(signed.map(\.digest)).subtracting(denied)
         var onDisk: [String: SHA256Digest] = [:]
         for entry in scan.entries { onDisk[PathEscaping.unescapedString(entry.escapedPath)] = entry.digest }
         let diskDigests = Set(onDisk.values)
-        for entry in scan.entries where !signedDigests.contains(entry.digest) && table.layer(of: entry.digest) == nil {
-            report.unknown.append(File(path: PathEscaping.unescapedString(entry.escapedPath), digest: entry.digest, note: entry.kind.rawValue))
+        for entry in scan.entries where !signedDigests.contains(entry.digest) && (table.layer(of: entry.digest) == nil || denied.contains(entry.digest)) {
+            report.unknown.append(File(path: PathEscaping.unescapedString(entry.escapedPath), digest: entry.digest,
+                                       note: denied.contains(entry.digest) ? "\(entry.kind.rawValue), blocklisted" : entry.kind.rawValue))
         }
         for exclusion in scan.exclusions {
             if case .modifiedFromPackage(let package) = exclusion.reason {
@@ -53,6 +55,12 @@ public struct DriftReport: Sendable {
                 for file in package.files where table.layer(of: file.digest) != nil && !signedDigests.contains(file.digest) {
                     report.overlayOnly.append(File(path: PathEscaping.unescapedString(file.escapedPath), digest: file.digest,
                                                    note: "overlay:\(overlay.layer) \(package.label)"))
+                }
+            }
+            for window in overlay.windows {
+                for file in window.files where table.layer(of: file.digest) != nil && !signedDigests.contains(file.digest) {
+                    report.overlayOnly.append(File(path: PathEscaping.unescapedString(file.escapedPath), digest: file.digest,
+                                                   note: "overlay:\(overlay.layer) window \(window.id): \(window.reason)"))
                 }
             }
         }

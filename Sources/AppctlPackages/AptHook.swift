@@ -331,9 +331,14 @@ public enum AptHook {
         switch request(.status(json: true), settings: settings) {
         case .success(let reply):
             let mode = Mode.allCases.first { reply.body.contains("\"mode\":\"\($0.rawValue)\"") || reply.body.contains("\"mode\": \"\($0.rawValue)\"") }
-            // `maintenance_window` is null in the JSON status when no window is open.
-            let window = reply.body.contains("\"maintenance_window\":\"") || reply.body.contains("\"maintenance_window\": \"")
-            return mode.map { .running($0, windowOpen: window) } ?? .notAnswering("its status names no mode")
+            // A window counts only if this process runs inside it: the same mount namespace as the window's
+            // process (`maintenance_window_pid`, null when none is open). apt run elsewhere is not the window's.
+            var inWindow = false
+            if let range = reply.body.suffix(after: "\"maintenance_window_pid\":"), let pid = Int32(String(range.prefix { $0.isNumber })),
+               let ours = readLink("/proc/self/ns/mnt"), let theirs = readLink("/proc/\(pid)/ns/mnt") {
+                inWindow = ours == theirs
+            }
+            return mode.map { .running($0, windowOpen: inWindow) } ?? .notAnswering("its status names no mode")
         case .failure(let failure):
             return failure.notRunning ? .notRunning : .notAnswering(failure.why)
         }

@@ -251,6 +251,13 @@ long appctl_peer_uid(int fd) {
     return (long)cred.uid;
 }
 
+long appctl_peer_pid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.pid;
+}
+
 static int appctl_statx(int dirfd, const char *path, int flags, struct appctl_file_status *out) {
     struct statx sx;
     memset(&sx, 0, sizeof sx);

@@ -53,13 +53,16 @@ extension Appctl {
                 throw CommandFailure("\(config): no policy and key configured")
             }
             let key = try loadPublicKey(keyPath)
-            let header: PolicyHeader
-            do { header = try LoadedPolicy.load(path: policyPath, key: key, acceptExpired: true).header } catch { throw CommandFailure(error) }
+            // One pass: the entries read are the ones the signature is checked over.
             var signed: [(digest: SHA256Digest, path: String)] = []
+            var denied = Set<SHA256Digest>()
+            let header: PolicyHeader
             do {
-                _ = try PolicyReader(path: policyPath).read(onAllow: { line in
+                let result = try PolicyReader(path: policyPath).read(onAllow: { line in
                     signed.append((line.digest, PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
-                })
+                }, onDeny: { entry, _ in denied.insert(entry.digest) })
+                try LoadedPolicy.verify(result, path: policyPath, key: key, now: .now, acceptExpired: true)
+                header = result.header
             } catch { throw CommandFailure(error) }
             let overlays: [Overlay]
             do { overlays = try OverlayStore(stateDirectory: configuration.stateDirectory).readAll() } catch { throw CommandFailure("\(error)") }
@@ -69,7 +72,7 @@ extension Appctl {
             for root in roots where (try? linkStatus(root))?.isDirectory != true { throw CommandFailure("\(root): not a directory") }
             let scan = Scanner(options: LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, dpkg: dpkg, includeModified: true)).run()
             let events = (try? readTail(configuration.eventsPath, bytes: 4 << 20)) ?? []
-            let report = DriftReport.compute(signed: signed, overlays: overlays, table: table, scan: scan, recentEvents: events, recentLimit: recent)
+            let report = DriftReport.compute(signed: signed, denied: denied, overlays: overlays, table: table, scan: scan, recentEvents: events, recentLimit: recent)
             if let metricsFile {
                 do { try AtomicFileWriter.write(Array(report.prometheusText.utf8), to: metricsFile, permissions: 0o644) } catch {
                     throw CommandFailure("\(metricsFile): cannot write: \(error)")
@@ -99,7 +102,9 @@ extension Appctl {
                 "[" + list.map { "{\"path\":\(jsonString($0.path)),\"sha256\":\($0.digest.map { "\"\($0.hex)\"" } ?? "null"),\"note\":\(jsonString($0.note))}" }.joined(separator: ",") + "]"
             }
             return "{\"unknown\":\(files(r.unknown)),\"modified_packaged\":\(files(r.modifiedPackaged)),\"overlay_only\":\(files(r.overlayOnly)),"
-                + "\"superseded\":\(files(r.superseded)),\"absent\":\(files(r.absent)),\"recent_denies\":[\(r.recentDenies.joined(separator: ","))]}"
+                + "\"superseded\":\(files(r.superseded)),\"absent\":\(files(r.absent)),"
+                // Event lines as strings: a line cut or garbled in the log cannot break this JSON.
+                + "\"recent_denies\":[\(r.recentDenies.map(jsonString).joined(separator: ","))]}"
         }
     }
 }

@@ -71,16 +71,18 @@ extension Appctl {
                 // path bind-mounted onto itself: mounts the daemon can tell from the host's.
                 guard appctl_unshare_mounts() == 0 else { throw CommandFailure("cannot create a mount namespace: \(Errno.current) (run as root)") }
                 guard mount(nil, "/", nil, UInt(MS_REC | MS_SLAVE), nil) == 0 else { throw CommandFailure("cannot make / a slave mount: \(Errno.current)") }
-                for path in windowPaths where mount(path, path, nil, UInt(MS_BIND), nil) != 0 {
+                // MS_REC: what is mounted below a path stays visible (and is not watched: writes there are not trusted).
+                for path in windowPaths where mount(path, path, nil, UInt(MS_BIND | MS_REC), nil) != 0 {
                     throw CommandFailure("\(path): cannot bind-mount it for the window: \(Errno.current)")
                 }
                 let opened = try sendControl(.maintenanceStart(seconds: seconds, pid: getpid(), paths: windowPaths, reason: reason), socket: socketPath)
                 print("appctl: maintenance \(opened.head)")
+                let id = opened.head.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
                 let program = command.isEmpty ? [String(cString: getenv("SHELL") ?? strdup("/bin/sh"))] : command
                 let status = runInForeground(program)
                 let report: String
                 do {
-                    report = try sendControl(.maintenanceEnd, socket: socketPath).body
+                    report = try sendControl(.maintenanceEnd(id: id), socket: socketPath).body
                 } catch {
                     report = "appctl: \(error.message) (closed already?)"
                 }
@@ -91,6 +93,7 @@ extension Appctl {
             /// Runs the program with this terminal and environment, and waits for it (SIGINT and SIGQUIT go to it,
             /// not to us: the window must be closed afterwards).
             private func runInForeground(_ program: [String]) -> Int32 {
+                // Killed or hung up, this process's end closes the window (the daemon watches its pid).
                 signal(SIGINT, SIG_IGN); signal(SIGQUIT, SIG_IGN)
                 var attributes = posix_spawnattr_t()
                 posix_spawnattr_init(&attributes)
@@ -122,7 +125,9 @@ extension Appctl {
         struct End: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Close the open window now and print its report.")
             @OptionGroup var control: SocketOption
-            func run() throws { print(try sendControl(.maintenanceEnd, socket: control.path).body) }
+            @Argument(help: ArgumentHelp("The window to close (default: whichever is open).", valueName: "id"))
+            var id: UInt64?
+            func run() throws { print(try sendControl(.maintenanceEnd(id: id), socket: control.path).body) }
         }
     }
 }

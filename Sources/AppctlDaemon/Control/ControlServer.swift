@@ -1,5 +1,6 @@
 import AppctlCore
 import AppctlKernel
+import _AppctlShims
 import Dispatch
 import Synchronization
 #if canImport(Glibc)
@@ -16,7 +17,7 @@ public protocol DaemonControl: Sendable {
     func reloadOverlays(reason: String) -> Result<String, PolicyRefusal>
     /// Maintenance windows: open, close (the report), or say what is open.
     func maintenanceStart(seconds: UInt64, pid: Int32, paths: [String], reason: String) -> Result<String, PolicyRefusal>
-    func maintenanceEnd() -> Result<String, PolicyRefusal>
+    func maintenanceEnd(id: UInt64?) -> Result<String, PolicyRefusal>
     func maintenanceStatus() -> String
     /// Test hook (`--debug-selftest`): make a call confinement forbids. Nil when the hook is off.
     func forbiddenCallSelfTest(_ call: String) -> String?
@@ -58,7 +59,8 @@ public final class ControlServer: Sendable {
             setsockopt(connection.rawValue, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(connection.rawValue, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             let line = readLine(connection)
-            let reply = uid == 0 ? Self.handle(line, control) : .error("permission denied: the control socket accepts root only")
+            let peerPID = Int32(truncatingIfNeeded: appctl_peer_pid(connection.rawValue))
+            let reply = uid == 0 ? Self.handle(line, control, peerPID: peerPID) : .error("permission denied: the control socket accepts root only")
             try? connection.writeAll(Array(reply.wire.utf8))
         }
     }
@@ -75,7 +77,8 @@ public final class ControlServer: Sendable {
         return String(decoding: bytes.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self).trimmingSpaces()
     }
 
-    static func handle(_ line: String, _ control: any DaemonControl) -> ControlReply {
+    /// `peerPID`: the connecting process (`SO_PEERCRED`); a window is opened only for the process that asks.
+    static func handle(_ line: String, _ control: any DaemonControl, peerPID: Int32 = 0) -> ControlReply {
         let request: ControlRequest
         do { request = try ControlRequest(line: line) } catch { return error }
         switch request {
@@ -98,12 +101,13 @@ public final class ControlServer: Sendable {
             case .failure(let refusal): return .error("overlays not taken in, the current ones stay: \(refusal)")
             }
         case .maintenanceStart(let seconds, let pid, let paths, let reason):
+            guard pid == peerPID else { return .error("no maintenance window: pid \(pid) is not the process asking (\(peerPID))") }
             switch control.maintenanceStart(seconds: seconds, pid: pid, paths: paths, reason: reason) {
             case .success(let line): return .ok(line)
             case .failure(let refusal): return .error("no maintenance window: \(refusal)")
             }
-        case .maintenanceEnd:
-            switch control.maintenanceEnd() {
+        case .maintenanceEnd(let id):
+            switch control.maintenanceEnd(id: id) {
             case .success(let report): return .ok("closed", body: report)
             case .failure(let refusal): return .error(refusal.description)
             }

@@ -133,7 +133,7 @@ final class HashPool: Sendable {
             var known = false
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
-                let verdict = digest.map { policy.decide($0) } ?? policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }
+                let verdict = digest.map { policy.decide($0, waitForWindow: true) } ?? policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }
                 // Only allowed execs need the lease kept: a denied one never reaches the write denial (and holding
                 // leases for denials let one process slow everyone, a review showed).
                 if verdict.allow { pids.append(request.pid) }

@@ -125,9 +125,13 @@ final class Triage: Sendable {
         // Only files that only root can write are cached: a write through a shared mapping to a page that is
         // already dirty changes content without changing ctime, so anyone else's file is hashed every time.
         if key.onlyRootCanWrite, let digest = caches.digest(of: key) {
+            let verdict = policy.decide(digest)
+            // Unknown while a maintenance window is open: a hash worker decides, after the window's queued notices
+            // (this thread must not wait for the window: the window's own file writes need it).
+            if verdict.decision.reason == .unknown && policy.windowIsOpen { return .needsHash(key) }
             if isExec { caches.rememberExec(key, digest) }
             statistics.add(.cacheHits)
-            return .answer(Answer(verdict: policy.decide(digest), digest: digest, key: key))
+            return .answer(Answer(verdict: verdict, digest: digest, key: key))
         }
         // Anyone else's program, while a read lease proves nobody can change it (issue 14): its exec needs no hash.
         // Execs only: an open as a program stays `mutable` above (the lease is let go when a writer comes, and a
@@ -152,7 +156,7 @@ final class Triage: Sendable {
             return .answer(Answer(verdict: policy.decide(digest, layer: .verity), digest: digest, key: key, verityDigest: verity))
         }
         statistics.add(.cacheMisses)
-        if policy.mode == .enforce && !policy.mayAllow(size: key.size) {
+        if policy.mode == .enforce && !policy.mayAllow(size: key.size, onlyRootCanWrite: key.onlyRootCanWrite) {
             // No allowed entry has this size, so no digest could match: deny without reading a byte
             // (an 8 TiB sparse file must not keep the hash workers busy for hours).
             statistics.add(.deniedBySize)

@@ -24,6 +24,8 @@ public final class MaintenanceWindows: Sendable {
         var reason: String
         var paths: [String]
         var pid: Int32
+        /// The window process's start time (/proc/PID/stat): when it ends, or its pid is reused, the window closes.
+        var pidStart: String
         var added: [OverlayFile] = []
         var refused: [String] = []
     }
@@ -72,8 +74,12 @@ public final class MaintenanceWindows: Sendable {
             _ = try? pollDescriptors(watched, timeoutMilliseconds: 1000)
             if stopping.load(ordering: .relaxed) { break }
             _ = drain()
-            if let deadline = window.withLock({ $0?.deadlineMonotonic }), monotonicSeconds() >= deadline {
-                _ = close(because: "its time ran out")
+            if let w = window.withLock({ $0 }) {
+                if monotonicSeconds() >= w.deadlineMonotonic {
+                    _ = close(because: "its time ran out", id: w.id)
+                } else if Self.startTime(of: w.pid) != w.pidStart {
+                    _ = close(because: "its process (pid \(w.pid)) ended", id: w.id)
+                }
             }
         }
     }
@@ -98,6 +104,7 @@ public final class MaintenanceWindows: Sendable {
             // does not have (else every process's writes there would count).
             var pinned: [FileDescriptor] = []
             defer { for fd in pinned { fd.close() } }
+            guard let pidStart = Self.startTime(of: pid) else { return .failure(PolicyRefusal("no process \(pid)")) }
             for path in paths {
                 do {
                     let theirs = try FileDescriptor.open("/proc/\(pid)/root" + path, [.pathOnly, .directory, .noFollow])
@@ -108,7 +115,9 @@ public final class MaintenanceWindows: Sendable {
                     guard a.device == b.device, a.inode == b.inode else {
                         return .failure(PolicyRefusal("\(path) in process \(pid)'s view is another directory than the host's"))
                     }
-                    guard a.mountID != 0, a.mountID != b.mountID else {
+                    // Its own mount, rooted exactly at the path (a bind mount of it), not the same directory inside some
+                    // other namespace's copy of a larger mount.
+                    guard a.mountID != 0, a.mountID != b.mountID, a.isMountRoot else {
                         return .failure(PolicyRefusal("\(path) is not a mount of the window's own in process \(pid) (open windows with appctl maintenance start)"))
                     }
                 } catch {
@@ -122,9 +131,9 @@ public final class MaintenanceWindows: Sendable {
                 return .failure(PolicyRefusal("cannot watch the window's mounts: \(error)"))
             }
             let now = Timestamp.now
-            let id = UInt64(now.secondsSinceEpoch) * 1000 + UInt64(pid % 1000)
+            let id = UInt64(now.secondsSinceEpoch) * 1000 + UInt64.random(in: 0..<1000)
             current = Window(id: id, opened: now, deadline: Timestamp(secondsSinceEpoch: now.secondsSinceEpoch + Int64(seconds)),
-                             deadlineMonotonic: monotonicSeconds() + Double(seconds), reason: reason, paths: paths, pid: pid)
+                             deadlineMonotonic: monotonicSeconds() + Double(seconds), reason: reason, paths: paths, pid: pid, pidStart: pidStart)
             log("appctl: maintenance window \(id) opened for \(seconds) s by pid \(pid) (\(PathEscaping.escapeText(Array(reason.utf8)))): trusting what its processes write, only root can change, under \(paths.joined(separator: " "))")
             return .success("window \(id) open until \(current!.deadline); paths \(paths.joined(separator: " "))")
         }
@@ -165,11 +174,19 @@ public final class MaintenanceWindows: Sendable {
 
     enum Examined { case trusted(OverlayFile), refused(String), ignored }
 
-    /// A file written through the window's mounts: executable content only root can change is trusted.
+    /// A file written through the window's mounts: executable content only root can change is trusted. Examined
+    /// under a read lease, which the kernel grants only while nobody has the file open for writing (or mapped
+    /// shared-writable): a writer who kept a descriptor from before a chown or chmod cannot change the content
+    /// between these checks and the hash, and a writer who comes during the hash breaks the lease.
     static func examine(_ fd: Int32) -> Examined {
         let file = FileDescriptor(rawValue: fd)
         let path = pathOfDescriptor(fd)
-        guard let st = try? file.status(), st.isRegularFile else { return .ignored }
+        guard let first = try? file.status(), first.isRegularFile else { return .ignored }
+        do { try file.takeReadLease() } catch {
+            return .refused("\(path): still open for writing by some process (\(error)); not trusted")
+        }
+        defer { file.releaseLease() }
+        guard let st = try? file.status() else { return .ignored }
         let head = file.readBytes(at: 0, count: ContentClassifier.headerLength)
         guard let kind = ContentClassifier.classify(head: head, executableBit: st.isExecutableByMode, readAt: { file.readBytes(at: $0, count: $1) }) else {
             return .ignored   // data: nothing to trust
@@ -181,7 +198,10 @@ public final class MaintenanceWindows: Sendable {
             if st.st_mode & 0o002 != 0 { who.append("everyone") }
             return .refused("\(path): not only root can change it (\(who.joined(separator: ", ")); mode \(String(st.st_mode & 0o7777, radix: 8)))")
         }
-        guard let result = try? FileHasher().hash(file), result.bytesRead == Int64(st.st_size) else { return .refused("\(path): unreadable") }
+        guard let result = try? FileHasher().hash(file), result.bytesRead == Int64(st.st_size),
+              file.holdsUnbrokenReadLease, let after = try? file.status(), after.ctimeNanoseconds == st.ctimeNanoseconds else {
+            return .refused("\(path): changed while it was read; not trusted")
+        }
         return .trusted(OverlayFile(digest: result.sha256, size: UInt64(st.st_size), kind: kind, escapedPath: PathEscaping.escapeToken(Array(path.utf8))))
     }
 
@@ -204,10 +224,13 @@ public final class MaintenanceWindows: Sendable {
 
     /// Closes the open window: its last notices are taken in, its mounts are no longer watched, its record gets
     /// its real closing time, and a report is written to `<state>/maintenance/<id>.txt`. Returns the report.
-    func close(because why: String) -> Result<String, PolicyRefusal> {
-        guard let group, isOpen else { return .failure(PolicyRefusal("no maintenance window is open")) }
-        drain()
+    func close(because why: String, id: UInt64? = nil) -> Result<String, PolicyRefusal> {
+        guard let group, let open = window.withLock({ $0?.id }) else { return .failure(PolicyRefusal("no maintenance window is open")) }
+        if let id, id != open { return .failure(PolicyRefusal("window \(id) is not open (window \(open) is)")) }
+        // Marks first, then the last notices: nothing written after this point belongs to this window (or leaks
+        // into the next one).
         try? group.flushMountMarks()
+        drain()
         guard var w = window.withLock({ w -> Window? in defer { w = nil }; return w }) else {
             return .failure(PolicyRefusal("no maintenance window is open"))
         }
@@ -227,6 +250,9 @@ public final class MaintenanceWindows: Sendable {
         }
         added()
         let unique = Array(Set(w.added)).sorted { $0.escapedPath < $1.escapedPath }
+        // A notice refused while the file was still being written is moot once a later one was trusted.
+        let trustedPaths = Set(unique.map { PathEscaping.unescapedString($0.escapedPath) })
+        w.refused.removeAll { line in trustedPaths.contains { line.hasPrefix($0 + ": still open for writing") } }
         var report = "maintenance window \(w.id) closed (\(why)): opened \(w.opened), closed \(closed), reason: \(PathEscaping.escapeText(Array(w.reason.utf8)))\n"
         report += "trusted \(unique.count) files in overlay:maintenance (until adopted by a signed policy or expired):\n"
         for f in unique { report += "  + \(f.digest) \(f.kind.rawValue) \(f.escapedPath)\n" }
@@ -236,6 +262,20 @@ public final class MaintenanceWindows: Sendable {
         try? AtomicFileWriter.write(Array(report.utf8), to: reportDirectory + "/\(w.id).txt", permissions: 0o600)
         log("appctl: maintenance window \(w.id) closed (\(why)): \(unique.count) files trusted, \(w.refused.count) not")
         return .success(report)
+    }
+
+    var windowPID: Int32? { window.withLock { $0?.pid } }
+
+    /// Field 22 of /proc/PID/stat (start time in clock ticks): with the pid, names one process for good. Nil when
+    /// there is no such process, or it has exited (a zombie).
+    static func startTime(of pid: Int32) -> String? {
+        guard let bytes = try? readSmallFile("/proc/\(pid)/stat", limit: 4096) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let paren = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: paren)...].split(separator: " ")
+        // A zombie has exited: its window is over even before its parent collects it.
+        guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }
+        return String(fields[19])
     }
 
     /// `maintenance-status`: the open window, or none.

@@ -56,11 +56,17 @@ public final class PolicyState: Sendable {
     /// The policy's verdict on a digest, with the serial and mode it was made under (read together under one lock).
     /// A digest the signed policy does not know may be allowed by an overlay the policy's rules trust; a
     /// blocklisted digest never is.
-    public func decide(_ digest: SHA256Digest, layer: Verdict.Layer = .digest) -> Verdict {
+    /// `waitForWindow`: a hash worker may wait for an open maintenance window's queued notices before it calls a
+    /// digest unknown; the event thread never does (the window's thread writes files, whose opens the event
+    /// thread answers: waiting there would wait on itself).
+    public func decide(_ digest: SHA256Digest, layer: Verdict.Layer = .digest, waitForWindow: Bool = false) -> Verdict {
         let verdict = decideNow(digest, layer: layer)
-        if verdict.decision.reason == .unknown, let beforeUnknown, beforeUnknown() { return decideNow(digest, layer: layer) }
+        if waitForWindow, verdict.decision.reason == .unknown, let beforeUnknown, beforeUnknown() { return decideNow(digest, layer: layer) }
         return verdict
     }
+
+    /// Whether a maintenance window is open (an unknown digest may become known in a moment).
+    public var windowIsOpen: Bool { windowOpen?() ?? false }
 
     private func decideNow(_ digest: SHA256Digest, layer: Verdict.Layer) -> Verdict {
         current.withLock { c in
@@ -128,10 +134,11 @@ public final class PolicyState: Sendable {
         current.withLock { $0.policy?.verity.contentDigest(forVerity: digest) }
     }
 
-    /// False when no allow entry of the current policy can have this size (so hashing is pointless). Always true
-    /// while a maintenance window is open: what it writes may be allowed by the time the hash is done.
-    public func mayAllow(size: Int64) -> Bool {
-        if let windowOpen, windowOpen() { return true }
+    /// False when no allow entry of the current policy can have this size (so hashing is pointless). True for a
+    /// file only root can write while a maintenance window is open: the window may be about to allow it (windows
+    /// trust only such files; anyone else's stays filtered, so a user's 8 TiB sparse file cannot tie up the workers).
+    public func mayAllow(size: Int64, onlyRootCanWrite: Bool = false) -> Bool {
+        if onlyRootCanWrite, let windowOpen, windowOpen() { return true }
         return current.withLock { c in
             guard let filter = c.policy?.allowedSizes else { return c.policy != nil ? true : false }
             return size >= 0 && (filter.mayContain(UInt64(size)) || c.overlayTable.sizes.contains(UInt64(size)))

@@ -89,6 +89,8 @@ int appctl_block_signals(const int *signals, int count, sigset_t *out);
 
 /// The peer's uid on a connected Unix socket (`SO_PEERCRED`), or -1.
 long appctl_peer_uid(int fd);
+// SO_PEERCRED's pid of a connected Unix socket's peer; -1 on failure.
+long appctl_peer_pid(int fd);
 
 // ---- statx ----
 
@@ -105,6 +107,7 @@ struct appctl_file_status {
     uint64_t mount_id;          // 0 when the kernel did not report it
 };
 #define APPCTL_STATX_ATTR_VERITY 0x00100000ULL   // STATX_ATTR_VERITY
+#define APPCTL_STATX_ATTR_MOUNT_ROOT 0x00002000ULL   // STATX_ATTR_MOUNT_ROOT: the path is the root of a mount
 
 /// 0, or -1 with errno set. `cached_only`: `AT_STATX_DONT_SYNC`, so a FUSE or NFS filesystem is not asked
 /// (a server that never answers cannot stall the caller; its attributes may then be stale).
