@@ -268,12 +268,8 @@ public struct AptSourceRule: Hashable, Sendable, Comparable, CustomStringConvert
     /// otherwise lowercase hex and any field order are accepted (the command line).
     public init(spec: String, canonical: Bool) throws(SpecError) {
         var signer: String?, origin: String?, suite: String?, mode = AptTrustMode.report, modeWritten = false
-        var keys: [String] = []
-        for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
-            guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
-            let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
-            guard !keys.contains(key) else { throw SpecError("\(key)= given twice") }
-            keys.append(key)
+        let fields = try specFields(spec), keys = fields.map(\.key)
+        for (key, value) in fields {
             switch key {
             case "signer":
                 guard value.utf8.count == 40, value.utf8.allSatisfy({ Hex.value($0, allowingUppercase: true) != nil }) else {
@@ -373,12 +369,9 @@ public struct MaintenanceRule: Hashable, Sendable, CustomStringConvertible {
     }
 
     public init(spec: String, canonical: Bool) throws(SpecError) {
-        var maximum: UInt64?, keep: UInt64?, paths: [String] = [], keys: [String] = []
-        for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
-            guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
-            let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
-            guard !keys.contains(key) else { throw SpecError("\(key)= given twice") }
-            keys.append(key)
+        var maximum: UInt64?, keep: UInt64?, paths: [String] = []
+        let fields = try specFields(spec), keys = fields.map(\.key)
+        for (key, value) in fields {
             switch key {
             case "max":
                 guard let seconds = parseDuration(value), seconds > 0, seconds <= 366 * 86_400 else {
@@ -409,6 +402,18 @@ public struct MaintenanceRule: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         "max=\(maximumSeconds)s" + (paths.isEmpty ? "" : ",paths=" + paths.joined(separator: ":")) + (keepSeconds.map { ",keep=\($0)s" } ?? "")
     }
+}
+
+/// `key=value,key=value`: the fields of a spec in their order, each key once.
+func specFields(_ spec: String) throws(SpecError) -> [(key: String, value: String)] {
+    var fields: [(key: String, value: String)] = []
+    for field in spec.split(separator: ",", omittingEmptySubsequences: false) {
+        guard let eq = field.firstIndex(of: "=") else { throw SpecError("'\(field)' is not key=value") }
+        let key = String(field[..<eq]), value = String(field[field.index(after: eq)...])
+        guard !fields.contains(where: { $0.key == key }) else { throw SpecError("\(key)= given twice") }
+        fields.append((key, value))
+    }
+    return fields
 }
 
 /// Why a spec on the command line or in a header line is refused.

@@ -25,6 +25,15 @@ extension Appctl {
         static let confFile = "/etc/apt/apt.conf.d/20appctl"
         static let dpkgConfFile = "/etc/dpkg/dpkg.cfg.d/appctl"
 
+        /// The two configuration files the hook lives in (install writes them, uninstall removes them).
+        struct ConfigurationFiles: ParsableArguments {
+            @Option(help: ArgumentHelp("apt's configuration file for the hook.", valueName: "file"))
+            var file: String = AptHookCommand.confFile
+
+            @Option(help: ArgumentHelp("dpkg's configuration file for its pre-invoke hook (dpkg used directly; best effort).", valueName: "file"))
+            var dpkgFile: String = AptHookCommand.dpkgConfFile
+        }
+
         /// The hook program: installed next to this `appctl`.
         static func hookProgram() throws(CommandFailure) -> String {
             guard let exe = realPath("/proc/self/exe") else { throw CommandFailure("cannot find this program's own path") }
@@ -38,11 +47,7 @@ extension Appctl {
         struct Install: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Write the apt configuration that runs the hook (\(AptHookCommand.confFile)).")
 
-            @Option(help: ArgumentHelp("Where to write it.", valueName: "file"))
-            var file: String = AptHookCommand.confFile
-
-            @Option(help: ArgumentHelp("Where to write dpkg's pre-invoke hook (for dpkg used directly; best effort).", valueName: "file"))
-            var dpkgFile: String = AptHookCommand.dpkgConfFile
+            @OptionGroup var files: ConfigurationFiles
 
             @Option(help: ArgumentHelp("The appctl configuration the hook reads (default: \(DaemonConfigurationPath.path)).", valueName: "file"))
             var config: String?
@@ -72,29 +77,25 @@ extension Appctl {
                 let dpkgText = "# Written by `appctl apt-hook install`; `appctl apt-hook uninstall` removes it.\n"
                     + "pre-invoke=\"\(program) dpkg-pre-invoke\(configArgument)\"\n"
                 do {
-                    try AtomicFileWriter.write(Array(text.utf8), to: file, permissions: 0o644)
-                    try AtomicFileWriter.write(Array(dpkgText.utf8), to: dpkgFile, permissions: 0o644)
+                    try AtomicFileWriter.write(Array(text.utf8), to: files.file, permissions: 0o644)
+                    try AtomicFileWriter.write(Array(dpkgText.utf8), to: files.dpkgFile, permissions: 0o644)
                 } catch {
-                    throw CommandFailure("cannot write \(file) or \(dpkgFile): \(error)")
+                    throw CommandFailure("cannot write \(files.file) or \(files.dpkgFile): \(error)")
                 }
-                print("installed the apt hook: \(file) and \(dpkgFile) run \(program)")
+                print("installed the apt hook: \(files.file) and \(files.dpkgFile) run \(program)")
             }
         }
 
         struct Uninstall: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Remove the apt configuration that runs the hook.")
 
-            @Option(help: ArgumentHelp("The file 'install' wrote.", valueName: "file"))
-            var file: String = AptHookCommand.confFile
-
-            @Option(help: ArgumentHelp("The dpkg file 'install' wrote.", valueName: "file"))
-            var dpkgFile: String = AptHookCommand.dpkgConfFile
+            @OptionGroup var files: ConfigurationFiles
 
             func run() throws {
-                for path in [file, dpkgFile] where unlink(path) != 0 && errno != ENOENT {
+                for path in [files.file, files.dpkgFile] where unlink(path) != 0 && errno != ENOENT {
                     throw CommandFailure("\(path): cannot remove: \(Errno.current)")
                 }
-                print("removed the apt hook (\(file), \(dpkgFile)); overlay:apt stays until a policy or the daemon's start-up retires it")
+                print("removed the apt hook (\(files.file), \(files.dpkgFile)); overlay:apt stays until a policy or the daemon's start-up retires it")
             }
         }
 
