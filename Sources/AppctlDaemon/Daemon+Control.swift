@@ -38,14 +38,17 @@ extension Daemon: DaemonControl {
         }
         let (table, revoked) = policy.setOverlays(overlays)
         if revoked { kernelCache.flush(reason: "overlay entries retired") }
-        facts.rebuildInterpreters(declared: policy.declaredInterpreters, overlayPrograms: table.programs)
+        // Interpreters are hashed again only when the overlays' interpreters changed (hashing every configured
+        // interpreter costs ~150 ms with node; a 10k-entry reload took 196 ms instead of 27 with it each time).
+        facts.rebuildInterpretersIfOverlayChanged(declared: policy.declaredInterpreters, overlayPrograms: table.programs)
         // The apt hook reads the labels after "not trusted: " (at most 64; "…" when there are more).
         let untrusted = table.untrustedPackages
         let summary = "mode \(policy.mode.rawValue); overlays: \(table.trustedPackages) packages trusted (\(table.digestCount) digests)"
             + (revoked ? "; entries retired, kernel cache flushed" : "")
             + (untrusted.isEmpty ? "" : "; \(untrusted.count) not trusted by the policy's apt-source lines; not trusted: "
                 + untrusted.prefix(64).joined(separator: " ") + (untrusted.count > 64 ? " …" : ""))
-        Self.log("appctl: \(reason): \(summary)")
+        // Nothing to say at a start without overlays (stderr carries what an admin must read).
+        if !(reason == "start-up" && overlays.allSatisfy({ $0.packages.isEmpty && $0.windows.isEmpty })) { Self.log("appctl: \(reason): \(summary)") }
         return .success(summary)
     }
 

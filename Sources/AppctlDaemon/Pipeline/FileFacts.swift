@@ -40,6 +40,17 @@ final class KernelFileFacts: FileFacts {
         interpreters = Mutex(InterpreterRule(configured: []))
     }
 
+    /// The overlay programs that are interpreters, as of the last rebuild.
+    private let lastOverlayInterpreters = Mutex<Set<String>>([])
+
+    /// After an overlay reload: rebuilds the rule (hashing every configured interpreter, ~150 ms with node) only
+    /// when the overlays' interpreters changed.
+    func rebuildInterpretersIfOverlayChanged(declared: [DeclaredInterpreter], overlayPrograms: [(digest: SHA256Digest, path: String)]) {
+        let now = Set(InterpreterRule.interpreterPrograms(overlayPrograms, configured: configuredInterpreters).map { "\($0.digest) \($0.path)" })
+        guard lastOverlayInterpreters.withLock({ $0 != now }) else { return }
+        rebuildInterpreters(declared: declared, overlayPrograms: overlayPrograms)
+    }
+
     /// Builds the rule if nothing built it yet (no policy at start-up).
     func buildInterpretersIfNeeded() {
         if !built.load(ordering: .relaxed) { rebuildInterpreters(declared: []) }
@@ -48,7 +59,9 @@ final class KernelFileFacts: FileFacts {
     /// Re-reads the configured interpreters and takes the policy's declared ones (off the event thread: it opens
     /// and hashes files).
     func rebuildInterpreters(declared: [DeclaredInterpreter], overlayPrograms: [(digest: SHA256Digest, path: String)] = []) {
-        let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared, overlayPrograms: overlayPrograms)
+        let overlayInterpreters = InterpreterRule.interpreterPrograms(overlayPrograms, configured: configuredInterpreters)
+        lastOverlayInterpreters.withLock { $0 = Set(overlayInterpreters.map { "\($0.digest) \($0.path)" }) }
+        let rebuilt = InterpreterRule(configured: configuredInterpreters, declared: declared, overlayPrograms: overlayInterpreters)
         interpreters.withLock { $0 = rebuilt }
         built.store(true, ordering: .relaxed)
     }

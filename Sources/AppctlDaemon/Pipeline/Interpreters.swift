@@ -53,10 +53,8 @@ struct InterpreterRule: Sendable {
                 fd.close()
             }
         }
-        let stems = Set(configured.map { Self.stem(of: String($0.split(separator: "/").last ?? "")) })
-        for program in overlayPrograms {
+        for program in Self.interpreterPrograms(overlayPrograms, configured: configured) {
             let name = String(program.path.split(separator: "/").last ?? "")
-            guard stems.contains(Self.stem(of: name)) else { continue }
             let family = InterpreterFamily(executableName: name)
             digests[program.digest] = merge(digests[program.digest] ?? family, family)
         }
@@ -70,6 +68,12 @@ struct InterpreterRule: Sendable {
         self.paths = paths
         self.digests = digests
         self.files = files
+    }
+
+    /// The overlay programs whose name is a configured interpreter's, version digits aside.
+    static func interpreterPrograms(_ programs: [(digest: SHA256Digest, path: String)], configured: [String]) -> [(digest: SHA256Digest, path: String)] {
+        let stems = Set(configured.map { stem(of: String($0.split(separator: "/").last ?? "")) })
+        return programs.filter { stems.contains(stem(of: String($0.path.split(separator: "/").last ?? ""))) }
     }
 
     /// A program name without the version it carries: `python3.11` → `python`, `lua5.4` → `lua`, `guile-3.0` →
