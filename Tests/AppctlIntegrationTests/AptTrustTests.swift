@@ -73,7 +73,7 @@ struct AptTrustTests {
     }
 
     /// A `.deb` built here by dpkg-deb: signed by nobody, in no index.
-    static func buildLocalPackage(in dir: TemporaryDirectory) throws -> String {
+    public static func buildLocalPackage(in dir: TemporaryDirectory) throws -> String {
         let root = dir.file("pkg")
         try FileManager.default.createDirectory(atPath: root + "/DEBIAN", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: root + "/usr/local/bin", withIntermediateDirectories: true)

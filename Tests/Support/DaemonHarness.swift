@@ -42,6 +42,13 @@ public final class DaemonHarness: @unchecked Sendable {
         mounts.append(path)
     }
 
+    /// Mounts proc at `path` (a chroot's /proc), unmounted by `stop()` before what it is mounted on.
+    public func mountProc(at path: String) throws {
+        let r = try run("/bin/mount", ["-t", "proc", "proc", path])
+        guard r.status == 0 else { throw HarnessError("mount proc at \(path): \(r.stderr)") }
+        mounts.append(path)
+    }
+
     /// Makes a filesystem of `type` in an image file of this test's directory and loop-mounts it at `path`
     /// (unmounted by `stop()`, the loop device freed with it).
     public func mountImage(type: String, at path: String, sizeMiB: Int = 128) throws {
