@@ -313,12 +313,10 @@ public func raiseDescriptorLimit() {
 
 extension FileDescriptor {
     /// `flock(LOCK_EX)`, or `LOCK_EX | LOCK_NB` when `wait` is false (then `EWOULDBLOCK` says someone holds it).
-    /// Released by `unlock()` or when the descriptor closes.
+    /// Released when the descriptor closes.
     public func lockExclusively(wait: Bool) throws(Errno) {
         _ = try retryingOnInterrupt { flock(rawValue, LOCK_EX | (wait ? 0 : LOCK_NB)) }
     }
-
-    public func unlock() { _ = flock(rawValue, LOCK_UN) }
 
     /// Whether some process holds a POSIX record lock on the file (`F_GETLK`): how dpkg marks its database as
     /// in use (`/var/lib/dpkg/lock`), which a reader must not mistake for a finished transaction.

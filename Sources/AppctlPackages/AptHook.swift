@@ -189,7 +189,11 @@ public enum AptHook {
         }
         let files = derived.reduce(0) { $0 + $1.files.count }
         outcome.say("trusted \(derived.count) verified packages (\(files) executable files) in overlay:apt" + (untrusted.isEmpty ? "" : "; \(untrusted.count) not trusted"))
-        notifyDaemon(settings: settings, mode: mode, expecting: derived.map(\.label), outcome: &outcome)
+        switch notifyDaemon(settings: settings, expecting: derived.map(\.label), outcome: &outcome) {
+        case .tookIt: break
+        case .notRunning: outcome.say("the daemon is not running; it loads the overlay when it starts")
+        case .failed(let why): daemonDidNotAnswer(why, mode: mode, outcome: &outcome)
+        }
         return outcome
     }
 
@@ -283,10 +287,11 @@ public enum AptHook {
             outcome.say("cannot reconcile the apt overlay with dpkg's database: \(error.description)")
         }
         for line in unexplainedContent(settings: settings) { outcome.say(line) }
-        if (try? linkStatus(settings.store.path(of: "apt"))) != nil {
-            notifyDaemon(settings: settings, mode: settings.configuredMode, expecting: [], outcome: &outcome, quietWhenNotRunning: true)
+        // dpkg has run: whatever the daemon says, apt is not stopped now (failing would only hide the message).
+        if (try? linkStatus(settings.store.path(of: "apt"))) != nil,
+           case .failed(let why) = notifyDaemon(settings: settings, expecting: [], outcome: &outcome) {
+            outcome.say("the daemon did not take the updated overlay in (\(why)); it reads it at its next start or 'appctl overlay-reload'")
         }
-        outcome.proceed = true   // after dpkg ran, failing would only hide the message
         return outcome
     }
 
@@ -362,26 +367,24 @@ public enum AptHook {
         }
     }
 
+    enum DaemonAnswer { case tookIt, notRunning, failed(String) }
+
     /// Tells the daemon to take the overlay in, and checks that it trusts every package just derived (a daemon
-    /// enforcing a last-known-good policy without these apt-source lines would not). Not running: fine (it reads
-    /// overlays at start). Not answering in time, refusing, or not trusting them: apt stops in enforce mode (the
-    /// new programs would be denied half-way through dpkg) and goes on otherwise. Never waits longer than the bound.
-    static func notifyDaemon(settings: AptHookSettings, mode: Mode, expecting derived: [String], outcome: inout Outcome,
-                             quietWhenNotRunning: Bool = false) {
+    /// enforcing a last-known-good policy without these apt-source lines would not). Never waits longer than the
+    /// bound. What a failure means is the caller's: before dpkg it stops apt in enforce mode; after, it is reported.
+    static func notifyDaemon(settings: AptHookSettings, expecting derived: [String], outcome: inout Outcome) -> DaemonAnswer {
         switch request(.reloadOverlays, settings: settings) {
         case .failure(let failure) where failure.notRunning:
-            if !quietWhenNotRunning { outcome.say("the daemon is not running; it loads the overlay when it starts") }
+            return .notRunning
         case .failure(let failure):
-            daemonDidNotAnswer(failure.why, mode: mode, outcome: &outcome)
+            return .failed(failure.why)
         case .success(let reply) where !reply.ok:
-            daemonDidNotAnswer("it refused the overlay: \(reply.head)", mode: mode, outcome: &outcome)
+            return .failed("it refused the overlay: \(reply.head)")
         case .success(let reply):
             outcome.say("daemon: \(reply.head)")
             let notTrusted = Set(reply.head.suffix(after: "not trusted: ")?.split(separator: " ").map(String.init) ?? [])
             let missing = derived.filter { notTrusted.contains($0) || notTrusted.contains("…") }
-            if !missing.isEmpty {
-                daemonDidNotAnswer("the policy it enforces does not trust \(missing.prefix(8).joined(separator: " "))", mode: mode, outcome: &outcome)
-            }
+            return missing.isEmpty ? .tookIt : .failed("the policy it enforces does not trust \(missing.prefix(8).joined(separator: " "))")
         }
     }
 

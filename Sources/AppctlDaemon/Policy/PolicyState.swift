@@ -102,9 +102,6 @@ public final class PolicyState: Sendable {
 
     public var overlayTable: OverlayTable { current.withLock { $0.overlayTable } }
 
-    /// The overlays as last read (the maintenance recorder adds to them).
-    public var overlays: [Overlay] { current.withLock { $0.overlays } }
-
     /// Asked when a digest is unknown while a maintenance window is open: the window's close-write notices still
     /// queued are taken in first (a program written and run at once must not lose that race). Returns whether
     /// anything was added. Set once at start-up.
