@@ -11,16 +11,43 @@ struct MaintenanceWindowTests {
         #expect(isRoot, "root-only tests running without root (CI=true): run tools/test as root")
     }
 
-    @Test func aWindowTrustsItsOwnWritesOnlyAndClosesWithItsCommand() throws {
-        let h = try DaemonHarness(); defer { h.stop() }
+    /// A daemon enforcing on the harness's tmpfs under a policy whose maintenance line allows `<mount>/opt` for at
+    /// most 600 s; returns that directory.
+    static func startWithMaintenance(_ h: DaemonHarness, allows: [AllowEntry] = [], unverified: UnverifiedPackages? = nil) throws -> String {
         let opt = h.mount + "/opt"
         try FileManager.default.createDirectory(atPath: opt, withIntermediateDirectories: true)
         var header = PolicyHeader(serial: 10, issued: .now, keyID: h.keys.publicKey.keyID)
         header.maintenance = MaintenanceRule(maximumSeconds: 600, paths: [opt])
+        header.aptUnverified = unverified
+        try PolicyWriter.write(path: h.policyPath, header: header, allows: allows, denies: [], signingKey: h.keys.privateKey)
+        try h.start(mode: "enforce")
+        return opt
+    }
+
+    /// A window started in the background, running `command`; returns the process and, once the window is open,
+    /// the command's pid (killed by the caller with the window's process: neither is waited for, see below).
+    static func openWindow(_ h: DaemonHarness, opt: String, seconds: String, _ command: [String]) throws -> (Process, [Int32]) {
+        let window = Process()
+        window.executableURL = URL(fileURLWithPath: appctlBinary)
+        window.arguments = ["maintenance", "start", "--for", seconds, "--reason", "background", "--path", opt, "--socket", h.socket, "--"] + command
+        window.standardOutput = FileHandle.nullDevice
+        try window.run()
+        #expect(try h.waitUntil(30) { try appctl("maintenance", "status", "--socket", h.socket).stdout.contains("open until") })
+        let children = (try? String(contentsOfFile: "/proc/\(window.processIdentifier)/task/\(window.processIdentifier)/children", encoding: .utf8)) ?? ""
+        return (window, children.split(separator: " ").compactMap { Int32($0) })
+    }
+
+    /// Not waited for: Foundation may leave a killed child a zombie for a while (the daemon counts zombies as ended).
+    static func stop(_ window: (Process, [Int32])) {
+        kill(window.0.processIdentifier, SIGKILL)
+        for child in window.1 { kill(child, SIGKILL) }
+    }
+
+    @Test func aWindowTrustsItsOwnWritesOnlyAndClosesWithItsCommand() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
         let known = AllowEntry(digest: try h.digest(h.mount + "/known"), size: UInt64(try linkStatus(h.mount + "/known").st_size), kind: .elfExec,
                                origin: .manual, path: Array((h.mount + "/known").utf8))
-        try PolicyWriter.write(path: h.policyPath, header: header, allows: [known], denies: [], signingKey: h.keys.privateKey)
-        try h.start(mode: "enforce")
+        let opt = try Self.startWithMaintenance(h, allows: [known])
 
         // Refusals first: longer than the policy allows, a path outside it.
         let tooLong = try appctl("maintenance", "start", "--for", "2h", "--reason", "too long", "--path", opt, "--socket", h.socket, "--", "/bin/true")
@@ -80,12 +107,7 @@ struct MaintenanceWindowTests {
     /// holds open for writing is not trusted however its mode reads; a window whose process dies closes.
     @Test func aWindowTrustsNoFileAnotherProcessCanStillWriteAndDiesWithItsProcess() throws {
         let h = try DaemonHarness(); defer { h.stop() }
-        let opt = h.mount + "/opt"
-        try FileManager.default.createDirectory(atPath: opt, withIntermediateDirectories: true)
-        var header = PolicyHeader(serial: 10, issued: .now, keyID: h.keys.publicKey.keyID)
-        header.maintenance = MaintenanceRule(maximumSeconds: 600, paths: [opt])
-        try PolicyWriter.write(path: h.policyPath, header: header, allows: [], denies: [], signingKey: h.keys.privateKey)
-        try h.start(mode: "enforce")
+        let opt = try Self.startWithMaintenance(h)
 
         // Another pid than the asking process's: refused.
         let fd = try connectUnix(h.socket)
@@ -115,18 +137,48 @@ struct MaintenanceWindowTests {
         #expect(try h.exec(copy) == 126, "content another process could have written is not trusted")
 
         // The window's process is killed: the window closes with it (the daemon watches its pid).
-        let window = Process()
-        window.executableURL = URL(fileURLWithPath: appctlBinary)
-        window.arguments = ["maintenance", "start", "--for", "5m", "--reason", "killed", "--path", opt, "--socket", h.socket, "--", "/bin/sleep", "600"]
-        window.standardOutput = FileHandle.nullDevice
-        try window.run()
-        #expect(try h.waitUntil(30) { try appctl("maintenance", "status", "--socket", h.socket).stdout.contains("open until") })
-        let children = (try? String(contentsOfFile: "/proc/\(window.processIdentifier)/task/\(window.processIdentifier)/children", encoding: .utf8)) ?? ""
-        // Not waited for here: Foundation may leave it a zombie for a while, which the daemon counts as ended.
-        kill(window.processIdentifier, SIGKILL)
-        for child in children.split(separator: " ").compactMap({ Int32($0) }) { kill(child, SIGKILL) }
+        let window = try Self.openWindow(h, opt: opt, seconds: "5m", ["/bin/sleep", "600"])
+        Self.stop(window)
         #expect(try h.waitUntil(30) { try appctl("maintenance", "status", "--socket", h.socket).stdout.contains("no maintenance window is open") },
                 "a window whose process died is closed")
-        #expect(h.waitUntil(30) { h.daemonLog.contains("its process (pid \(window.processIdentifier)) ended") }, "\(h.daemonLog)")
+        #expect(h.waitUntil(30) { h.daemonLog.contains("its process (pid \(window.0.processIdentifier)) ended") }, "\(h.daemonLog)")
+    }
+
+    /// README claims checked: a window closes at its deadline and when the daemon restarts (what it wrote keeps its
+    /// trust only as long as the record says); `apt-unverified maintenance` lets dpkg through inside a window only.
+    @Test func aWindowClosesAtItsDeadlineAndOnRestartAndUnverifiedPackagesNeedOne() throws {
+        let h = try DaemonHarness(); defer { h.stop() }
+        let opt = try Self.startWithMaintenance(h, unverified: .maintenance)
+
+        // apt-unverified maintenance, through dpkg's pre-invoke hook: refused outside a window, let through inside.
+        try "mode = enforce\npolicy = \(h.policyPath)\nkey = \(h.keys.publicPath)\nsocket = \(h.socket)\nstate-dir = \(h.stateDir)\n"
+            .write(toFile: h.dir.file("hook.conf"), atomically: false, encoding: .utf8)
+        let hook = [AptTrustTests.hookBinary, "dpkg-pre-invoke", "--config", h.dir.file("hook.conf")]
+        let outside = try run(hook[0], Array(hook.dropFirst()), environment: ["DPKG_HOOK_ACTION": "install", "PATH": "/usr/bin:/bin"])
+        #expect(outside.status == 1 && outside.stderr.contains("outside a maintenance window"), "\(outside.stderr)")
+        let inside = try run(appctlBinary, ["maintenance", "start", "--for", "5m", "--reason", "local package", "--path", opt, "--socket", h.socket, "--",
+                                 "/usr/bin/env", "DPKG_HOOK_ACTION=install"] + hook)
+        #expect(inside.status == 0 && inside.stderr.contains("inside a maintenance window"), "\(inside.stdout) \(inside.stderr)")
+
+        // The deadline.
+        let short = try Self.openWindow(h, opt: opt, seconds: "2s", ["/bin/sleep", "600"])
+        defer { Self.stop(short) }
+        #expect(try h.waitUntil(30) { try appctl("maintenance", "status", "--socket", h.socket).stdout.contains("no maintenance window is open") })
+        #expect(h.waitUntil(30) { h.daemonLog.contains("closed (its time ran out)") }, "\(h.daemonLog)")
+
+        // A restart: the window that was open is closed, and its record's end is the restart, not its deadline.
+        let tag = "restart-\(UUID().uuidString)"
+        let long = try Self.openWindow(h, opt: opt, seconds: "5m",
+                                       ["/bin/sh", "-c", "{ cat /usr/bin/true; printf '\(tag)'; } > \(opt)/written; chmod 755 \(opt)/written; exec sleep 600"])
+        defer { Self.stop(long) }
+        #expect(try h.waitUntil(30) { try appctl("maintenance", "status", "--socket", h.socket).stdout.contains(" 1 files trusted so far") })
+        #expect(h.signalDaemon(SIGTERM) == 0)
+        try h.start(mode: "enforce")
+        #expect(try appctl("maintenance", "status", "--socket", h.socket).stdout.contains("no maintenance window is open"))
+        #expect(h.daemonLog.contains("a maintenance window open when the daemon stopped is closed as of now"), "\(h.daemonLog)")
+        let overlay = try Overlay.load(path: h.stateDir + "/overlays/maintenance.overlay", directory: h.stateDir + "/overlays")
+        let record = try #require(overlay.windows.last)
+        #expect(record.closed <= .now && record.closed.secondsSinceEpoch < record.opened.secondsSinceEpoch + 300, "closed at the restart: \(record)")
+        #expect(try h.exec(opt + "/written") == 0, "what it wrote before the restart keeps its trust")
     }
 }
