@@ -30,13 +30,17 @@ let package = Package(
         .target(name: "AppctlPackages", dependencies: ["AppctlCore", "AppctlKernel"]),
         // libarchive (Debian's libarchive-dev), for the apt hook's program only.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        // libcurl, loaded with dlopen by `appctl sync` only (the daemon shares the binary and never maps it).
+        .target(name: "_AppctlHTTP", linkerSettings: [.linkedLibrary("dl")]),
+        // Fleet distribution: signed bundles (a timestamp over content-addressed policy files), publish, sync.
+        .target(name: "AppctlFleet", dependencies: ["AppctlCore", "AppctlKernel", "_AppctlHTTP"]),
         // The enforcement daemon: a composition root over the event pipeline (Sources/README.md).
         .target(name: "AppctlDaemon", dependencies: ["AppctlCore", "AppctlKernel", "AppctlPackages"]),
         .executableTarget(name: "AppctlAptHook", dependencies: ["AppctlPackages", "AppctlDaemon", "AppctlCore", "AppctlKernel", "CArchive"]),
         .executableTarget(
             name: "appctl",
             dependencies: [
-                "AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel",
+                "AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlFleet", "AppctlCore", "AppctlKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -44,9 +48,9 @@ let package = Package(
         .target(name: "AppctlTestSupport", dependencies: ["AppctlCore", "AppctlKernel"], path: "Tests/Support"),
         .testTarget(name: "AppctlCoreTests", dependencies: ["AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         // Without root: learn, config, the CLI, hashing, and the daemon's decision ladder with a fake kernel.
-        .testTarget(name: "AppctlUnitTests", dependencies: ["AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        .testTarget(name: "AppctlUnitTests", dependencies: ["AppctlLearn", "AppctlDaemon", "AppctlPackages", "AppctlFleet", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
         // Real-kernel tests of the daemon: root, fanotify, tmpfs mounts of their own.
-        .testTarget(name: "AppctlIntegrationTests", dependencies: ["AppctlDaemon", "AppctlPackages", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
+        .testTarget(name: "AppctlIntegrationTests", dependencies: ["AppctlDaemon", "AppctlPackages", "AppctlFleet", "AppctlCore", "AppctlKernel", "AppctlTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

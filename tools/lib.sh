@@ -27,7 +27,8 @@ ensure_packages() {
 
 ensure_build_dependencies() {
   # libarchive-dev: the apt hook's program reads dpkg-deb's tar streams with it.
-  ensure_packages libssl-dev libseccomp-dev libarchive-dev pkg-config
+  # libcurl4-openssl-dev: the headers `appctl sync` is built against (it loads libcurl.so.4 at run time).
+  ensure_packages libssl-dev libseccomp-dev libarchive-dev libcurl4-openssl-dev pkg-config
   command -v swift >/dev/null || { echo "swift not found (expected in /opt/swift/usr/bin)" >&2; exit 1; }
 }
 

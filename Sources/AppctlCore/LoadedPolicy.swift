@@ -70,6 +70,13 @@ public struct VerityIndex: Sendable {
 
     public var count: Int { pairs.count }
 
+    /// Every pair of each index (composing policy layers); a verity digest the layers pair with different content is
+    /// dropped, as within one policy.
+    public static func union(_ indexes: [VerityIndex]) -> VerityIndex {
+        var all = indexes.flatMap(\.pairs)
+        return VerityIndex(sortingInPlace: &all)
+    }
+
     /// The content digest the policy pairs with this fs-verity digest, if any.
     public func contentDigest(forVerity digest: SHA256Digest) -> SHA256Digest? {
         pairs.withUnsafeBufferPointer { buf in binarySearch(buf, for: digest, by: \.verity).map { buf[$0].content } }
@@ -92,6 +99,11 @@ public struct SizeFilter: Sendable {
     public mutating func insert(_ size: UInt64) {
         let i = Self.index(size)
         words[i >> 6] |= 1 << UInt64(i & 63)
+    }
+
+    /// Every size either filter may contain (composing policy layers).
+    public mutating func formUnion(_ other: SizeFilter) {
+        for i in words.indices { words[i] |= other.words[i] }
     }
 
     public func mayContain(_ size: UInt64) -> Bool {
@@ -123,6 +135,10 @@ public struct LoadedPolicy: Sendable {
     /// The allow entries learn recognised as interpreters (format version 3): every host treats these programs as
     /// interpreters, by content and at their path.
     public var interpreters: [DeclaredInterpreter] = []
+    /// The layers this policy was composed of (base first), each as its header and file; empty for a single file.
+    public var layers: [PolicyLayer] = []
+    /// Of each allow entry's kind, how many the file holds (a supplement's delegation may limit them).
+    public var kindCounts: [FileKind: Int] = [:]
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
@@ -145,6 +161,7 @@ public struct LoadedPolicy: Sendable {
         var sizes = SizeFilter()
         var verityPairs: [VerityPair] = []
         var interpreters: [DeclaredInterpreter] = []
+        var kindTally = [0, 0, 0, 0]   // by FileKind.ordinal: a dictionary update per line costs ~20 ms at 1M entries
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
@@ -154,6 +171,7 @@ public struct LoadedPolicy: Sendable {
             onAllow: { line in
                 allows.append(line.digest)
                 sizes.insert(line.size)
+                kindTally[line.kind.ordinal] += 1
                 if let verity = line.verity { verityPairs.append(VerityPair(verity: verity, content: line.digest)) }
                 if let kind = line.interpreter {
                     interpreters.append(DeclaredInterpreter(digest: line.digest, kind: kind,
@@ -167,6 +185,7 @@ public struct LoadedPolicy: Sendable {
         policy.allowedSizes = sizes
         policy.verity = VerityIndex(sortingInPlace: &verityPairs)
         policy.interpreters = interpreters
+        for kind in FileKind.allCases where kindTally[kind.ordinal] > 0 { policy.kindCounts[kind] = kindTally[kind.ordinal] }
         return policy
     }
 

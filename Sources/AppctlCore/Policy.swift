@@ -12,6 +12,16 @@ public enum FileKind: String, CaseIterable, Sendable, Comparable {
     case otherExec = "other-exec"
 
     public static func < (a: FileKind, b: FileKind) -> Bool { a.rawValue < b.rawValue }
+
+    /// 0 to 3, for tallies kept in a small array.
+    public var ordinal: Int {
+        switch self {
+        case .elfExec: 0
+        case .elfLib: 1
+        case .script: 2
+        case .otherExec: 3
+        }
+    }
 }
 
 /// Where an allow entry came from.
@@ -109,12 +119,13 @@ public struct PolicyHeader: Hashable, Sendable {
     /// Version 1; version 2 adds the optional fs-verity field to allow entries. Writers use 1 whenever
     /// no entry has that field, so such policies stay readable by every appctl.
     public static let formatVersion = 1
-    public static let newestFormatVersion = 4
+    public static let newestFormatVersion = 5
 
-    /// Version 4 carries the trust-source header lines (`apt-source`, `maintenance`); it is used exactly when a
-    /// header has one, whatever the entries need.
+    /// Version 5 carries the layer header lines (`name`, `supplement-of`, `delegate`, `shrink`); version 4 the
+    /// trust-source lines (`apt-source`, `maintenance`). Each is used exactly when a header has such a line,
+    /// whatever the entries need.
     public static func formatVersion(for allows: some Sequence<AllowEntry>, header: PolicyHeader) -> Int {
-        header.declaresLocalTrust ? 4 : formatVersion(for: allows)
+        header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : formatVersion(for: allows)
     }
 
     /// The version a policy with these entries is written in: the lowest that can hold them (one spelling per
@@ -136,6 +147,10 @@ public struct PolicyHeader: Hashable, Sendable {
     public var expires: Timestamp?
     /// The signing key's id (16 hex digits). Nil in an unsigned inventory.
     public var keyID: String?
+    /// The layer's name (format version 5): hosts keep one anti-rollback serial per name. Nil: a single policy file.
+    public var name: String?
+    /// The base layer this one supplements (format version 5); nil for a base.
+    public var supplementOf: String?
     /// Hostname globs this policy is meant for; empty means every host.
     public var scope: [String]
     /// Free text, escaped form.
@@ -145,6 +160,11 @@ public struct PolicyHeader: Hashable, Sendable {
     public var aptSources: [AptSourceRule] = []
     /// Whether and how this host may open maintenance windows (format version 4). Nil: it may not.
     public var maintenance: MaintenanceRule?
+    /// The keys that may sign supplements of this base, and their limits (format version 5), sorted by name.
+    public var delegations: [Delegation] = []
+    /// The signer says this policy may drop most of the entries of the one before it (format version 5); without
+    /// it hosts refuse such a policy (the shrink guard: an emptied file is far likelier a mistake than a decision).
+    public var shrinkPermitted = false
     /// What the apt hook does with packages nothing vouches for (format version 4); nil: by mode.
     public var aptUnverified: UnverifiedPackages?
     public var allowCount: Int
@@ -152,6 +172,8 @@ public struct PolicyHeader: Hashable, Sendable {
 
     /// Whether the header names any local trust source (so the file is format version 4).
     public var declaresLocalTrust: Bool { !aptSources.isEmpty || maintenance != nil || aptUnverified != nil }
+    /// Whether the header has a layer line (so the file is format version 5).
+    public var declaresLayer: Bool { name != nil || supplementOf != nil || !delegations.isEmpty || shrinkPermitted }
 
     public init(serial: UInt64? = nil, issued: Timestamp, expires: Timestamp? = nil, keyID: String? = nil,
                 scope: [String] = [], description: String? = nil, allowCount: Int = 0, denyCount: Int = 0) {
@@ -438,4 +460,91 @@ public func isNormalisedAbsolute(_ path: String) -> Bool {
     guard path.hasPrefix("/"), path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: ":") && $0 != UInt8(ascii: "%") }) else { return false }
     if path == "/" { return true }
     return !path.hasSuffix("/") && path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+}
+
+
+/// A layer name (format version 5): 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit. Also a file name
+/// in a policy directory (`<name>.policy`), so nothing that could be a path.
+public func isValidLayerName(_ name: String) -> Bool {
+    let bytes = Array(name.utf8)
+    guard (1...64).contains(bytes.count), let first = bytes.first, isLowerAlnum(first) else { return false }
+    return bytes.allSatisfy { isLowerAlnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
+}
+
+private func isLowerAlnum(_ b: UInt8) -> Bool { (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) }
+
+/// One `delegate` header line of a base (format version 5): the key that may sign the supplement called `name`,
+/// and the limits of what that supplement may add. The full public key is written, not its 16-digit id: a 64-bit
+/// id is what an attacker would have to match to pass as the delegate, and a trust anchor deserves the whole key.
+/// Canonical: `name=<name>,key=<64 lowercase hex>[,max-entries=<n>][,kinds=<kind>:<kind>…][,max-valid=<seconds>s]`.
+public struct Delegation: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var name: String
+    public var publicKey: Ed25519PublicKey
+    /// The most allow entries the supplement may carry; nil: no limit.
+    public var maximumEntries: Int?
+    /// The kinds its entries may have, sorted; empty: any.
+    public var kinds: [FileKind]
+    /// The longest validity (expires − issued) it may claim; nil: no limit (and no expiry needed).
+    public var maximumValiditySeconds: UInt64?
+
+    public init(name: String, publicKey: Ed25519PublicKey, maximumEntries: Int? = nil, kinds: [FileKind] = [], maximumValiditySeconds: UInt64? = nil) {
+        self.name = name; self.publicKey = publicKey; self.maximumEntries = maximumEntries
+        self.kinds = Array(Set(kinds)).sorted(); self.maximumValiditySeconds = maximumValiditySeconds
+    }
+
+    /// Parses a spec. `canonical` refuses every other spelling (the reader of signed files). `resolveKey` turns a
+    /// `key=` value that is not 64 hex digits into a key (the command line reads a PEM file there).
+    public init(spec: String, canonical: Bool, resolveKey: (String) throws(SpecError) -> Ed25519PublicKey = { value throws(SpecError) in
+        throw SpecError("key= must be the delegate's public key as 64 lowercase hex digits, got '\(value)'")
+    }) throws(SpecError) {
+        var name: String?, key: Ed25519PublicKey?, maximumEntries: Int?, kinds: [FileKind] = [], maximumValidity: UInt64?
+        let fields = try specFields(spec), keys = fields.map(\.key)
+        for (field, value) in fields {
+            switch field {
+            case "name":
+                guard isValidLayerName(value) else { throw SpecError("name= must be 1 to 64 of a-z 0-9 . _ - (starting with a letter or digit), got '\(value)'") }
+                name = value
+            case "key":
+                if value.utf8.count == 64, let raw = Hex.decode(value.utf8) {
+                    key = Ed25519PublicKey(raw: raw)
+                } else {
+                    if canonical { throw SpecError("key= must be 64 lowercase hex digits") }
+                    key = try resolveKey(value)
+                }
+            case "max-entries":
+                guard let n = Int(value), n >= 0, n <= 100_000_000, String(n) == value else { throw SpecError("max-entries= must be a count, got '\(value)'") }
+                maximumEntries = n
+            case "kinds":
+                for word in value.split(separator: ":", omittingEmptySubsequences: false) {
+                    guard let kind = FileKind(rawValue: String(word)) else {
+                        throw SpecError("kinds= takes kinds separated by ':' (\(FileKind.allCases.map(\.rawValue).joined(separator: ", "))), got '\(word)'")
+                    }
+                    kinds.append(kind)
+                }
+                if canonical && kinds != Array(Set(kinds)).sorted() { throw SpecError("kinds= must be sorted and without repeats") }
+            case "max-valid":
+                guard let seconds = parseDuration(value), seconds > 0 else { throw SpecError("max-valid= must be a duration such as 12h or 30d, got '\(value)'") }
+                if canonical && value != "\(seconds)s" { throw SpecError("max-valid= must be written in seconds, as \(seconds)s") }
+                maximumValidity = seconds
+            default:
+                throw SpecError("unknown field '\(field)=' (name, key, max-entries, kinds, max-valid)")
+            }
+        }
+        guard let name else { throw SpecError("name= is required") }
+        guard let key else { throw SpecError("key= is required") }
+        if canonical && keys != ["name", "key", "max-entries", "kinds", "max-valid"].filter(keys.contains) {
+            throw SpecError("fields must come in the order name, key, max-entries, kinds, max-valid")
+        }
+        self.init(name: name, publicKey: key, maximumEntries: maximumEntries, kinds: kinds, maximumValiditySeconds: maximumValidity)
+    }
+
+    public var description: String {
+        var s = "name=\(name),key=\(Hex.encode(publicKey.raw))"
+        if let maximumEntries { s += ",max-entries=\(maximumEntries)" }
+        if !kinds.isEmpty { s += ",kinds=" + kinds.map(\.rawValue).joined(separator: ":") }
+        if let maximumValiditySeconds { s += ",max-valid=\(maximumValiditySeconds)s" }
+        return s
+    }
+
+    public static func < (a: Delegation, b: Delegation) -> Bool { a.description.utf8.lexicographicallyPrecedes(b.description.utf8) }
 }

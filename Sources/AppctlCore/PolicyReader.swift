@@ -94,6 +94,10 @@ private struct Parser {
     var issued: Timestamp?
     var expires: Timestamp?
     var keyID: String?
+    var name: String?
+    var supplementOf: String?
+    var delegations: [Delegation] = []
+    var shrinkPermitted = false
     var scope: [String] = []
     var escapedDescription: String?
     var aptSources: [AptSourceRule] = []
@@ -203,18 +207,24 @@ private struct Parser {
         header.aptSources = aptSources
         header.maintenance = maintenance
         header.aptUnverified = aptUnverified
+        header.name = name
+        header.supplementOf = supplementOf
+        header.delegations = delegations
+        header.shrinkPermitted = shrinkPermitted
         header.version = version
         return header
     }
 
     /// The header keys in their only allowed order; `true` marks the required ones.
     static let headerKeys: [(String, Bool)] = [
-        ("serial", false), ("issued", true), ("expires", false), ("key-id", false),
-        ("scope", false), ("description", false), ("apt-source", false), ("apt-unverified", false), ("maintenance", false),
-        ("allow-count", true), ("deny-count", true),
+        ("serial", false), ("issued", true), ("expires", false), ("key-id", false), ("name", false), ("supplement-of", false),
+        ("scope", false), ("description", false), ("delegate", false), ("apt-source", false), ("apt-unverified", false), ("maintenance", false),
+        ("shrink", false), ("allow-count", true), ("deny-count", true),
     ]
     /// Header keys that may appear on several lines in a row (in canonical order).
-    static let repeatableHeaderKeys: Set<String> = ["apt-source"]
+    static let repeatableHeaderKeys: Set<String> = ["apt-source", "delegate"]
+    /// Header keys of format version 5 (layers).
+    static let layerHeaderKeys: Set<String> = ["name", "supplement-of", "delegate", "shrink"]
 
     mutating func handle(_ line: UnsafeBufferPointer<UInt8>) throws(PolicyError) {
         if lineNumber == 1 {
@@ -222,8 +232,9 @@ private struct Parser {
             if line.elementsEqual("appctl-policy 2".utf8) { version = 2; return }
             if line.elementsEqual("appctl-policy 3".utf8) { version = 3; return }
             if line.elementsEqual("appctl-policy 4".utf8) { version = 4; return }
+            if line.elementsEqual("appctl-policy 5".utf8) { version = 5; return }
             if line.starts(with: "appctl-policy ".utf8) {
-                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 4)")
+                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 5)")
             }
             throw fail(.notAPolicy, "not an appctl policy (the first line must be 'appctl-policy 1')")
         }
@@ -282,6 +293,9 @@ private struct Parser {
         if (key == "apt-source" || key == "apt-unverified" || key == "maintenance") && version < 4 {
             throw fail(.malformed, "'\(key)' needs format version 4 (this file says \(version))")
         }
+        if Self.layerHeaderKeys.contains(key) && version < 5 {
+            throw fail(.malformed, "'\(key)' needs format version 5 (this file says \(version))")
+        }
         switch key {
         case "serial":
             guard let v = parseDecimal(value), v > 0, v <= UInt64(Int64.max) else {
@@ -307,6 +321,23 @@ private struct Parser {
         case "description":
             guard PathEscaping.unescape(value, token: false) != nil else { throw fail(.malformed, "malformed escape in description") }
             escapedDescription = text(value)
+        case "name", "supplement-of":
+            guard isValidLayerName(text(value)) else {
+                throw fail(.malformed, "\(key) must be 1 to 64 of a-z 0-9 . _ - starting with a letter or digit, got '\(text(value))'")
+            }
+            if key == "name" { name = text(value) } else {
+                guard name != nil else { throw fail(.malformed, "supplement-of needs a name line before it") }
+                supplementOf = text(value)
+            }
+        case "delegate":
+            let delegation: Delegation
+            do { delegation = try Delegation(spec: text(value), canonical: true) } catch { throw fail(.malformed, "delegate: \(error)") }
+            if let last = delegations.last, !(last < delegation) { throw fail(.outOfOrder, "delegate lines out of canonical order or repeated") }
+            if delegations.contains(where: { $0.name == delegation.name }) { throw fail(.malformed, "two delegate lines for the supplement '\(delegation.name)'") }
+            delegations.append(delegation)
+        case "shrink":
+            guard text(value) == "permitted" else { throw fail(.malformed, "shrink must be 'permitted', got '\(text(value))'") }
+            shrinkPermitted = true
         case "apt-source":
             let rule: AptSourceRule
             do { rule = try AptSourceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "apt-source: \(error)") }
@@ -322,6 +353,9 @@ private struct Parser {
         case "allow-count", "deny-count":
             if key == "allow-count" && version == 4 && aptSources.isEmpty && maintenance == nil && aptUnverified == nil {
                 throw fail(.malformed, "format version 4 but the header has no apt-source, apt-unverified or maintenance line (write it as version 3 or lower)")
+            }
+            if key == "allow-count" && version == 5 && name == nil && delegations.isEmpty && !shrinkPermitted {
+                throw fail(.malformed, "format version 5 but the header has no name, delegate or shrink line (write it as version 4 or lower)")
             }
             guard let v = parseDecimal(value), v <= 100_000_000 else {
                 throw fail(.malformed, "\(key) must be a count, got '\(text(value))'")

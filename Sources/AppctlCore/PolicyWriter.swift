@@ -61,9 +61,26 @@ public final class PolicyWriter {
         try line("issued \(header.issued)")
         if let expires = header.expires { try line("expires \(expires)") }
         if let keyID = header.keyID { try line("key-id \(keyID)") }
+        guard header.declaresLayer == (header.version >= 5) else {
+            throw PolicyError(.malformed, file: name, header.version >= 5 ? "format version 5 needs a name, delegate or shrink line"
+                                                                             : "name, supplement-of, delegate and shrink lines need format version 5")
+        }
+        if let layer = header.name { try line("name \(layer)") }
+        if let base = header.supplementOf {
+            guard header.name != nil else { throw PolicyError(.malformed, file: name, "a supplement needs a name") }
+            try line("supplement-of \(base)")
+        }
         if !header.scope.isEmpty { try line("scope \(header.scope.joined(separator: ","))") }
         if let description = header.escapedDescription, !description.isEmpty { try line("description \(description)") }
-        guard header.declaresLocalTrust == (header.version >= 4) else {
+        var previousDelegation: Delegation?
+        for delegation in header.delegations {
+            if let previousDelegation, !(previousDelegation < delegation) {
+                throw PolicyError(.outOfOrder, file: name, "delegate lines out of canonical order or repeated at \(delegation.name)")
+            }
+            previousDelegation = delegation
+            try line("delegate \(delegation)")
+        }
+        guard header.declaresLocalTrust == (header.version == 4) || header.version >= 5 else {
             throw PolicyError(.malformed, file: name, header.version >= 4 ? "format version 4 needs an apt-source, apt-unverified or maintenance line"
                                                                              : "apt-source, apt-unverified and maintenance lines need format version 4")
         }
@@ -77,6 +94,7 @@ public final class PolicyWriter {
         }
         if let unverified = header.aptUnverified { try line("apt-unverified \(unverified.rawValue)") }
         if let maintenance = header.maintenance { try line("maintenance \(maintenance)") }
+        if header.shrinkPermitted { try line("shrink permitted") }
         try line("allow-count \(header.allowCount)")
         try line("deny-count \(header.denyCount)")
     }

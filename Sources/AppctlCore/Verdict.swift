@@ -9,6 +9,8 @@ public struct Verdict: Equatable, Sendable {
     /// For an allow by digest: the trust layer whose entry allowed it (`base`, the signed policy, or
     /// `overlay:apt`); nil for every other verdict.
     public var allowedBy: String?
+    /// The candidate policy evaluated next to the one in force would deny this content (shadow evaluation).
+    public var candidateWouldDeny = false
 
     /// Which rule of the ladder decided (`Triage` names each). Written into no file format: for the reader of the
     /// code and of tests, and for status figures.
@@ -40,6 +42,7 @@ public struct Verdict: Equatable, Sendable {
         if !decision.allow { return .deny }
         if decision.wouldDeny { return .wouldDeny }
         if decision.record { return learnedNewFile ? .learned : nil }
+        if candidateWouldDeny { return .candidateWouldDeny }
         return logAllows && decision.reason != .ownProcess ? .allow : nil
     }
 }
@@ -48,6 +51,8 @@ public struct Verdict: Equatable, Sendable {
 public enum Outcome: String, Sendable {
     case deny
     case wouldDeny = "would-deny"
+    /// Allowed, but the candidate policy evaluated next to the one in force would deny it.
+    case candidateWouldDeny = "candidate-would-deny"
     case learned
     case allow
 

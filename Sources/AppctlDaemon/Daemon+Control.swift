@@ -10,17 +10,23 @@ import Glibc
 extension Daemon: DaemonControl {
     @discardableResult
     public func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal> {
-        guard let path = configuration.policyPath, let key = configuration.publicKeyPath else {
+        guard let path = configuration.policyDirectory ?? configuration.policyPath, let key = configuration.publicKeyPath else {
             return .failure(PolicyRefusal("no policy or key configured"))
         }
-        let result = policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
+        let result = configuration.policyDirectory != nil
+            ? policy.applyLayers(directory: path, keyPath: key, allowRollback: configuration.allowRollback)
+            : policy.apply(path: path, keyPath: key, allowRollback: configuration.allowRollback)
         if case .success = result {
+            // Also what makes a new candidate count from scratch: every program is decided (and evaluated) again.
             kernelCache.flush(reason: reason)
             releaseFreeHeapMemory()   // the previous policy's arrays and the reader's buffers
             policyApplied()
         }
         switch result {
-        case .success(let header): Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)")
+        case .success(let header):
+            let layers = policy.snapshot.layers
+            Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)"
+                + (layers.count > 1 ? "; layers " + layers.map { "\($0.name) \($0.header.serial!)" }.joined(separator: ", ") : ""))
         case .failure(let refusal): Self.log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
         }
         return result
@@ -152,6 +158,22 @@ extension Daemon: DaemonControl {
             ("policy_expired", .bool(s.policy?.expires.map { $0 <= .now } ?? false)),
             ("policy_allow_entries", .int(s.allowCount)),
             ("policy_deny_entries", .int(s.denyCount)),
+            ("policy_layers", .strings(s.layers.map { "\($0.name) \($0.header.serial!)" + ($0.isSupplement ? " (supplement, \($0.header.allowCount) allow)" : " (base)") })),
+            ("candidate_layers", .strings(s.candidateLayers.map { "\($0.name) \($0.header.serial!)" })),
+            ("candidate_error", .string(s.candidateError)),
+            ("candidate_would_deny_programs", .int(s.candidateWouldDenyPrograms)),
+        ]
+        // What `appctl sync` recorded of its last pass (the daemon itself never talks to the network).
+        let sync = syncStatus()
+        let now = Timestamp.now.secondsSinceEpoch
+        fields += [
+            ("sync_last_result", .string(sync["result"])),
+            ("sync_last_reason", .string(sync["reason"])),
+            ("sync_last_seconds_ago", sync["time"].flatMap { Int64($0) }.map { .int(Int(now - $0)) } ?? .string(nil)),
+            ("sync_ring", .string(sync["ring"])),
+            ("sync_timestamp_version", sync["timestamp_version"].flatMap { Int($0) }.map { .int($0) } ?? .string(nil)),
+            ("sync_timestamp_age_seconds", sync["timestamp_issued"].flatMap { Int64($0) }.map { .int(Int(now - $0)) } ?? .string(nil)),
+            ("sync_timestamp_expires_in_seconds", sync["timestamp_expires"].flatMap { Int64($0) }.map { .int(Int($0 - now)) } ?? .string(nil)),
             ("last_policy_error", .string(s.lastError)),
             ("learned_files", .int(learned.count)),
             ("policy_apt_sources", .strings(s.policy?.aptSources.map(\.description) ?? [])),
@@ -180,6 +202,17 @@ extension Daemon: DaemonControl {
         return StatusReport(ready: ready.load(ordering: .relaxed), fields: fields)
     }
 
+    /// `<state-dir>/sync/status`: `key value` lines written by `appctl sync` after each pass.
+    func syncStatus() -> [String: String] {
+        guard let bytes = try? readSmallFile(configuration.stateDirectory + "/sync/status", limit: 64 * 1024) else { return [:] }
+        var fields: [String: String] = [:]
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            guard let space = line.firstIndex(of: " ") else { continue }
+            fields[String(line[..<space])] = String(line[line.index(after: space)...])
+        }
+        return fields
+    }
+
     /// The Prometheus text exposition format, for node_exporter's textfile collector.
     public func metricsText() -> String {
         let s = policy.snapshot
@@ -189,6 +222,9 @@ extension Daemon: DaemonControl {
                 ("{quantile=\"0.99\"}", String((statistics.latencyQuantile(0.99) ?? 0) / 1e6)),
             ]),
             ("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))]),
+            ("policy_layer_serial", "Serial of each layer in force.", s.layers.map { ("{layer=\"\($0.name)\"}", String($0.header.serial!)) }),
+            ("candidate_would_deny_programs", "Distinct programs the candidate policy would deny that the policy in force allows.",
+             [("", String(s.candidateWouldDenyPrograms))]),
             ("overlay_digests", "Digests allowed by local overlays the signed policy's apt-source lines trust.", [("", String(policy.overlayTable.digestCount))]),
             ("policy_last_known_good", "1 when the configured policy was refused at start and a policy applied before is enforced.",
              [("", s.source == .configured ? "0" : "1")]),

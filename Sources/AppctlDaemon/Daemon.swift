@@ -115,7 +115,7 @@ public final class Daemon: Sendable {
     /// `status` says so (`policy_source`): a reboot after a policy expired, or a bad file pushed by a channel, must
     /// not leave the host open. Enforce mode refuses to start only when there is neither.
     public func loadInitialPolicy() throws(DaemonStartError) {
-        guard let path = configuration.policyPath, let keyPath = configuration.publicKeyPath else {
+        guard let path = configuration.policyDirectory ?? configuration.policyPath, let keyPath = configuration.publicKeyPath else {
             if policy.mode == .enforce { throw DaemonStartError(description: "refusing to start in enforce mode without a valid policy: no --policy and --key") }
             return
         }
@@ -127,7 +127,9 @@ public final class Daemon: Sendable {
         } else {
             refusal = PolicyRefusal("\(path): no such file")
         }
-        switch policy.applyLastKnownGood(keyPath: keyPath, because: refusal) {
+        let fallback = configuration.policyDirectory != nil ? policy.applyLastKnownGoodLayers(keyPath: keyPath, because: refusal)
+                                                            : policy.applyLastKnownGood(keyPath: keyPath, because: refusal)
+        switch fallback {
         case .success(let header):
             kernelCache.flush(reason: "last-known-good policy")
             policyApplied()

@@ -1,3 +1,4 @@
+import _AppctlShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -145,4 +146,23 @@ public func listDirectory(_ path: String) throws(Errno) -> [String] {
         if name != "." && name != ".." { names.append(name) }
     }
     return names
+}
+
+/// Swaps two paths in one step (`renameat2(RENAME_EXCHANGE)`): a directory of files is replaced by another with no
+/// moment at which a reader sees neither, or half of each. Both must exist, on one filesystem.
+public func exchangePaths(_ a: String, _ b: String) throws(Errno) {
+    _ = try retryingOnInterrupt { appctl_rename_exchange(a, b) }
+}
+
+/// `fsync` on a directory: a rename or exchange inside it survives a power cut once this returns.
+public func syncDirectory(_ path: String) throws(Errno) {
+    let fd = try FileDescriptor.open(path, [.readOnly, .directory])
+    defer { fd.close() }
+    try fd.sync()
+}
+
+/// Removes a directory of plain files (one level: what a sync stages), then the directory itself. Missing is fine.
+public func removeFlatDirectory(_ path: String) {
+    for name in (try? listDirectory(path)) ?? [] { unlink(path + "/" + name) }
+    rmdir(path)
 }

@@ -3,6 +3,8 @@
 
 #include <pthread.h>
 
+#include <stdio.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <errno.h>
@@ -357,6 +359,8 @@ int appctl_path_status_cached(const char *path, struct appctl_file_status *out) 
 }
 
 int appctl_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int appctl_rename_exchange(const char *a, const char *b) { return renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE); }
 
 int appctl_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 

@@ -63,7 +63,10 @@ extension Appctl {
         @Option(help: ArgumentHelp("The signed policy.", valueName: "file"))
         var policy: String?
 
-        @Option(help: ArgumentHelp("The public key the policy must be signed with.", valueName: "public-key"))
+        @Option(help: ArgumentHelp("A policy directory instead of one file: a base and its supplements, each a signed <name>.policy (what 'appctl sync' installs). Overrides --policy.", valueName: "dir"))
+        var policyDir: String?
+
+        @Option(help: ArgumentHelp("The public key the policy (with --policy-dir: the base layer) must be signed with.", valueName: "public-key"))
         var key: String?
 
         @Option(name: .customLong("path"), help: ArgumentHelp("Only mark the filesystems of this mount point and those mounted below it later (repeatable).", valueName: "mountpoint"))
@@ -102,7 +105,8 @@ extension Appctl {
                 }
             }
             if let mode { configuration.mode = mode }
-            if let policy { configuration.policyPath = policy }
+            if let policy { configuration.policyPath = policy; configuration.policyDirectory = nil }
+            if let policyDir { configuration.policyDirectory = policyDir }
             if let key { configuration.publicKeyPath = key }
             if !paths.isEmpty { configuration.paths = paths }
             if let events { configuration.eventsPath = events }

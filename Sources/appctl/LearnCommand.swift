@@ -32,6 +32,59 @@ struct SigningOptions: ParsableArguments {
                                valueName: "spec"))
     var maintenance: String?
 
+    @Option(help: ArgumentHelp("The layer's name (a policy directory holds <name>.policy files): hosts keep one anti-rollback serial per name. 1 to 64 of a-z 0-9 . _ -.", valueName: "name"))
+    var name: String?
+
+    @Option(name: .customLong("delegate"), help: ArgumentHelp(
+        "On a base: the key that may sign the supplement NAME, and its limits: name=NAME,key=PUBLIC-KEY-FILE[,max-entries=N][,kinds=elf-exec:script][,max-valid=30d]. key= also takes the key as 64 hex digits. The whole public key is signed into the base. Repeatable.",
+        valueName: "spec"))
+    var delegates: [String] = []
+
+    @Option(help: ArgumentHelp("Make this a supplement of the base layer BASE (needs --name): it may only add allow entries, and hosts verify it with the key BASE delegates for --name.", valueName: "base"))
+    var supplementOf: String?
+
+    @Flag(help: "Say in the signed header that this policy may drop most of the previous one's entries (else hosts refuse it: the shrink guard).")
+    var allowShrink = false
+
+    /// The layer header lines given on the command line; nil when none was given.
+    func layer() throws(CommandFailure) -> (name: String?, supplementOf: String?, delegations: [Delegation], shrink: Bool)? {
+        guard name != nil || supplementOf != nil || !delegates.isEmpty || allowShrink else { return nil }
+        if let name, !isValidLayerName(name) { throw CommandFailure("--name \(name): 1 to 64 of a-z 0-9 . _ - starting with a letter or digit", exitCode: 2) }
+        if let supplementOf {
+            guard name != nil else { throw CommandFailure("--supplement-of needs --name (the supplement's own name)", exitCode: 2) }
+            guard isValidLayerName(supplementOf) else { throw CommandFailure("--supplement-of \(supplementOf): not a layer name", exitCode: 2) }
+            guard delegates.isEmpty else { throw CommandFailure("--delegate is for a base; a supplement cannot delegate", exitCode: 2) }
+            guard aptSources.isEmpty, aptUnverified == nil, maintenance == nil else {
+                throw CommandFailure("--apt-source, --apt-unverified and --maintenance are for a base; a supplement cannot widen local trust", exitCode: 2)
+            }
+        }
+        var delegations: [Delegation] = []
+        for spec in delegates {
+            do {
+                delegations.append(try Delegation(spec: spec, canonical: false, resolveKey: { path throws(SpecError) in
+                    do throws(CommandFailure) { return try loadPublicKey(path) } catch { throw SpecError(error.message) }
+                }))
+            } catch {
+                throw CommandFailure("--delegate \(spec): \(error)", exitCode: 2)
+            }
+        }
+        let names = delegations.map(\.name)
+        if Set(names).count != names.count { throw CommandFailure("--delegate: the same supplement name twice", exitCode: 2) }
+        return (name, supplementOf, delegations.sorted(), allowShrink)
+    }
+
+    /// Puts the layer lines given on the command line into `header` (those not given stay as they were).
+    func applyLayer(to header: inout PolicyHeader) throws(CommandFailure) {
+        guard let layer = try layer() else { return }
+        if let name = layer.name { header.name = name }
+        if layer.supplementOf != nil { header.supplementOf = layer.supplementOf }
+        if !layer.delegations.isEmpty { header.delegations = layer.delegations }
+        if layer.shrink { header.shrinkPermitted = true }
+        if header.supplementOf != nil && (!header.delegations.isEmpty || header.declaresLocalTrust) {
+            throw CommandFailure("a supplement may not carry delegate, apt-source, apt-unverified or maintenance lines", exitCode: 2)
+        }
+    }
+
     /// The trust-source header lines given on the command line, checked and in canonical order; nil when none was given.
     func localTrust() throws(CommandFailure) -> (sources: [AptSourceRule], maintenance: MaintenanceRule?, unverified: UnverifiedPackages?)? {
         guard !aptSources.isEmpty || maintenance != nil || aptUnverified != nil else { return nil }
@@ -160,6 +213,7 @@ extension Appctl {
                 header.maintenance = trust.maintenance
                 header.aptUnverified = trust.unverified
             }
+            try signing.applyLayer(to: &header)
             if let key, let serial {
                 header.serial = serial.value
                 header.keyID = key.publicKey.keyID

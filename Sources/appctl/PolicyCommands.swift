@@ -40,23 +40,21 @@ extension Appctl {
                 let privateKey = try loadPrivateKey(key)
                 let scope = try signing.scopeGlobs()
                 let trust = try signing.localTrust()
-                // Version 4 is used exactly when the header names a trust source; dropping them from a version-4
-                // inventory needs the version its entries call for, which only a first pass can tell.
-                var entriesVersion: Int?
-                if trust != nil {
-                    entriesVersion = nil
-                } else {
-                    var allows: [AllowEntry] = []
-                    do { _ = try PolicyReader(path: inventory).read(onAllow: { line in if line.verity != nil || line.interpreter != nil { allows.append(line.entry()) } }) } catch {
-                        throw CommandFailure(error)
-                    }
-                    entriesVersion = PolicyHeader.formatVersion(for: allows)
+                _ = try signing.layer()   // refuses a bad spec before anything is written
+                // Versions 4 and 5 are used exactly when the header has their lines; otherwise the version the entries
+                // call for, which only a first pass can tell.
+                var allows: [AllowEntry] = []
+                do { _ = try PolicyReader(path: inventory).read(onAllow: { line in if line.verity != nil || line.interpreter != nil { allows.append(line.entry()) } }) } catch {
+                    throw CommandFailure(error)
                 }
+                let entriesVersion = PolicyHeader.formatVersion(for: allows)
                 let file: AtomicFileWriter
                 do { file = try AtomicFileWriter(path: out) } catch {
                     throw CommandFailure("\(out): cannot create: \(error)")
                 }
                 let writer = PolicyWriter(output: file.descriptor, name: out)
+                var layerError: CommandFailure?
+                var layerName: String?
                 do {
                     var headerError: PolicyError?
                     _ = try PolicyReader(path: inventory).read(
@@ -72,28 +70,40 @@ extension Appctl {
                                 header.maintenance = trust.maintenance
                                 header.aptUnverified = trust.unverified
                             }
-                            header.version = header.declaresLocalTrust ? 4 : entriesVersion!
                             if let description = signing.description {
                                 header.escapedDescription = PolicyHeader(issued: .now, description: description).escapedDescription
                             }
+                            do throws(CommandFailure) {
+                                try signing.applyLayer(to: &header)
+                                if header.supplementOf != nil && header.denyCount > 0 {
+                                    throw CommandFailure("\(inventory): a supplement may only add allow entries, and this has \(header.denyCount) deny entries (put denies in the base)")
+                                }
+                            } catch { layerError = error; return }
+                            header.version = header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : entriesVersion
+                            if let name = header.name { layerName = header.supplementOf.map { "supplement \(name) of \($0)" } ?? "layer \(name)" }
                             do throws(PolicyError) { try writer.writeHeader(header) } catch { headerError = error }
                         },
                         onAllow: { (line) throws(PolicyError) in
                             if let headerError { throw headerError }
+                            if layerError != nil { throw PolicyError(.malformed, file: inventory, "layer") }
                             try writer.writeAllow(line.entry())
                         },
-                        onDeny: { (entry, _) throws(PolicyError) in try writer.writeDeny(entry) })
+                        onDeny: { (entry, _) throws(PolicyError) in
+                            if layerError != nil { throw PolicyError(.malformed, file: inventory, "layer") }
+                            try writer.writeDeny(entry)
+                        })
+                    if let layerError { file.abort(); throw layerError }
                     if let headerError { throw headerError }
                     try writer.finish(signingKey: privateKey)
                     try file.commit()
                 } catch let error as PolicyError {
                     file.abort()
-                    throw CommandFailure(error)
+                    throw layerError ?? CommandFailure(error)
                 } catch {
                     file.abort()
                     throw CommandFailure("\(out): cannot write: \(error)")
                 }
-                print("signed \(out): serial \(serial.value), key \(privateKey.publicKey.keyID)")
+                print("signed \(out): serial \(serial.value), key \(privateKey.publicKey.keyID)" + (layerName.map { ", \($0)" } ?? ""))
             }
         }
 

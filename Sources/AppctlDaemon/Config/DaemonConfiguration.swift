@@ -7,6 +7,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
 
     public var mode: Mode = .monitor
     public var policyPath: String? = "/etc/appctl/policy.txt"
+    /// A policy directory (a base and its supplements, `PolicyLayers`); when set, `policyPath` is not used.
+    public var policyDirectory: String?
+    /// `appctl sync`'s settings (the daemon reads none of them): where bundles come from, and the timestamp key.
+    public var syncFrom: String?
+    public var timestampKeyPath = "/etc/appctl/timestamp.pub"
     public var publicKeyPath: String? = "/etc/appctl/signing.pub"
     /// Mount points whose filesystems (and filesystems mounted below them later) are marked.
     /// Empty: every local filesystem.
@@ -98,6 +103,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 guard let m = Mode(rawValue: value) else { throw ParseError(file: file, line: lineNumber, message: "mode must be one of \(Mode.choices)") }
                 mode = m
             case "policy": policyPath = value.isEmpty ? nil : value
+            case "policy-dir": policyDirectory = value.isEmpty ? nil : value
+            case "sync-from": syncFrom = value.isEmpty ? nil : value
+            case "timestamp-key": timestampKeyPath = value
             case "key": publicKeyPath = value.isEmpty ? nil : value
             case "path": paths.append(value)
             case "events": eventsPath = value

@@ -4,6 +4,8 @@ import Synchronization
 /// rendered from it (`StatusReport`), so a counter is declared once and cannot be forgotten in one of them.
 public enum Counter: Int, CaseIterable, Sendable {
     case allowed, denied, wouldDeny
+    /// Allowed execs and opens the candidate policy (shadow evaluation) would have denied.
+    case candidateWouldDeny
     case cacheHits, cacheMisses, hashesComputed, bytesHashed, hashesInFlight
     case ownProcessEvents, inertOpens, deniedBySize, prehashed, prehashDropped
     /// Scripts, libraries and mapped programs someone other than root can change (`Reason.mutable`).
@@ -44,6 +46,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .allowed: "allowed"
         case .denied: "denied"
         case .wouldDeny: "would_deny"
+        case .candidateWouldDeny: "candidate_would_deny"
         case .cacheHits: "cache_hits"
         case .cacheMisses: "cache_misses"
         case .hashesComputed: "hashes_computed"
@@ -88,6 +91,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .allowed: Exposition(name: "decisions_total", help: "Permission events answered by the daemon, by outcome.", label: "decision=\"allow\"")
         case .denied: Exposition(name: "decisions_total", help: "Permission events answered by the daemon, by outcome.", label: "decision=\"deny\"")
         case .wouldDeny: Exposition(name: "decisions_total", help: "Permission events answered by the daemon, by outcome.", label: "decision=\"would_deny\"")
+        case .candidateWouldDeny: Exposition(name: "candidate_would_deny_total", help: "Allowed events the candidate policy (shadow evaluation) would have denied.")
         case .cacheHits: Exposition(name: "cache_hits_total", help: "Events answered from the userspace digest cache.")
         case .cacheMisses: Exposition(name: "cache_misses_total", help: "Events that needed a hash.")
         case .inertOpens: Exposition(name: "inert_opens_total", help: "Plain opens of data answered without hashing.")

@@ -167,6 +167,7 @@ final class Responder: Sendable {
         statistics.add(verdict.allow ? .allowed : .denied)
         if verdict.allow && isExec { statistics.add(.execsAllowedByDaemon) }
         if verdict.decision.wouldDeny { statistics.add(.wouldDeny) }
+        if verdict.candidateWouldDeny { statistics.add(.candidateWouldDeny) }
         if let outcome {
             let key = answer.key
             let snapshot = process ?? ProcessSnapshot(pid: pid)

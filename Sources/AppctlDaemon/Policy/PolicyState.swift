@@ -23,13 +23,21 @@ public final class PolicyState: Sendable {
         /// The local overlays as read from disk, and what of them the policy in force trusts.
         var overlays: [Overlay] = []
         var overlayTable = OverlayTable()
+        /// A candidate set evaluated next to the one in force (shadow evaluation): never decides, only counts.
+        var candidate: LoadedPolicy?
+        var candidateError: String?
+        /// Distinct digests the candidate would deny that the policy in force allows (at most `candidateSampleLimit`).
+        var candidateWouldDeny: Set<SHA256Digest> = []
     }
+
+    static let candidateSampleLimit = 10_000
 
     /// Where the policy in force came from.
     public enum Source: Equatable, Sendable {
         /// The configured policy file.
         case configured
-        /// The state directory's copy of a policy applied before, because the configured one was refused at start.
+        /// The state directory's copy of a policy (or layer set) applied before, because the configured one was refused
+        /// at start.
         case lastKnownGood(because: String)
 
         public var name: String {
@@ -76,7 +84,15 @@ public final class PolicyState: Sendable {
                 lookup = .known
                 allowedBy = overlay
             }
-            return Verdict(Decision.decide(lookup, mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer, allowedBy: allowedBy)
+            var verdict = Verdict(Decision.decide(lookup, mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer, allowedBy: allowedBy)
+            // Shadow evaluation: what the candidate set would say of content the set in force allows. The overlays
+            // count for both (what a host derived locally does not change with the candidate).
+            if lookup == .known, let candidate = c.candidate, case let candidateSays = candidate.lookup(digest),
+               candidateSays == .blocklisted || (candidateSays == .unknown && allowedBy == "base") {
+                verdict.candidateWouldDeny = true
+                if c.candidateWouldDeny.count < Self.candidateSampleLimit { c.candidateWouldDeny.insert(digest) }
+            }
+            return verdict
         }
     }
 
@@ -146,6 +162,11 @@ public final class PolicyState: Sendable {
     /// What `status` shows of the policy, read under one lock.
     public struct Snapshot: Sendable {
         public var policy: PolicyHeader?
+        /// The layers in force (base first); empty for a single policy file.
+        public var layers: [PolicyLayer] = []
+        public var candidateLayers: [PolicyLayer] = []
+        public var candidateError: String?
+        public var candidateWouldDenyPrograms = 0
         public var path: String?
         public var mode: Mode
         public var lastError: String?
@@ -155,7 +176,11 @@ public final class PolicyState: Sendable {
     }
 
     public var snapshot: Snapshot {
-        current.withLock { c in Snapshot(policy: c.policy?.header, path: c.policy?.path, mode: c.mode, lastError: c.lastError, source: c.source) }
+        current.withLock { c in
+            Snapshot(policy: c.policy?.header, layers: c.policy?.layers ?? [], candidateLayers: c.candidate?.layers ?? [], candidateError: c.candidateError,
+                     candidateWouldDenyPrograms: c.candidateWouldDeny.count,
+                     path: c.policy?.path, mode: c.mode, lastError: c.lastError, source: c.source)
+        }
     }
 
     /// Loads, verifies and applies a policy; on any failure the current policy stays and the reason is kept.
@@ -261,15 +286,22 @@ public final class PolicyState: Sendable {
         for (_, old) in appliedCopies().dropFirst(Self.keptCopies) { unlink(old) }
     }
 
-    private static func warn(_ line: String) { try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8)) }
+    static func warn(_ line: String) { try? FileDescriptor(rawValue: 2).writeAll(Array((line + "\n").utf8)) }
+
+    static func readKey(_ keyPath: String) -> Result<Ed25519PublicKey, PolicyRefusal> {
+        do {
+            return .success(try Ed25519PublicKey(pem: try readSmallFile(keyPath, limit: 64 * 1024)))
+        } catch {
+            return .failure(PolicyRefusal("\(keyPath): cannot use public key: \(error)"))
+        }
+    }
 
     private func load(path: String, keyPath: String, allowRollback: Bool, acceptExpired: Bool = false,
                       recordsSerial: Bool = true) -> Result<LoadedPolicy, PolicyRefusal> {
         let key: Ed25519PublicKey
-        do {
-            key = try Ed25519PublicKey(pem: try readSmallFile(keyPath, limit: 64 * 1024))
-        } catch {
-            return .failure(PolicyRefusal("\(keyPath): cannot use public key: \(error)"))
+        switch Self.readKey(keyPath) {
+        case .success(let k): key = k
+        case .failure(let refusal): return .failure(refusal)
         }
         let policy: LoadedPolicy
         do { policy = try LoadedPolicy.load(path: path, key: key, acceptExpired: acceptExpired) } catch {
@@ -312,5 +344,156 @@ public final class PolicyState: Sendable {
     private func recordSerial(_ serial: UInt64) throws(Errno) {
         mkdir(stateDirectory, 0o700)
         try AtomicFileWriter.write(Array("\(serial)\n".utf8), to: serialFile, permissions: 0o600)
+    }
+}
+
+// MARK: - Policy layers (a policy directory: `--policy-dir`)
+
+extension PolicyState {
+    var layerCopiesDirectory: String { stateDirectory + "/applied-layers" }
+    var layerSetFile: String { layerCopiesDirectory + "/set" }
+
+    /// Loads, verifies and applies the layer set in `directory` (`PolicyLayers`): refused whole when any layer is
+    /// refused, for another host, older than the serial applied for its name, or shrunk without saying so. The set
+    /// in force stays on any failure. Then loads the candidate set, if the directory holds one.
+    @discardableResult
+    public func applyLayers(directory: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
+        let result = loadLayers(directory: directory, keyPath: keyPath, allowRollback: allowRollback)
+        if case .success(let policy) = result { keepLayerCopiesInTheBackground(policy.layers) }
+        rebuilding.withLock { _ in
+            let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
+            current.withLock { c in
+                switch result {
+                case .success(let policy):
+                    c.policy = policy
+                    c.lastError = nil
+                    c.source = .configured
+                    c.overlayTable = table!
+                case .failure(let refusal):
+                    c.lastError = refusal.description
+                }
+            }
+        }
+        if case .success = result { loadCandidate(directory: directory, keyPath: keyPath) }
+        return result.map(\.header)
+    }
+
+    private func loadLayers(directory: String, keyPath: String, allowRollback: Bool) -> Result<LoadedPolicy, PolicyRefusal> {
+        let key: Ed25519PublicKey
+        switch Self.readKey(keyPath) {
+        case .success(let k): key = k
+        case .failure(let refusal): return .failure(refusal)
+        }
+        let policy: LoadedPolicy
+        let records: LayerRecords
+        do {
+            policy = try PolicyLayers.load(directory: directory, key: key)
+            records = try LayerRecords.read(stateDirectory: stateDirectory)
+        } catch {
+            return .failure(PolicyRefusal(error.description))
+        }
+        let inForce = current.withLock { $0.policy?.layers ?? [] }
+        if let refusal = records.refusal(of: policy.layers, hostname: hostname, allowRollback: allowRollback, inForce: inForce) {
+            return .failure(PolicyRefusal(refusal))
+        }
+        // Serials only grow (an explicit rollback lowers them).
+        var next = records
+        for layer in policy.layers where allowRollback || (records.byName[layer.name]?.serial ?? 0) <= layer.header.serial! {
+            next = next.updated(with: [layer])
+        }
+        if next != records {
+            do { try next.write(stateDirectory: stateDirectory) } catch {
+                return .failure(PolicyRefusal("\(LayerRecords.path(stateDirectory: stateDirectory)): cannot record the layer serials: \(error)"))
+            }
+        }
+        return .success(policy)
+    }
+
+    /// The candidate set (`*.candidate` files standing in for the layers of the same name): verified like the set
+    /// in force but never recorded, never enforced. Evaluated next to it on every decision; `status` counts what it
+    /// would deny. None in the directory: no candidate.
+    public func loadCandidate(directory: String, keyPath: String) {
+        let files = (try? PolicyLayers.files(in: directory, suffix: PolicyLayers.candidateSuffix)) ?? []
+        var candidate: LoadedPolicy?
+        var error: String?
+        if !files.isEmpty {
+            switch Self.readKey(keyPath) {
+            case .success(let key):
+                do { candidate = try PolicyLayers.load(directory: directory, key: key, candidates: true) } catch let e { error = e.description }
+            case .failure(let refusal): error = refusal.description
+            }
+        }
+        current.withLock { c in
+            if c.candidate?.layers != candidate?.layers { c.candidateWouldDeny = [] }
+            c.candidate = candidate
+            c.candidateError = error
+        }
+    }
+
+    /// At start, when the directory's set is refused: the set this host applied last, from its copies (verified
+    /// again; expiry does not drop a set already applied). The serial records are left as they are.
+    public func applyLastKnownGoodLayers(keyPath: String, because refusal: PolicyRefusal) -> Result<PolicyHeader, PolicyRefusal> {
+        let key: Ed25519PublicKey
+        switch Self.readKey(keyPath) {
+        case .success(let k): key = k
+        case .failure(let why): return .failure(why)
+        }
+        let members: [(name: String, serial: UInt64)]
+        do {
+            let text = String(decoding: try readSmallFile(layerSetFile, limit: 1 << 20), as: UTF8.self)
+            members = text.split(separator: "\n").compactMap { line in
+                let f = line.split(separator: " ")
+                guard f.count == 2, let serial = UInt64(f[1]) else { return nil }
+                return (String(f[0]), serial)
+            }
+        } catch {
+            return .failure(PolicyRefusal("no last-known-good layer set in \(layerCopiesDirectory): \(error)"))
+        }
+        let files = members.map { m in
+            (name: m.name, path: layerCopiesDirectory + "/\(m.name)-\(m.serial).policy", shown: layerCopiesDirectory + "/\(m.name)-\(m.serial).policy")
+        }
+        let policy: LoadedPolicy
+        do { policy = try PolicyLayers.compose(files, key: key, acceptExpired: true) } catch {
+            return .failure(PolicyRefusal("no usable last-known-good layer set: \(error)"))
+        }
+        current.withLock { c in
+            c.policy = policy
+            c.lastError = refusal.description
+            c.source = .lastKnownGood(because: refusal.description)
+            c.overlayTable = OverlayTable(c.overlays, header: policy.header)
+        }
+        return .success(policy.header)
+    }
+
+    /// Copies of the set just applied, for `applyLastKnownGoodLayers`: `<name>-<serial>.policy` and a `set` file
+    /// naming them, written after the copies; copies of no longer applied layers go after that. On a thread of its
+    /// own (a 1M-entry base is ~100 MB to copy and sync).
+    private func keepLayerCopiesInTheBackground(_ layers: [PolicyLayer]) {
+        copiesInFlight.enter()
+        startThread(name: "appctl-lkg-copy") { [self] in
+            copying.withLock { _ in keepLayerCopies(layers) }
+            copiesInFlight.leave()
+        }
+    }
+
+    private func keepLayerCopies(_ layers: [PolicyLayer]) {
+        mkdir(stateDirectory, 0o700)
+        mkdir(layerCopiesDirectory, 0o700)
+        var keep: Set<String> = ["set"]
+        for layer in layers {
+            let name = "\(layer.name)-\(layer.header.serial!).policy", target = layerCopiesDirectory + "/" + name
+            keep.insert(name)
+            if let copy = try? linkStatus(target), let original = try? linkStatus(layer.path), copy.st_size == original.st_size { continue }
+            do { try copyFile(from: layer.path, to: target, permissions: 0o600) } catch {
+                Self.warn("appctl: WARNING: cannot keep a last-known-good copy of \(layer.path) in \(layerCopiesDirectory): \(error)")
+                return
+            }
+        }
+        let set = layers.map { "\($0.name) \($0.header.serial!)\n" }.joined()
+        do { try AtomicFileWriter.write(Array(set.utf8), to: layerSetFile, permissions: 0o600) } catch {
+            Self.warn("appctl: WARNING: cannot record the last-known-good layer set in \(layerSetFile): \(error)")
+            return
+        }
+        for name in (try? listDirectory(layerCopiesDirectory)) ?? [] where !keep.contains(name) { unlink(layerCopiesDirectory + "/" + name) }
     }
 }

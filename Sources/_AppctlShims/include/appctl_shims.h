@@ -142,6 +142,9 @@ int appctl_seccomp_syscall(const char *name);
 // pipe2(2), which Glibc's module map hides behind _GNU_SOURCE. Returns 0 or -1 with errno set.
 int appctl_pipe2(int fds[2], int flags);
 
+/// renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE): a GNU extension the Glibc module does not export.
+int appctl_rename_exchange(const char *a, const char *b);
+
 // unshare(CLONE_NEWNS): a mount namespace of the caller's own (`appctl maintenance start`). 0 or -1, errno set.
 int appctl_unshare_mounts(void);
 
