@@ -8,8 +8,8 @@ import Glibc
 extension Appctl {
     struct Policy: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Sign, verify, inspect and compare policies (offline; no daemon needed).",
-            subcommands: [Sign.self, Verify.self, Show.self, Diff.self]
+            abstract: "Sign, verify, inspect, compare and merge policies (offline; no daemon needed).",
+            subcommands: [Sign.self, Verify.self, Show.self, Diff.self, Merge.self]
         )
 
         struct Sign: ParsableCommand {
