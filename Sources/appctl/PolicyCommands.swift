@@ -170,6 +170,11 @@ extension Appctl {
                 print("issued:      \(h.issued)")
                 let expired = h.expires.map { $0 <= .now } ?? false
                 print("expires:     \(h.expires.map(\.description) ?? "never")\(expired ? " (EXPIRED)" : "")")
+                print("layer:       \(h.name.map { name in h.supplementOf.map { "\(name), a supplement of \($0) (only adds allow entries; verified with the key \($0) delegates)" } ?? "\(name) (a base)" } ?? "- (a single policy file)")")
+                for d in h.delegations {
+                    print("  delegates: \(d.name) to key \(d.publicKey.keyID): \(d.maximumEntries.map { "at most \($0) entries" } ?? "any number of entries"), \(d.kinds.isEmpty ? "any kind" : d.kinds.map(\.rawValue).joined(separator: "/")), \(d.maximumValiditySeconds.map { "valid for at most \(formatDuration($0))" } ?? "any validity")")
+                }
+                if h.shrinkPermitted { print("shrink:      permitted (hosts accept it even if it drops most of the previous entries)") }
                 print("scope:       \(h.scope.isEmpty ? "every host" : h.scope.joined(separator: ","))")
                 print("description: \(h.description ?? "-")")
                 print("apt sources: \(h.aptSources.isEmpty ? "none (this host derives no trust from apt)" : "\(h.aptSources.count)")")
@@ -213,6 +218,10 @@ extension Appctl {
                 field("key-id", oldHeader.keyID ?? "-", newHeader.keyID ?? "-")
                 field("expires", oldHeader.expires.map(\.description) ?? "never", newHeader.expires.map(\.description) ?? "never")
                 field("scope", oldHeader.scope.joined(separator: ","), newHeader.scope.joined(separator: ","))
+                field("name", oldHeader.name ?? "-", newHeader.name ?? "-")
+                field("supplement-of", oldHeader.supplementOf ?? "-", newHeader.supplementOf ?? "-")
+                field("delegate", oldHeader.delegations.map(\.description).joined(separator: " "), newHeader.delegations.map(\.description).joined(separator: " "))
+                field("shrink", oldHeader.shrinkPermitted ? "permitted" : "-", newHeader.shrinkPermitted ? "permitted" : "-")
                 field("description", oldHeader.description ?? "-", newHeader.description ?? "-")
                 field("format", String(oldHeader.version), String(newHeader.version))
                 for source in Set(newHeader.aptSources).subtracting(oldHeader.aptSources).sorted() { print("+ apt-source \(source)"); changes += 1 }
