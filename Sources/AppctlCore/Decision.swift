@@ -10,6 +10,9 @@ public enum Reason: String, Sendable {
     /// Code that someone other than root could still change after the verdict: a script an interpreter reads as
     /// it goes, a library or program the loader maps (MAP_PRIVATE pages not yet copied show later writes).
     case mutable
+    /// Allowed only by a supplement whose delegation limits the kinds of its entries, and the file is of another
+    /// kind (an ELF program listed as a script).
+    case kindNotDelegated = "kind-not-delegated"
 }
 
 public struct Decision: Equatable, Sendable {
@@ -49,6 +52,14 @@ public struct Decision: Equatable, Sendable {
     /// verdict would not hold. Denied in enforce mode; in monitor and learn modes it runs, reported as would-deny.
     public static func mutable(mode: Mode) -> Decision {
         mode == .enforce ? Decision(allow: false, reason: .mutable) : Decision(allow: true, reason: .mutable, wouldDeny: true)
+    }
+
+    /// Content a supplement allows, but not as the kind of file it is (`Reason.kindNotDelegated`): as unknown content.
+    public static func kindNotDelegated(mode: Mode) -> Decision {
+        var d = decide(.unknown, mode: mode)
+        d.reason = .kindNotDelegated
+        d.record = false
+        return d
     }
 
     /// A file that could not be hashed: fail closed in enforce mode, as for unknown content.

@@ -112,6 +112,29 @@ public struct SizeFilter: Sendable {
     }
 }
 
+/// The digests a policy allows only through supplements whose delegations limit kinds, each with the kinds its
+/// supplements allow it as (`FileKind.bit`s). A delegation's `kinds=` is checked against the file itself when it is
+/// decided: the kind an entry declares is the signer's word, and the signer is what the limit is about.
+public struct KindLimits: Sendable {
+    public struct Limit: Sendable { public var digest: SHA256Digest; public var kinds: UInt8 }
+    private var limits: [Limit] = []
+    public init() {}
+    public init(sortingInPlace l: inout [Limit]) {
+        l.sort { $0.digest < $1.digest }
+        var merged: [Limit] = []
+        for limit in l {
+            if let last = merged.last, last.digest == limit.digest { merged[merged.count - 1].kinds |= limit.kinds } else { merged.append(limit) }
+        }
+        limits = merged
+        l = []
+    }
+    public var count: Int { limits.count }
+    /// The kinds `digest` may be, or nil when it is not limited.
+    public func kinds(of digest: SHA256Digest) -> UInt8? {
+        limits.withUnsafeBufferPointer { buf in binarySearch(buf, for: digest, by: \.digest).map { buf[$0].kinds } }
+    }
+}
+
 /// An allow entry that is an interpreter (format version 3): its content, its language, and where it was learned.
 public struct DeclaredInterpreter: Sendable, Equatable {
     public var digest: SHA256Digest
@@ -139,10 +162,17 @@ public struct LoadedPolicy: Sendable {
     public var layers: [PolicyLayer] = []
     /// Of each allow entry's kind, how many the file holds (a supplement's delegation may limit them).
     public var kindCounts: [FileKind: Int] = [:]
+    /// Digests allowed only by kind-limited supplements (composed layer sets).
+    public var kindLimits = KindLimits()
+    /// Supplements in the directory that were left out: for other hosts (`scope`), or expired.
+    public var skippedLayers: [String] = []
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
     }
+
+    /// Every allow entry of every layer (the header's count is the base's alone).
+    public var totalAllowCount: Int { layers.isEmpty ? header.allowCount : layers.reduce(0) { $0 + $1.header.allowCount } }
 
     /// What the policy says about a digest, before the mode is applied.
     public func lookup(_ digest: SHA256Digest) -> Lookup {

@@ -13,6 +13,9 @@ public enum FileKind: String, CaseIterable, Sendable, Comparable {
 
     public static func < (a: FileKind, b: FileKind) -> Bool { a.rawValue < b.rawValue }
 
+    /// One bit per kind, for sets of kinds kept in a byte.
+    public var bit: UInt8 { 1 << UInt8(ordinal) }
+
     /// 0 to 3, for tallies kept in a small array.
     public var ordinal: Int {
         switch self {

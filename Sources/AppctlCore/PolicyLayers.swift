@@ -48,7 +48,7 @@ public enum PolicyLayers {
     /// The directory is opened once and every file is read through that descriptor, so a sync that swaps the
     /// directory for a new one in the middle (`renameat2(RENAME_EXCHANGE)`) cannot hand over half of each set.
     public static func load(directory: String, key: Ed25519PublicKey, now: Timestamp = .now, acceptExpired: Bool = false,
-                            candidates: Bool = false) throws(PolicyError) -> LoadedPolicy {
+                            candidates: Bool = false, hostname: String? = nil) throws(PolicyError) -> LoadedPolicy {
         let dir: FileDescriptor
         do { dir = try FileDescriptor.open(directory, [.readOnly, .directory]) } catch {
             throw PolicyError(.io, file: directory, "cannot open the policy directory: \(error)")
@@ -63,13 +63,21 @@ public enum PolicyLayers {
             for file in candidateFiles { chosen[String(file.dropLast(candidateSuffix.count))] = file }
         }
         let paths = chosen.sorted { $0.key < $1.key }.map { (name: $0.key, path: through + "/" + $0.value, shown: directory + "/" + $0.value) }
-        return try compose(paths, key: key, now: now, acceptExpired: acceptExpired)
+        return try compose(paths, key: key, now: now, acceptExpired: acceptExpired, hostname: hostname)
     }
+
+    /// How far a supplement's `issued` may lie ahead of this host's clock (its `max-valid` counts from `issued`).
+    public static let clockSkewSeconds: Int64 = 300
 
     /// Verifies and composes layer files: `name` is what the file must call itself (its file name), `path` where to
     /// read it, `shown` what errors name.
+    ///
+    /// A supplement that breaks a rule refuses the whole set. A supplement for other hosts (`scope`, when `hostname`
+    /// is given) or past its expiry is left out instead (`skippedLayers`): a fleet-wide bundle names every team's
+    /// supplements, and one that lapsed must lose its entries, not hold the base back. `acceptExpired` is for the
+    /// base alone (a set this host applied before); an expired supplement is always left out.
     public static func compose(_ files: [(name: String, path: String, shown: String)], key: Ed25519PublicKey, now: Timestamp = .now,
-                               acceptExpired: Bool = false) throws(PolicyError) -> LoadedPolicy {
+                               acceptExpired: Bool = false, hostname: String? = nil) throws(PolicyError) -> LoadedPolicy {
         guard !files.isEmpty else { throw PolicyError(.io, file: "policy directory", "no layers (*\(enforcedSuffix) files)") }
         var headers: [(name: String, path: String, shown: String, header: PolicyHeader)] = []
         for file in files {
@@ -91,7 +99,8 @@ public enum PolicyLayers {
         var base = try reshown(baseFile.shown) { () throws(PolicyError) in try LoadedPolicy.load(path: baseFile.path, key: key, now: now, acceptExpired: acceptExpired) }
         base.path = baseFile.shown
         var layers = [PolicyLayer(name: baseFile.name, header: base.header, path: baseFile.shown)]
-        var supplements: [LoadedPolicy] = []
+        var supplements: [(policy: LoadedPolicy, delegation: Delegation)] = []
+        var skipped: [String] = []
         for file in headers where file.header.supplementOf != nil {
             let header = file.header
             guard header.supplementOf == baseFile.name else {
@@ -101,7 +110,7 @@ public enum PolicyLayers {
                 throw PolicyError(.wrongKey, file: file.shown, "base '\(baseFile.name)' delegates no key for the supplement '\(file.name)' (it names: \(base.header.delegations.map(\.name).joined(separator: ", ").orNone))")
             }
             let supplement: LoadedPolicy
-            do { supplement = try LoadedPolicy.load(path: file.path, key: delegation.publicKey, now: now, acceptExpired: acceptExpired) } catch {
+            do { supplement = try LoadedPolicy.load(path: file.path, key: delegation.publicKey, now: now, acceptExpired: true) } catch {
                 var error = error
                 error.file = file.shown
                 if error.code == .wrongKey {
@@ -109,21 +118,36 @@ public enum PolicyLayers {
                 }
                 throw error
             }
-            try check(supplement.header, kinds: supplement.kindCounts, against: delegation, base: baseFile.name, shown: file.shown)
-            layers.append(PolicyLayer(name: file.name, header: supplement.header, path: file.shown))
-            supplements.append(supplement)
+            try check(supplement.header, kinds: supplement.kindCounts, against: delegation, base: baseFile.name, shown: file.shown, now: now)
+            let h = supplement.header
+            if let expires = h.expires, expires <= now {
+                skipped.append("\(file.name) \(h.serial!) (expired at \(expires))")
+                continue
+            }
+            if let hostname, !h.scope.isEmpty, !h.scope.contains(where: { globMatches($0, hostname) }) {
+                skipped.append("\(file.name) \(h.serial!) (for hosts \(h.scope.joined(separator: ",")))")
+                continue
+            }
+            layers.append(PolicyLayer(name: file.name, header: h, path: file.shown))
+            supplements.append((supplement, delegation))
         }
         var composed = composeEntries(base: base, supplements: supplements)
         composed.layers = layers
+        composed.skippedLayers = skipped
         return composed
     }
 
     /// What a supplement may be: only allow entries, within its delegation's limits.
-    static func check(_ header: PolicyHeader, kinds: [FileKind: Int], against delegation: Delegation, base: String, shown: String) throws(PolicyError) {
+    static func check(_ header: PolicyHeader, kinds: [FileKind: Int], against delegation: Delegation, base: String, shown: String,
+                      now: Timestamp) throws(PolicyError) {
         func refuse(_ why: String) -> PolicyError { PolicyError(.malformed, file: shown, "supplement '\(delegation.name)' refused: \(why)") }
         if header.denyCount > 0 { throw refuse("it has \(header.denyCount) deny entries; a supplement may only add allow entries (denies belong in base '\(base)')") }
         if !header.delegations.isEmpty { throw refuse("it has delegate lines; only the base delegates") }
         if header.declaresLocalTrust { throw refuse("it names local trust sources (apt-source, apt-unverified, maintenance); only the base may") }
+        if header.shrinkPermitted { throw refuse("it says shrink permitted; only the base may") }
+        if header.issued.secondsSinceEpoch > now.secondsSinceEpoch + clockSkewSeconds {
+            throw refuse("issued \(header.issued), in the future of this host's clock (\(now)): its validity would start late")
+        }
         if let maximum = delegation.maximumEntries, header.allowCount > maximum {
             throw refuse("\(header.allowCount) allow entries, more than the \(maximum) its delegation allows")
         }
@@ -137,20 +161,32 @@ public enum PolicyLayers {
         }
     }
 
-    /// The base's header and deny list; every layer's allow entries, sizes, fs-verity pairs and interpreters.
-    static func composeEntries(base: LoadedPolicy, supplements: [LoadedPolicy]) -> LoadedPolicy {
+    /// The base's header, deny list, fs-verity pairs and interpreters; every layer's allow entries and sizes. A
+    /// supplement's fs-verity pairs and interpreter fields are not taken: a pair lets a file be decided without being
+    /// read (a supplement signer could pair a blocklisted file's verity digest with an allowed digest), and an
+    /// interpreter declaration changes how the daemon reads command lines — both are the base signer's to make.
+    /// Entries of supplements whose delegation limits kinds are allowed only as those kinds (`KindLimits`), unless
+    /// the base or an unlimited supplement allows the same digest.
+    static func composeEntries(base: LoadedPolicy, supplements: [(policy: LoadedPolicy, delegation: Delegation)]) -> LoadedPolicy {
         guard !supplements.isEmpty else { return base }
         var allowed = base.allowed.sorted
-        allowed.reserveCapacity(allowed.count + supplements.reduce(0) { $0 + $1.allowed.count })
-        for supplement in supplements { allowed.append(contentsOf: supplement.allowed.sorted) }
+        allowed.reserveCapacity(allowed.count + supplements.reduce(0) { $0 + $1.policy.allowed.count })
+        for supplement in supplements { allowed.append(contentsOf: supplement.policy.allowed.sorted) }
         var composed = base
         composed.allowed = DigestSet(sortingInPlace: &allowed)
         var sizes = base.allowedSizes ?? SizeFilter()
-        for supplement in supplements { if let other = supplement.allowedSizes { sizes.formUnion(other) } }
+        for supplement in supplements { if let other = supplement.policy.allowedSizes { sizes.formUnion(other) } }
         composed.allowedSizes = sizes
-        composed.verity = VerityIndex.union([base.verity] + supplements.map(\.verity))
-        composed.interpreters = base.interpreters + supplements.flatMap(\.interpreters)
-        for supplement in supplements { composed.kindCounts.merge(supplement.kindCounts, uniquingKeysWith: +) }
+        for supplement in supplements { composed.kindCounts.merge(supplement.policy.kindCounts, uniquingKeysWith: +) }
+        let unlimited = supplements.filter { $0.delegation.kinds.isEmpty }.map(\.policy.allowed)
+        var limits: [KindLimits.Limit] = []
+        for (policy, delegation) in supplements where !delegation.kinds.isEmpty {
+            let mask = delegation.kinds.reduce(UInt8(0)) { $0 | $1.bit }
+            for digest in policy.allowed.sorted where !base.allowed.contains(digest) && !unlimited.contains(where: { $0.contains(digest) }) {
+                limits.append(KindLimits.Limit(digest: digest, kinds: mask))
+            }
+        }
+        composed.kindLimits = KindLimits(sortingInPlace: &limits)
         return composed
     }
 
@@ -221,7 +257,7 @@ public struct LayerRecords: Sendable, Equatable {
         var records = LayerRecords()
         for (number, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n").enumerated() {
             let fields = line.split(separator: " ")
-            guard fields.count == 3, isValidLayerName(String(fields[0])), let serial = UInt64(fields[1]), let count = Int(fields[2]) else {
+            guard fields.count == 3, isValidLayerName(String(fields[0])) || fields[0] == baseRole, let serial = UInt64(fields[1]), let count = Int(fields[2]) else {
                 throw PolicyError(.malformed, file: path, line: number + 1, "not '<name> <serial> <allow-count>' (rollback protection needs it; fix or remove the file)")
             }
             records.byName[String(fields[0])] = Record(serial: serial, allowCount: count)
@@ -238,7 +274,11 @@ public struct LayerRecords: Sendable, Equatable {
     /// The records after applying `layers` (a rollback lowers a serial only when the caller allowed it).
     public func updated(with layers: [PolicyLayer]) -> LayerRecords {
         var next = self
-        for layer in layers { next.byName[layer.name] = Record(serial: layer.header.serial!, allowCount: layer.header.allowCount) }
+        for layer in layers {
+            let record = Record(serial: layer.header.serial!, allowCount: layer.header.allowCount)
+            next.byName[layer.name] = record
+            if !layer.isSupplement { next.byName[Self.baseRole] = record }
+        }
         return next
     }
 
@@ -247,19 +287,29 @@ public struct LayerRecords: Sendable, Equatable {
     public static let shrinkKeepsAtLeast = 0.5
     public static let shrinkGuardFloor = 100
 
-    /// Why this host must not apply `layers`, or nil: a layer for another host, a serial lower than the one applied
-    /// for its name (unless `allowRollback`), or a layer that keeps less than half of its entries without saying so
-    /// in its signed header (`shrink permitted`). `inForce` adds the counts of the layers enforced now.
+    /// The record of whichever layer is the base, whatever its name: a base published under another name (an old
+    /// one from before a rename, a test base the same key signed) must not pass for a first release of that name.
+    /// Not a valid layer name, so no layer can collide with it.
+    public static let baseRole = "@base"
+
+    /// Why this host must not apply `layers`, or nil: a base for another host, a serial lower than the one applied for
+    /// the layer's name (and, for the base, for the base role; unless `allowRollback`), or a layer that keeps less than
+    /// half of its entries without saying so in its signed header (`shrink permitted`). `inForce` adds the counts of
+    /// the layers enforced now. Supplements for other hosts are not refused here: composing leaves them out.
     public func refusal(of layers: [PolicyLayer], hostname: String, allowRollback: Bool, inForce: [PolicyLayer] = []) -> String? {
         for layer in layers {
             let h = layer.header
-            if !h.scope.isEmpty && !h.scope.contains(where: { globMatches($0, hostname) }) {
+            let keys = layer.isSupplement ? [layer.name] : [layer.name, Self.baseRole]
+            if !layer.isSupplement && !h.scope.isEmpty && !h.scope.contains(where: { globMatches($0, hostname) }) {
                 return "\(layer.path): layer '\(layer.name)' is for hosts \(h.scope.joined(separator: ",")), not \(hostname)"
             }
-            if let last = byName[layer.name], h.serial! < last.serial, !allowRollback {
-                return "\(layer.path): layer '\(layer.name)' serial \(h.serial!) is lower than \(last.serial), the last applied on this host (rollback refused)"
+            for key in keys {
+                if let last = byName[key], h.serial! < last.serial, !allowRollback {
+                    return "\(layer.path): \(key == Self.baseRole ? "base" : "layer") '\(layer.name)' serial \(h.serial!) is lower than \(last.serial), the last applied on this host\(key == Self.baseRole ? " for the base" : "") (rollback refused)"
+                }
             }
-            let before = max(byName[layer.name]?.allowCount ?? 0, inForce.first { $0.name == layer.name }?.header.allowCount ?? 0)
+            let inForceCount = inForce.first { $0.name == layer.name || (!layer.isSupplement && !$0.isSupplement) }?.header.allowCount ?? 0
+            let before = keys.reduce(inForceCount) { max($0, byName[$1]?.allowCount ?? 0) }
             if !h.shrinkPermitted, before >= Self.shrinkGuardFloor, Double(h.allowCount) < Double(before) * Self.shrinkKeepsAtLeast {
                 return "\(layer.path): layer '\(layer.name)' would drop from \(before) to \(h.allowCount) allow entries (shrink guard: sign it with --allow-shrink if that is meant)"
             }

@@ -164,6 +164,8 @@ extension PolicyWriter {
         header.allowCount = allows.count
         header.denyCount = denies.count
         header.version = PolicyHeader.formatVersion(for: allows, header: header)
+        header.delegations.sort()
+        header.aptSources.sort()
         let file: AtomicFileWriter
         do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
             throw PolicyError(.io, file: path, "cannot create: \(error)")

@@ -11,6 +11,9 @@ public struct Verdict: Equatable, Sendable {
     public var allowedBy: String?
     /// The candidate policy evaluated next to the one in force would deny this content (shadow evaluation).
     public var candidateWouldDeny = false
+    /// Non-zero: the digest is allowed only by supplements whose delegations limit kinds; the file must be one of
+    /// these (`FileKind.bit`), which the responder checks from the file's bytes before it answers.
+    public var requiredKinds: UInt8 = 0
 
     /// Which rule of the ladder decided (`Triage` names each). Written into no file format: for the reader of the
     /// code and of tests, and for status figures.

@@ -25,8 +25,10 @@ extension Daemon: DaemonControl {
         switch result {
         case .success(let header):
             let layers = policy.snapshot.layers
-            Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny)"
-                + (layers.count > 1 ? "; layers " + layers.map { "\($0.name) \($0.header.serial!)" }.joined(separator: ", ") : ""))
+            let snapshot = policy.snapshot
+            Self.log("appctl: \(reason): applied policy serial \(header.serial!) (\(snapshot.totalAllowCount) allow, \(header.denyCount) deny)"
+                + (layers.count > 1 ? "; layers " + layers.map { "\($0.name) \($0.header.serial!) (\($0.header.allowCount) allow)" }.joined(separator: ", ") : "")
+                + (snapshot.skippedLayers.isEmpty ? "" : "; left out: " + snapshot.skippedLayers.joined(separator: ", ")))
         case .failure(let refusal): Self.log("appctl: \(reason): policy NOT applied, keeping the current one: \(refusal)")
         }
         return result
@@ -156,9 +158,10 @@ extension Daemon: DaemonControl {
             ("policy_key_id", .string(s.policy?.keyID)),
             ("policy_expires", .string(s.policy?.expires?.description)),
             ("policy_expired", .bool(s.policy?.expires.map { $0 <= .now } ?? false)),
-            ("policy_allow_entries", .int(s.allowCount)),
+            ("policy_allow_entries", .int(s.totalAllowCount)),
             ("policy_deny_entries", .int(s.denyCount)),
             ("policy_layers", .strings(s.layers.map { "\($0.name) \($0.header.serial!)" + ($0.isSupplement ? " (supplement, \($0.header.allowCount) allow)" : " (base)") })),
+            ("policy_layers_skipped", .strings(s.skippedLayers)),
             ("candidate_layers", .strings(s.candidateLayers.map { "\($0.name) \($0.header.serial!)" })),
             ("candidate_error", .string(s.candidateError)),
             ("candidate_would_deny_programs", .int(s.candidateWouldDenyPrograms)),
@@ -174,6 +177,7 @@ extension Daemon: DaemonControl {
             ("sync_timestamp_version", sync["timestamp_version"].flatMap { Int($0) }.map { .int($0) } ?? .string(nil)),
             ("sync_timestamp_age_seconds", sync["timestamp_issued"].flatMap { Int64($0) }.map { .int(Int(now - $0)) } ?? .string(nil)),
             ("sync_timestamp_expires_in_seconds", sync["timestamp_expires"].flatMap { Int64($0) }.map { .int(Int($0 - now)) } ?? .string(nil)),
+            ("drift", .string(driftSummary())),
             ("last_policy_error", .string(s.lastError)),
             ("learned_files", .int(learned.count)),
             ("policy_apt_sources", .strings(s.policy?.aptSources.map(\.description) ?? [])),
@@ -202,9 +206,21 @@ extension Daemon: DaemonControl {
         return StatusReport(ready: ready.load(ordering: .relaxed), fields: fields)
     }
 
+    /// What the last `appctl drift` counted (`<state-dir>/drift-summary`), as `unknown 3, modified_packaged 0, …, counted 7200 s ago`.
+    func driftSummary() -> String? {
+        var fields = keyValueFile(configuration.stateDirectory + "/drift-summary")
+        guard let time = fields.removeValue(forKey: "time").flatMap({ Int64($0) }) else { return nil }
+        let order = ["unknown", "modified_packaged", "overlay_only", "superseded", "absent"]
+        return order.compactMap { name in fields[name].map { "\(name) \($0)" } }.joined(separator: ", ")
+            + ", counted \(Timestamp.now.secondsSinceEpoch - time) s ago"
+    }
+
     /// `<state-dir>/sync/status`: `key value` lines written by `appctl sync` after each pass.
-    func syncStatus() -> [String: String] {
-        guard let bytes = try? readSmallFile(configuration.stateDirectory + "/sync/status", limit: 64 * 1024) else { return [:] }
+    func syncStatus() -> [String: String] { keyValueFile(configuration.stateDirectory + "/sync/status") }
+
+    /// A small file of `key value` lines another appctl command wrote for `status`.
+    private func keyValueFile(_ path: String) -> [String: String] {
+        guard let bytes = try? readSmallFile(path, limit: 64 * 1024) else { return [:] }
         var fields: [String: String] = [:]
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             guard let space = line.firstIndex(of: " ") else { continue }
@@ -249,6 +265,7 @@ final class PeriodicJobs {
     private let daemon: Daemon
     private var due: [Job: Double] = [:]
     private var expiryReported = false
+    private var lapsedHandled: Set<String> = []
 
     init(daemon: Daemon) {
         self.daemon = daemon
@@ -288,6 +305,14 @@ final class PeriodicJobs {
             // without them, which flushes the kernel-side cache that may hold their allows.
             if let expiry = daemon.policy.overlayTable.earliestExpiry, expiry <= .now {
                 _ = daemon.reloadOverlays(reason: "maintenance entries expired")
+            }
+            // A supplement past its expiry loses its entries (its delegation's max-valid is the point of expiry there):
+            // the set is read again, which leaves it out. The base is never dropped this way.
+            let lapsed = Set(daemon.policy.snapshot.layers.filter { $0.isSupplement && ($0.header.expires.map { $0 <= .now } ?? false) }
+                .map { "\($0.name) \($0.header.serial!)" })
+            if !lapsed.isSubset(of: lapsedHandled) {
+                lapsedHandled.formUnion(lapsed)   // once each: a reload refused for another reason is not retried every period
+                _ = daemon.reload(reason: "supplement expired: \(lapsed.sorted().joined(separator: ", "))")
             }
             if let expires = daemon.policy.snapshot.policy?.expires, expires <= .now, !expiryReported {
                 expiryReported = true

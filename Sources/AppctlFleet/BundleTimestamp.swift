@@ -43,6 +43,9 @@ public struct BundleTimestamp: Sendable, Equatable {
 
     public static let fileName = "timestamp"
     public static let maximumSize = 1 << 20
+    /// Bounds on what a timestamp may list: a base and a few hundred supplements fit many times over.
+    public static let maximumEntries = 2048
+    public static let maximumFileSize: UInt64 = 1 << 40
 
     public var version: UInt64
     public var issued: Timestamp
@@ -114,11 +117,16 @@ public struct BundleTimestamp: Sendable, Equatable {
         guard let version = UInt64(try field(1, "version")), let issued = Timestamp(canonical: Array(try field(2, "issued").utf8)),
               let expires = Timestamp(canonical: Array(try field(3, "expires").utf8)) else { throw bad("malformed version, issued or expires line") }
         let keyID = try field(4, "key-id")
+        // Checked for form before it is repeated in a message: until the signature is checked, every byte is the channel's.
+        guard keyID.utf8.count == 16, keyID.utf8.allSatisfy({ Hex.value($0) != nil }) else { throw bad("line 5: key-id must be 16 lowercase hex digits") }
         guard keyID == key.keyID else { throw SyncError(.wrongKey, "\(source): signed by timestamp key \(keyID), but the timestamp key given is \(key.keyID)") }
+        guard version <= UInt64(Int64.max) else { throw bad("version out of range") }
         var files: [File] = [], rings: [Ring] = []
         for (offset, line) in lines.dropFirst(5).enumerated() {
             let f = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-            if f.count == 5, f[0] == "file", let digest = SHA256Digest(hex: f[1]), let size = UInt64(f[2]), isValidLayerName(f[3]), let serial = UInt64(f[4]), serial > 0 {
+            guard files.count + rings.count < maximumEntries else { throw bad("more than \(maximumEntries) file and ring lines") }
+            if f.count == 5, f[0] == "file", let digest = SHA256Digest(hex: f[1]), let size = UInt64(f[2]), size <= maximumFileSize, isValidLayerName(f[3]),
+               let serial = UInt64(f[4]), serial > 0, serial <= UInt64(Int64.max) {
                 files.append(File(digest: digest, size: size, layer: f[3], serial: serial))
             } else if f.count == 5, f[0] == "ring", isValidLayerName(f[1]), let from = Int(f[2]), let to = Int(f[3]), let serves = Serves(rawValue: f[4]) {
                 rings.append(Ring(name: f[1], from: from, to: to, serves: serves))

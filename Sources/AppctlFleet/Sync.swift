@@ -52,6 +52,15 @@ public struct Sync {
         mkdir(stateDirectory, 0o700)
         mkdir(syncStateDirectory, 0o700)
         mkdir(downloads, 0o700)
+        // One pass at a time (the timer's and an admin's): a roll-back of one must not swap back over the other's install.
+        let lock: FileDescriptor
+        do {
+            lock = try FileDescriptor.open(syncStateDirectory + "/lock", [.readWrite, .create], permissions: 0o600)
+            try lock.lockExclusively(wait: true)
+        } catch { throw SyncError(.io, "\(syncStateDirectory)/lock: cannot lock: \(error)") }
+        defer { lock.close() }
+        try checkParentDirectory()
+        removeLeftoverStaging()
         let known = knownTimestamp()
         var fetched: Int64 = 0
 
@@ -90,7 +99,17 @@ public struct Sync {
         // 2. Which files this host takes.
         let bucket = rolloutBucket(machineID: machineID)
         guard let ring = timestamp.ring(forBucket: bucket) else { throw SyncError(.badTimestamp, "no ring covers bucket \(bucket)") }
-        let (install, candidates) = timestamp.selection(for: ring)
+        let records: LayerRecords
+        do { records = try LayerRecords.read(stateDirectory: stateDirectory) } catch { throw SyncError(.io, error.description) }
+        var (install, candidates) = timestamp.selection(for: ring)
+        // A host served the previous serial that already applied the newer one (the ring shrank, the machine id
+        // changed) keeps the newer: selection never goes below what this host applied.
+        for (index, file) in install.enumerated() {
+            if let newer = candidates.first(where: { $0.layer == file.layer }), let applied = records.byName[file.layer]?.serial, applied > file.serial {
+                install[index] = newer
+                candidates.removeAll { $0.layer == file.layer }
+            }
+        }
         // The usual poll: the files installed are the ones listed, as recorded when they were installed (by size,
         // change time and inode, so nothing is hashed or verified again).
         if let recorded = installedManifest(), recorded == manifest(for: install, candidates) {
@@ -113,7 +132,7 @@ public struct Sync {
 
         // 5. The set exactly as the daemon will load it.
         let composed: LoadedPolicy
-        do { composed = try PolicyLayers.load(directory: staging, key: baseKey) } catch {
+        do { composed = try PolicyLayers.load(directory: staging, key: baseKey, hostname: hostname) } catch {
             throw SyncError(.refusedPolicy, error.description.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
         }
         for layer in composed.layers {
@@ -122,8 +141,6 @@ public struct Sync {
                 throw SyncError(.mismatch, "layer '\(layer.name)' has serial \(layer.header.serial!), but the timestamp lists serial \(listed.serial)")
             }
         }
-        let records: LayerRecords
-        do { records = try LayerRecords.read(stateDirectory: stateDirectory) } catch { throw SyncError(.io, error.description) }
         // The layers installed now, by header: the shrink guard's other yardstick (what the daemon enforces may be them).
         let inForce = ((try? PolicyLayers.files(in: policyDirectory, suffix: PolicyLayers.enforcedSuffix)) ?? []).compactMap { name -> PolicyLayer? in
             let path = policyDirectory + "/" + name
@@ -134,39 +151,47 @@ public struct Sync {
             throw SyncError(.refusedPolicy, refusal.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
         }
         if !candidates.isEmpty {
-            do { _ = try PolicyLayers.load(directory: staging, key: baseKey, candidates: true) } catch {
+            do { _ = try PolicyLayers.load(directory: staging, key: baseKey, candidates: true, hostname: hostname) } catch {
                 throw SyncError(.refusedPolicy, "candidate: " + error.description.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
             }
         }
 
-        // 6. Nothing new: the same files are installed already.
+        // 6. Nothing new: the same files are installed already (a pass cut short after its swap, before the daemon
+        // took the set in, ends here next time: so the daemon is asked again before the set is recorded as installed).
         if sameFiles(staging, policyDirectory) {
+            try afterInstall()
             recordManifest(install, candidates)
             return Outcome(change: .nothingNew, timestamp: timestamp, ring: ring, installed: install, candidates: candidates,
                            bytesFetched: fetched, timestampNotModified: notModified)
         }
 
         // 7. The swap, then the daemon; if it refuses, the previous set goes back.
-        let previous = syncStateDirectory + "/previous-set"
+        let previous = previousSetPath()
         if (try? linkStatus(policyDirectory)) == nil {
             guard rename(staging, policyDirectory) == 0 else { throw SyncError(.io, "\(policyDirectory): cannot install: \(Errno.current)") }
             swapped = true
             syncParent(of: policyDirectory)
             do { try afterInstall() } catch {
-                _ = rename(policyDirectory, staging)
-                swapped = false
-                throw error
+                if rename(policyDirectory, staging) == 0 { swapped = false }
+                throw SyncError(error.code, error.message + (swapped ? "; AND the new set could not be taken out again (\(Errno.current)): \(policyDirectory) holds it" : ""))
             }
         } else {
             do { try exchangePaths(staging, policyDirectory) } catch { throw SyncError(.io, "\(policyDirectory): cannot swap in the new set: \(error)") }
             syncParent(of: policyDirectory)
             do { try afterInstall() } catch {
-                _ = try? exchangePaths(staging, policyDirectory)
+                var message = error.message
+                do { try exchangePaths(staging, policyDirectory) } catch let back {
+                    // The refused set stays in place: keep the previous one beside it rather than delete it.
+                    swapped = true
+                    _ = rename(staging, previous)
+                    message += "; AND the previous set could not be swapped back (\(back)): it is kept in \(previous)"
+                }
                 syncParent(of: policyDirectory)
-                throw error
+                throw SyncError(error.code, message)
             }
             swapped = true
-            // The set just replaced is the last-known-good one (the daemon keeps its own copies too).
+            // The set just replaced, kept beside the policy directory (one filesystem: a rename); the daemon keeps its
+            // own last-known-good copies of every set it applied.
             removeFlatDirectory(previous)
             if rename(staging, previous) != 0 { removeFlatDirectory(staging) }
         }
@@ -179,8 +204,32 @@ public struct Sync {
     // MARK: - Pieces
 
     private func stagingPath() -> String {
-        let parent = policyDirectory.dropLastPathComponent(), base = policyDirectory.lastPathComponent
-        return parent + "/." + base + ".sync-\(getpid())"
+        policyDirectory.dropLastPathComponent() + "/." + policyDirectory.lastPathComponent + ".sync-\(getpid())"
+    }
+
+    private func previousSetPath() -> String {
+        policyDirectory.dropLastPathComponent() + "/." + policyDirectory.lastPathComponent + ".previous"
+    }
+
+    /// Sync stages and keeps directories beside the policy directory, as root: only safe where nobody but root can
+    /// create, rename or replace entries (a symlink planted there would have root write or delete elsewhere).
+    private func checkParentDirectory() throws(SyncError) {
+        let parent = policyDirectory.dropLastPathComponent()
+        guard let st = try? linkStatus(parent), st.isDirectory else {
+            throw SyncError(.io, "\(parent): the policy directory's parent must be an existing directory (not a symlink)")
+        }
+        guard st.st_uid == 0, st.st_mode & 0o022 == 0 else {
+            throw SyncError(.io, "\(parent): owned by uid \(st.st_uid), mode \(String(st.st_mode & 0o7777, radix: 8)): the policy directory's parent must be root's and writable by root only (sync stages the new set there)")
+        }
+        if let own = try? linkStatus(policyDirectory), !own.isDirectory {
+            throw SyncError(.io, "\(policyDirectory): not a directory (a symlink is not followed)")
+        }
+    }
+
+    /// Staging directories of passes that were cut short (killed, power lost); they hold nothing anyone uses.
+    private func removeLeftoverStaging() {
+        let parent = policyDirectory.dropLastPathComponent(), prefix = "." + policyDirectory.lastPathComponent + ".sync-"
+        for name in (try? listDirectory(parent)) ?? [] where name.hasPrefix(prefix) { removeFlatDirectory(parent + "/" + name) }
     }
 
     /// The timestamp this host accepted last (verified again: the state directory is not trusted blindly).

@@ -161,8 +161,11 @@ public func syncDirectory(_ path: String) throws(Errno) {
     try fd.sync()
 }
 
-/// Removes a directory of plain files (one level: what a sync stages), then the directory itself. Missing is fine.
+/// Removes a directory of plain files (one level: what a sync stages), then the directory itself. Missing is fine;
+/// a symlink is removed as a link, never followed (its target's files are not ours to delete).
 public func removeFlatDirectory(_ path: String) {
+    guard let st = try? linkStatus(path) else { return }
+    guard st.isDirectory else { unlink(path); return }
     for name in (try? listDirectory(path)) ?? [] { unlink(path + "/" + name) }
     rmdir(path)
 }

@@ -46,15 +46,16 @@ extension FleetMerge {
                 note(\.notes, "interpreter differs: \(names.describe(s.interpreters)); wrote \(interpreter!.rawValue)")
             }
             // An fs-verity digest is a grant of trust of its own (a host allows a file with it without reading it),
-            // so it is never chosen by vote: hosts that disagree get none (files are hashed), and one that fewer than
-            // all hosts vouch for is pointed out.
+            // so it is never chosen by vote: it is kept only when every host that has the file names the same one;
+            // otherwise none is written (hosts hash the file) and the review table says why.
             var verity: SHA256Digest?
             if s.verities.count > 1 {
                 note(\.notes, "fs-verity dropped: inventories disagree: \(names.describe(s.verities)); hosts will hash the file")
             } else if let only = s.verities.ranked.first {
-                verity = SHA256Digest(hex: only.value)
                 if only.hosts.count < hosts {
-                    note(\.notes, "fs-verity \(only.value) vouched for by \(only.hosts.count) of \(hosts) hosts (\(names.text(only.hosts)))")
+                    note(\.notes, "fs-verity \(only.value) dropped: vouched for by only \(only.hosts.count) of \(hosts) hosts (\(names.text(only.hosts))); hosts will hash the file")
+                } else {
+                    verity = SHA256Digest(hex: only.value)
                 }
             }
             let entry = AllowEntry(digest: digest, size: size, kind: kind, origin: origin, escapedPath: s.paths.winner ?? "-",

@@ -49,20 +49,32 @@ extension Appctl {
             if let bytes = try? readSmallFile(config, limit: 1 << 20) {
                 do { try configuration.apply(file: config, text: String(decoding: bytes, as: UTF8.self)) } catch { throw CommandFailure("\(error)") }
             }
-            guard let policyPath = configuration.policyPath, let keyPath = configuration.publicKeyPath else {
+            guard let policyPath = configuration.policyDirectory ?? configuration.policyPath, let keyPath = configuration.publicKeyPath else {
                 throw CommandFailure("\(config): no policy and key configured")
             }
             let key = try loadPublicKey(keyPath)
-            // One pass: the entries read are the ones the signature is checked over.
             var signed: [(digest: SHA256Digest, path: String)] = []
             var denied = Set<SHA256Digest>()
-            let header: PolicyHeader
+            var header: PolicyHeader
             do {
-                let result = try PolicyReader(path: policyPath).read(onAllow: { line in
-                    signed.append((line.digest, PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
-                }, onDeny: { entry, _ in denied.insert(entry.digest) })
-                try LoadedPolicy.verify(result, path: policyPath, key: key, now: .now, acceptExpired: true)
-                header = result.header
+                // A policy directory: the layers are verified together first (as the daemon composes them), then each
+                // one's entries are read for their paths. One file: one pass, the entries read are the ones the
+                // signature is checked over.
+                var files = [policyPath]
+                header = PolicyHeader(issued: .now)
+                if configuration.policyDirectory != nil {
+                    header = try PolicyLayers.load(directory: policyPath, key: key, acceptExpired: true).header
+                    files = try PolicyLayers.files(in: policyPath, suffix: PolicyLayers.enforcedSuffix).map { policyPath + "/" + $0 }
+                }
+                var first: PolicyHeader?
+                for file in files {
+                    let result = try PolicyReader(path: file).read(onAllow: { line in
+                        signed.append((line.digest, PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
+                    }, onDeny: { entry, _ in denied.insert(entry.digest) })
+                    if configuration.policyDirectory == nil { try LoadedPolicy.verify(result, path: file, key: key, now: .now, acceptExpired: true) }
+                    first = first ?? result.header
+                }
+                if configuration.policyDirectory == nil { header = first! }
             } catch { throw CommandFailure(error) }
             let overlays: [Overlay]
             do { overlays = try OverlayStore(stateDirectory: configuration.stateDirectory).readAll() } catch { throw CommandFailure("\(error)") }
@@ -78,6 +90,11 @@ extension Appctl {
                     throw CommandFailure("\(metricsFile): cannot write: \(error)")
                 }
             }
+            // The counts, for `appctl status` and the host report (the daemon reads this file; it never scans).
+            let summary = "time \(Timestamp.now.secondsSinceEpoch)\nunknown \(report.unknown.count)\nmodified_packaged \(report.modifiedPackaged.count)\n"
+                + "overlay_only \(report.overlayOnly.count)\nsuperseded \(report.superseded.count)\nabsent \(report.absent.count)\n"
+            mkdir(configuration.stateDirectory, 0o700)
+            try? AtomicFileWriter.write(Array(summary.utf8), to: configuration.stateDirectory + "/drift-summary", permissions: 0o600)
             if json { print(Self.json(report)) } else { Self.printText(report, policy: policyPath, serial: header.serial) }
         }
 

@@ -3,6 +3,7 @@ import AppctlDaemon
 import AppctlFleet
 import AppctlKernel
 import ArgumentParser
+import FoundationEssentials   // JSONDecoder, for the daemon's status reply (ArgumentParser links it already)
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -165,11 +166,17 @@ extension Appctl {
                     do throws(CommandFailure) {
                         _ = try sendControl(.reload, socket: socket)
                         let status = try sendControl(.status(json: true), socket: socket).body
-                        let layers = try installedLayers(in: sync.policyDirectory)
-                        for (name, serial) in layers where !status.contains("\"\(name) \(serial) ") {
+                        struct Layers: Decodable { var policy_layers: [String]; var policy_layers_skipped: [String]? }
+                        guard let enforced = try? JSONDecoder().decode(Layers.self, from: Data(status.utf8)) else {
+                            throw CommandFailure("the daemon's status reply has no policy_layers")
+                        }
+                        // Exactly "<name> <serial> (…)" per layer in force; a skipped supplement (expired, other hosts) is not.
+                        let inForce = Set(enforced.policy_layers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") })
+                        let skipped = Set((enforced.policy_layers_skipped ?? []).map { $0.split(separator: " ").prefix(2).joined(separator: " ") })
+                        for (name, serial) in try installedLayers(in: sync.policyDirectory) where !inForce.contains("\(name) \(serial)") && !skipped.contains("\(name) \(serial)") {
                             throw CommandFailure("the daemon did not take layer '\(name)' serial \(serial) in (is it running with --policy-dir \(sync.policyDirectory)?)")
                         }
-                        daemonNote = "; the daemon enforces it"
+                        daemonNote = "; the daemon enforces it" + (skipped.isEmpty ? "" : " (left out: \(skipped.sorted().joined(separator: ", ")))")
                     } catch {
                         throw SyncError(.daemon, "the daemon refused the new set, the previous one is back in place: \(error.message)")
                     }
@@ -195,9 +202,14 @@ extension Appctl {
                 status = [("result", outcome.change.rawValue), ("ring", outcome.ring.name), ("timestamp_version", "\(t.version)"),
                           ("timestamp_issued", "\(t.issued.secondsSinceEpoch)"), ("timestamp_expires", "\(t.expires.secondsSinceEpoch)")]
             case .failure(let error):
-                printError("appctl sync: refused: \(error.message)")
-                fields += [("result", jsonString("refused")), ("reason", jsonString(error.message)), ("code", jsonString(error.code.rawValue))]
-                status = [("result", "refused"), ("reason", error.message)]
+                // The reason may quote what the channel sent: one line, bounded.
+                let reason = String(String(decoding: error.message.utf8.map { $0 < 0x20 || $0 == 0x7f ? UInt8(ascii: " ") : $0 }, as: UTF8.self).prefix(600))
+                printError("appctl sync: refused: \(reason)")
+                fields += [("result", jsonString("refused")), ("reason", jsonString(reason)), ("code", jsonString(error.code.rawValue))]
+                // What the last good pass knew of the timestamp stays: a frozen channel is exactly when its age matters.
+                let previous = readSyncStatus(stateDirectory: sync.stateDirectory)
+                status = [("result", "refused"), ("reason", reason)]
+                    + ["ring", "timestamp_version", "timestamp_issued", "timestamp_expires"].compactMap { key in previous[key].map { (key, $0) } }
             }
             fields.append(("seconds", String(Int(seconds * 1000)) + "e-3"))
             status.append(("time", "\(Timestamp.now.secondsSinceEpoch)"))
@@ -224,6 +236,16 @@ private func writeSyncStatus(_ fields: [(String, String)], stateDirectory: Strin
     let text = fields.map { "\($0.0) \($0.1.split(separator: "\n").joined(separator: " "))\n" }.joined()
     mkdir(stateDirectory + "/sync", 0o700)
     try? AtomicFileWriter.write(Array(text.utf8), to: stateDirectory + "/sync/status", permissions: 0o600)
+}
+
+private func readSyncStatus(stateDirectory: String) -> [String: String] {
+    guard let bytes = try? readSmallFile(stateDirectory + "/sync/status", limit: 64 * 1024) else { return [:] }
+    var fields: [String: String] = [:]
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+        guard let space = line.firstIndex(of: " ") else { continue }
+        fields[String(line[..<space])] = String(line[line.index(after: space)...])
+    }
+    return fields
 }
 
 /// The layer names and serials of the `.policy` files in a directory, by header.

@@ -24,7 +24,7 @@ struct FleetSyncTests {
         let h = fleet.h
         let known = h.mount + "/known", webApp = try h.makeUnknown("web-app"), unknown = try h.makeUnknown("unknown")
         let later = try h.makeUnknown("later")
-        _ = try h.digest(later)   // taken now: once enforced, an unknown program cannot even be read
+        for path in [later, unknown] { _ = try h.digest(path) }   // taken now: once enforced, an unknown program cannot even be read
         let base1 = try fleet.layer("base", serial: 1, allow: [known], delegations: [fleet.webDelegation()])
         let web1 = try fleet.layer("web", serial: 1, allow: [webApp], supplementOf: "base", key: fleet.supplementKeys)
         try fleet.publish([base1, web1]).expectSuccess()
@@ -114,12 +114,62 @@ struct FleetSyncTests {
         try fleet.publish([base2, web3]).expectSuccess()
         try expectRefused("supplement with a deny", "a supplement may only add allow entries")
 
-        // And the channel recovers: a good bundle installs again.
+        // A timestamp that claims another serial for a file than the file has, and one issued in the future.
         let web4 = try fleet.layer("web", serial: 4, allow: [webApp], supplementOf: "base", key: fleet.supplementKeys)
+        try fleet.publish([base2, web4]).expectSuccess()
+        try fleet.resignTimestamp { t in t.files = t.files.map { var f = $0; if f.layer == "web" { f.serial = 99 }; return f } }
+        try expectRefused("serial the file does not have", "has serial 4, but the timestamp lists serial 99")
+        try fleet.publish([base2, web4]).expectSuccess()
+        try fleet.resignTimestamp { $0.issued = Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch + 3600) }
+        try expectRefused("issued in the future", "in the future of this host's clock")
+
+        // And the channel recovers: a good bundle installs again.
         try fleet.publish([base2, web4]).expectSuccess()
         let recovered = try fleet.sync()
         #expect(recovered.status == 0 && recovered.stdout.contains("installed: base 2, web 4"), "\(recovered.stdout) \(recovered.stderr)")
         #expect(try h.status()["sync_last_result"] as? String == "installed")
+
+        // A set the daemon refuses (here: sync trusts another base key than the daemon) is taken out again.
+        let other = try TestKeys(in: h.dir, name: "other-base")
+        let foreign = try fleet.layer("base", serial: 9, allow: [known, later, unknown], key: other, file: "foreign-base")
+        try fleet.publish([foreign]).expectSuccess()
+        let before = try FileManager.default.contentsOfDirectory(atPath: fleet.policyDir).sorted()
+        let refusedByDaemon = try fleet.sync(key: other.publicPath)
+        #expect(refusedByDaemon.status == 1 && refusedByDaemon.stderr.contains("the daemon refused the new set, the previous one is back in place"),
+                "\(refusedByDaemon.stdout) \(refusedByDaemon.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fleet.policyDir).sorted() == before)
+        #expect(try fleet.layersInForce() == ["base 2 (base)", "web 4 (supplement, 1 allow)"])
+        try fleet.expectEnforcing(allowed: [known, webApp, later], denied: [unknown])
+    }
+
+    /// A delegation's limits hold at the exec, not only on paper: a supplement limited to scripts cannot allow an ELF
+    /// program by labelling it a script; a supplement for other hosts and one past its expiry allow nothing here.
+    @Test func delegationLimitsHoldAtTheExec() throws {
+        let fleet = try Fleet(); defer { fleet.stop() }
+        let h = fleet.h
+        let known = h.mount + "/known", disguised = try h.makeUnknown("disguised"), dbTool = try h.makeUnknown("db-tool")
+        let lapsedTool = try h.makeUnknown("lapsed-tool")
+        let script = try h.writeScript("deploy.sh", "#!/bin/sh\nexit 0\n")
+        for path in [disguised, dbTool, lapsedTool, script] { _ = try h.digest(path) }
+        let scripts = Delegation(name: "scripts", publicKey: fleet.supplementKeys.publicKey, kinds: [.script])
+        let db = Delegation(name: "db", publicKey: fleet.supplementKeys.publicKey)
+        let lapsing = Delegation(name: "lapsing", publicKey: fleet.supplementKeys.publicKey)
+        let base = try fleet.layer("base", serial: 1, allow: [known], delegations: [scripts, db, lapsing])
+        let scriptLayer = try fleet.layer("scripts", serial: 1, allow: [script, disguised], kind: .script, supplementOf: "base", key: fleet.supplementKeys)
+        let dbLayer = try fleet.layer("db", serial: 1, allow: [dbTool], supplementOf: "base", key: fleet.supplementKeys, scope: ["db-*"])
+        let lapsingLayer = try fleet.layer("lapsing", serial: 1, allow: [lapsedTool], supplementOf: "base",
+                                           expires: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch + 8), key: fleet.supplementKeys)
+        try fleet.publish([base, scriptLayer, dbLayer, lapsingLayer]).expectSuccess()
+        let sync = try fleet.sync(from: fleet.bundle)
+        #expect(sync.status == 0, "\(sync.stderr)")
+        try h.start(mode: "enforce", extra: ["--policy-dir", fleet.policyDir])
+        let status = try h.status()
+        #expect(status["policy_layers_skipped"] as? [String] == ["db 1 (for hosts db-*)"], "\(status["policy_layers_skipped"] ?? "")")
+        try fleet.expectEnforcing(allowed: [known, script, lapsedTool], denied: [disguised, dbTool])
+        #expect(try h.waitUntil(10) { h.eventRecords().contains { $0["reason"] as? String == "kind-not-delegated" && $0["path"] as? String == disguised } })
+        // Past its expiry the supplement's entries lose their allow within the daemon's minute check.
+        #expect(try h.waitUntil(90) { (try h.status()["policy_layers_skipped"] as? [String] ?? []).contains { $0.hasPrefix("lapsing 1 (expired") } })
+        try fleet.expectEnforcing(allowed: [known, script], denied: [lapsedTool, disguised, dbTool])
     }
 
     /// The daemon restarted with every layer present enforces the same decisions; with the base expired it enforces the
@@ -237,14 +287,15 @@ final class Fleet: @unchecked Sendable {
     /// Signs a layer allowing (and denying) these files by content; `extraDigests` adds entries for content that is
     /// nowhere (to give a layer size).
     @discardableResult
-    func layer(_ name: String, serial: UInt64, allow: [String], deny: [String] = [], supplementOf: String? = nil, delegations: [Delegation] = [],
-               expires: Timestamp? = nil, key: TestKeys? = nil, shrink: Bool = false, extraDigests: [SHA256Digest] = [], file: String? = nil) throws -> String {
+    func layer(_ name: String, serial: UInt64, allow: [String], kind: FileKind = .elfExec, deny: [String] = [], supplementOf: String? = nil,
+               delegations: [Delegation] = [], expires: Timestamp? = nil, key: TestKeys? = nil, shrink: Bool = false, scope: [String] = [],
+               extraDigests: [SHA256Digest] = [], file: String? = nil) throws -> String {
         let signer = key ?? h.keys
         var entries = try allow.map { p in
-            AllowEntry(digest: try h.digest(p), size: UInt64(try linkStatus(p).st_size), kind: .elfExec, origin: .manual, path: Array(p.utf8))
+            AllowEntry(digest: try h.digest(p), size: UInt64(try linkStatus(p).st_size), kind: kind, origin: .manual, path: Array(p.utf8))
         }
         entries += extraDigests.enumerated().map { AllowEntry(digest: $1, size: 1000 + UInt64($0), kind: .elfExec, origin: .manual, path: Array("/opt/filler/\($0)".utf8)) }
-        var header = PolicyHeader(serial: serial, issued: .now, expires: expires, keyID: signer.publicKey.keyID)
+        var header = PolicyHeader(serial: serial, issued: .now, expires: expires, keyID: signer.publicKey.keyID, scope: scope)
         header.name = name
         header.supplementOf = supplementOf
         header.delegations = delegations
@@ -272,8 +323,8 @@ final class Fleet: @unchecked Sendable {
         utimensat(AT_FDCWD, path, &times, 0)
     }
 
-    func sync(from: String? = nil, extra: [String] = []) throws -> ProcessResult {
-        try run(appctlBinary, ["sync", "--once", "--from", from ?? "http://127.0.0.1:\(port)", "--key", h.keys.publicPath,
+    func sync(from: String? = nil, key: String? = nil, extra: [String] = []) throws -> ProcessResult {
+        try run(appctlBinary, ["sync", "--once", "--from", from ?? "http://127.0.0.1:\(port)", "--key", key ?? h.keys.publicPath,
                                "--timestamp-key", timestampKeys.publicPath, "--policy-dir", policyDir, "--state-dir", h.stateDir,
                                "--socket", h.socket, "--machine-id-file", machineIDFile, "--report", h.dir.file("host-report.jsonl"),
                                "--config", "/dev/null"] + extra)

@@ -146,10 +146,15 @@ import Testing
             try layer("base", allow: ["a"], directory: set)
             try layer("base", serial: 2, allow: ["a"], directory: set, file: "web.policy")
         }
-        try expectRefused("expired supplement", "expired at") { set in
+        try expectRefused("issued in the future", "in the future of this host's clock") { set in
+            try layer("base", allow: ["a"], delegations: [web(maximumValidity: 86_400)], directory: set)
+            let later = Timestamp.now.secondsSinceEpoch + 10 * 365 * 86_400
+            try layer("web", allow: ["b"], supplementOf: "base", expires: Timestamp(secondsSinceEpoch: later + 3600), issued: Timestamp(secondsSinceEpoch: later),
+                      key: webKeys, directory: set)
+        }
+        try expectRefused("shrink in a supplement", "only the base may") { set in
             try layer("base", allow: ["a"], delegations: [web()], directory: set)
-            try layer("web", allow: ["b"], supplementOf: "base", expires: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch - 10),
-                      issued: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch - 100), key: webKeys, directory: set)
+            try layer("web", allow: ["b"], supplementOf: "base", key: webKeys, shrink: true, directory: set)
         }
         try expectRefused("tampered supplement", "signature does not verify") { set in
             try layer("base", allow: ["a"], delegations: [web()], directory: set)
@@ -159,10 +164,49 @@ import Testing
         }
     }
 
+    /// A supplement past its expiry, or for other hosts, is left out (its entries lose their allow) while the base and
+    /// the other supplements apply: one lapsed team must not hold the fleet's base back.
+    @Test func expiredAndOtherHostsSupplementsAreLeftOut() throws {
+        try layer("base", allow: ["a"], delegations: [web(), Delegation(name: "db", publicKey: webKeys.publicKey)])
+        try layer("web", allow: ["w"], supplementOf: "base", expires: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch - 10),
+                  issued: Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch - 100), key: webKeys)
+        var header = PolicyHeader(serial: 1, issued: .now, keyID: webKeys.publicKey.keyID, scope: ["db-*"])
+        header.name = "db"; header.supplementOf = "base"
+        try PolicyWriter.write(path: dir.file("set/db.policy"), header: header,
+                               allows: [AllowEntry(digest: digest("d"), size: 10, kind: .elfExec, origin: .manual, path: Array("/opt/d".utf8))],
+                               denies: [], signingKey: webKeys.privateKey)
+        let onWeb = try PolicyLayers.load(directory: dir.file("set"), key: baseKeys.publicKey, hostname: "web-1")
+        #expect(onWeb.layers.map(\.name) == ["base"])
+        #expect(onWeb.skippedLayers.count == 2 && onWeb.skippedLayers.contains { $0.hasPrefix("web 1 (expired at") }, "\(onWeb.skippedLayers)")
+        #expect(onWeb.lookup(digest("w")) == .unknown && onWeb.lookup(digest("d")) == .unknown)
+        let onDB = try PolicyLayers.load(directory: dir.file("set"), key: baseKeys.publicKey, hostname: "db-1")
+        #expect(onDB.layers.map(\.name) == ["base", "db"] && onDB.lookup(digest("d")) == .known)
+    }
+
+    /// What a supplement cannot grant: fs-verity pairings and interpreter declarations are the base's alone, and a
+    /// kind-limited supplement's entries carry their limit into the decision.
+    @Test func supplementsGrantOnlyDigestsWithinTheirKinds() throws {
+        try layer("base", allow: ["a", "shared"], delegations: [web(kinds: [.script])])
+        var header = PolicyHeader(serial: 1, issued: .now, keyID: webKeys.publicKey.keyID)
+        header.name = "web"; header.supplementOf = "base"
+        let entries = [AllowEntry(digest: digest("s"), size: 10, kind: .script, origin: .manual, path: Array("/opt/s".utf8),
+                                  verity: digest("blocked-file-verity"), interpreter: .perl),
+                       AllowEntry(digest: digest("shared"), size: 10, kind: .script, origin: .manual, path: Array("/opt/shared".utf8))]
+        try PolicyWriter.write(path: dir.file("set/web.policy"), header: header, allows: entries, denies: [], signingKey: webKeys.privateKey)
+        let composed = try compose()
+        #expect(composed.lookup(digest("s")) == .known)
+        #expect(composed.verity.contentDigest(forVerity: digest("blocked-file-verity")) == nil, "no verity pairing from a supplement")
+        #expect(composed.interpreters.isEmpty, "no interpreter declaration from a supplement")
+        #expect(composed.kindLimits.kinds(of: digest("s")) == FileKind.script.bit)
+        #expect(composed.kindLimits.kinds(of: digest("shared")) == nil, "the base allows it as any kind")
+        #expect(composed.kindLimits.kinds(of: digest("a")) == nil)
+    }
+
     @Test func recordsRefuseRollbacksAndShrinkingPerLayer() throws {
         func layerInfo(_ name: String, serial: UInt64, count: Int, shrink: Bool = false, scope: [String] = []) -> PolicyLayer {
             var header = PolicyHeader(serial: serial, issued: .now, keyID: "0000000000000000", scope: scope, allowCount: count)
             header.name = name
+            if name == "web" { header.supplementOf = "base" }
             header.shrinkPermitted = shrink
             return PolicyLayer(name: name, header: header, path: "/p/\(name).policy")
         }
@@ -179,6 +223,10 @@ import Testing
         #expect(records.refusal(of: [layerInfo("web", serial: 4, count: 1)], hostname: "h", allowRollback: false) == nil, "too small for the guard")
         #expect(records.refusal(of: [layerInfo("base", serial: 7, count: 1000, scope: ["db-*"])], hostname: "web-1", allowRollback: false)?
             .contains("is for hosts db-*") == true)
+        // The base role: a base under another name cannot come back older, nor shrink the base unannounced.
+        #expect(records.refusal(of: [layerInfo("old-base", serial: 1, count: 1000)], hostname: "h", allowRollback: false)?
+            .contains("the last applied on this host for the base (rollback refused)") == true)
+        #expect(records.refusal(of: [layerInfo("new-base", serial: 9, count: 10)], hostname: "h", allowRollback: false)?.contains("shrink guard") == true)
         try dir.write("state/layer-serials", "base five 1000\n")
         #expect(throws: PolicyError.self, "an unreadable record refuses rather than switching rollback protection off") {
             try LayerRecords.read(stateDirectory: dir.file("state"))

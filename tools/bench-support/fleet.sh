@@ -44,7 +44,7 @@ with open(f"{w}/all.inv", "w") as f:
     lines = []
     for name, count in [("/usr/bench/base/", 1_000_000)] + [(f"/opt/app{s}/", 1000) for s in range(10)]:
         lines += [f"allow {hashlib.sha256(f'{name}{i}'.encode()).hexdigest()} {4096 + i} elf-exec local {name}{i:07d}\n" for i in range(count)]
-    lines.sort()
+    lines.sort(key=lambda l: l.split(" ")[5].encode())
     f.write(f"appctl-policy 1\nissued 2026-12-06T00:00:00Z\nallow-count {len(lines)}\ndeny-count 0\n")
     f.writelines(lines)
 PY

@@ -118,8 +118,10 @@ struct InterpreterRule: Sendable {
         let arguments = bytes.last == 0 ? Array(all.dropLast()) : all
         if arguments.count > Self.maximumArguments { return true }
         var candidates = family.programArgumentIndices(arguments).map { $0.map { arguments[$0] } } ?? arguments
-        if family != .other, let environment = try? readSmallFile("/proc/\(pid)/environ", limit: 4 << 20) {
-            let names = family == .shell ? ["BASH_ENV=", "ENV="] : ["PYTHONSTARTUP="]
+        // `.other` (an interpreter of no known grammar, or one program two sources call different languages) gets
+        // every check of the others: a merge of families must never weaken what either would have checked.
+        if let environment = try? readSmallFile("/proc/\(pid)/environ", limit: 4 << 20) {
+            let names = family == .shell ? ["BASH_ENV=", "ENV="] : family == .python ? ["PYTHONSTARTUP="] : ["BASH_ENV=", "ENV=", "PYTHONSTARTUP="]
             for variable in environment.split(separator: 0) {
                 for name in names where variable.starts(with: name.utf8) { candidates.append(Array(variable.dropFirst(name.utf8.count))) }
             }
@@ -136,7 +138,7 @@ struct InterpreterRule: Sendable {
             if id.device == device, id.inode == inode { return true }
             // `python3 dir` runs dir/__main__.py (not `-m module`: no candidate then, and the standard library's
             // packages keep working).
-            if family == .python, openedName == "__main__.py", id.mode & S_IFMT == S_IFDIR { return true }
+            if family != .shell, openedName == "__main__.py", id.mode & S_IFMT == S_IFDIR { return true }
         }
         return false
     }

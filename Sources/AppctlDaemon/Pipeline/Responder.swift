@@ -120,7 +120,10 @@ final class Responder: Sendable {
     /// *before* answering: the process is blocked in execve then, so what is read is certainly it (a denied child
     /// often exits within microseconds of the answer). Allows, the hot path, are answered at once.
     func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer) {
-        let verdict = answer.verdict
+        var verdict = answer.verdict
+        if verdict.allow && verdict.requiredKinds != 0 && !Self.isOneOf(verdict.requiredKinds, FileDescriptor(rawValue: request.descriptor)) {
+            verdict = policy.verdict(layer: verdict.layer) { Decision.kindNotDelegated(mode: $0) }
+        }
         if answer.repeatsExec {
             request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure)
             return
@@ -180,6 +183,16 @@ final class Responder: Sendable {
             record.allowedBy = verdict.allowedBy
             events.submit(record)
         }
+    }
+
+    /// Whether the file behind `fd` is of one of `kinds` (`FileKind.bit`s), by its bytes (as learn classifies it).
+    /// Only for content a kind-limited supplement alone allows: a read of the first 64 bytes (and the ELF program
+    /// headers) from the page cache, on the thread that answers.
+    static func isOneOf(_ kinds: UInt8, _ fd: FileDescriptor) -> Bool {
+        guard let st = try? fd.status() else { return false }
+        let head = fd.readBytes(at: 0, count: ContentClassifier.headerLength)
+        let kind = ContentClassifier.classify(head: head, executableBit: st.st_mode & 0o111 != 0) { offset, count in fd.readBytes(at: offset, count: count) }
+        return kind.map { kinds & $0.bit != 0 } ?? false
     }
 
     /// Who besides root could change the file behind `fd`, for the event record of a `mutable` verdict.

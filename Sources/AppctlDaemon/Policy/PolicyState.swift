@@ -85,6 +85,8 @@ public final class PolicyState: Sendable {
                 allowedBy = overlay
             }
             var verdict = Verdict(Decision.decide(lookup, mode: c.mode), serial: c.policy?.header.serial, mode: c.mode, layer: layer, allowedBy: allowedBy)
+            // Allowed only by supplements whose delegations limit kinds: the responder checks the file is one of them.
+            if allowedBy == "base", c.policy!.kindLimits.count > 0, let kinds = c.policy!.kindLimits.kinds(of: digest) { verdict.requiredKinds = kinds }
             // Shadow evaluation: what the candidate set would say of content the set in force allows. The overlays
             // count for both (what a host derived locally does not change with the candidate).
             if lookup == .known, let candidate = c.candidate, case let candidateSays = candidate.lookup(digest),
@@ -167,6 +169,9 @@ public final class PolicyState: Sendable {
         public var candidateLayers: [PolicyLayer] = []
         public var candidateError: String?
         public var candidateWouldDenyPrograms = 0
+        /// Supplements left out of the set in force (for other hosts, or expired).
+        public var skippedLayers: [String] = []
+        public var totalAllowCount = 0
         public var path: String?
         public var mode: Mode
         public var lastError: String?
@@ -178,7 +183,8 @@ public final class PolicyState: Sendable {
     public var snapshot: Snapshot {
         current.withLock { c in
             Snapshot(policy: c.policy?.header, layers: c.policy?.layers ?? [], candidateLayers: c.candidate?.layers ?? [], candidateError: c.candidateError,
-                     candidateWouldDenyPrograms: c.candidateWouldDeny.count,
+                     candidateWouldDenyPrograms: c.candidateWouldDeny.count, skippedLayers: c.policy?.skippedLayers ?? [],
+                     totalAllowCount: c.policy?.totalAllowCount ?? 0,
                      path: c.policy?.path, mode: c.mode, lastError: c.lastError, source: c.source)
         }
     }
@@ -387,7 +393,7 @@ extension PolicyState {
         let policy: LoadedPolicy
         let records: LayerRecords
         do {
-            policy = try PolicyLayers.load(directory: directory, key: key)
+            policy = try PolicyLayers.load(directory: directory, key: key, hostname: hostname)
             records = try LayerRecords.read(stateDirectory: stateDirectory)
         } catch {
             return .failure(PolicyRefusal(error.description))
@@ -419,7 +425,7 @@ extension PolicyState {
         if !files.isEmpty {
             switch Self.readKey(keyPath) {
             case .success(let key):
-                do { candidate = try PolicyLayers.load(directory: directory, key: key, candidates: true) } catch let e { error = e.description }
+                do { candidate = try PolicyLayers.load(directory: directory, key: key, candidates: true, hostname: hostname) } catch let e { error = e.description }
             case .failure(let refusal): error = refusal.description
             }
         }
@@ -453,8 +459,21 @@ extension PolicyState {
             (name: m.name, path: layerCopiesDirectory + "/\(m.name)-\(m.serial).policy", shown: layerCopiesDirectory + "/\(m.name)-\(m.serial).policy")
         }
         let policy: LoadedPolicy
-        do { policy = try PolicyLayers.compose(files, key: key, acceptExpired: true) } catch {
+        do { policy = try PolicyLayers.compose(files, key: key, acceptExpired: true, hostname: hostname) } catch {
             return .failure(PolicyRefusal("no usable last-known-good layer set: \(error)"))
+        }
+        for layer in policy.layers where members.first(where: { $0.name == layer.name })?.serial != layer.header.serial {
+            return .failure(PolicyRefusal("\(layer.path): holds serial \(layer.header.serial!), not the one the last-known-good set names"))
+        }
+        // Older than what this host applied since (a copy that failed after a newer set was applied): enforced all the
+        // same (an older set is better than none), and said loudly.
+        let records = (try? LayerRecords.read(stateDirectory: stateDirectory)) ?? LayerRecords()
+        let older = policy.layers.filter { layer in
+            let recorded = [layer.name] + (layer.isSupplement ? [] : [LayerRecords.baseRole])
+            return recorded.contains { (records.byName[$0]?.serial ?? 0) > layer.header.serial! }
+        }
+        if !older.isEmpty {
+            Self.warn("appctl: WARNING: the last-known-good layer set is OLDER than what this host applied (\(older.map { "\($0.name) \($0.header.serial!)" }.joined(separator: ", "))): what the newer set revoked may run again")
         }
         current.withLock { c in
             c.policy = policy
@@ -486,6 +505,13 @@ extension PolicyState {
             if let copy = try? linkStatus(target), let original = try? linkStatus(layer.path), copy.st_size == original.st_size { continue }
             do { try copyFile(from: layer.path, to: target, permissions: 0o600) } catch {
                 Self.warn("appctl: WARNING: cannot keep a last-known-good copy of \(layer.path) in \(layerCopiesDirectory): \(error)")
+                return
+            }
+            // Copied by path after the set was applied: the directory may hold another set by now. The copy is only
+            // kept if it is the serial applied (it is verified again whenever it is used).
+            guard (try? PolicyLayers.readHeader(path: target, shown: target))?.serial == layer.header.serial else {
+                unlink(target)
+                Self.warn("appctl: WARNING: \(layer.path) changed before its last-known-good copy was made; the previous copies stay")
                 return
             }
         }
