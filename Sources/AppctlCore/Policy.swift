@@ -457,6 +457,14 @@ public func parseDuration(_ text: String) -> UInt64? {
     return overflow ? nil : product
 }
 
+/// 7200 → "2h", 5400 → "90m", 45 → "45s": the inverse of `parseDuration`, for messages.
+public func formatDuration(_ seconds: UInt64) -> String {
+    if seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
+    if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
+    if seconds % 60 == 0 { return "\(seconds / 60)m" }
+    return "\(seconds)s"
+}
+
 /// `/a/b` with no empty, `.` or `..` component, no trailing slash (except `/` itself), printable ASCII only
 /// and none of the separators the specs use.
 public func isNormalisedAbsolute(_ path: String) -> Bool {

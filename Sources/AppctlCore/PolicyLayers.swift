@@ -155,9 +155,9 @@ public enum PolicyLayers {
             throw refuse("\(kinds[kind]!) entries of kind \(kind.rawValue), which its delegation does not allow (only \(delegation.kinds.map(\.rawValue).joined(separator: ", ")))")
         }
         if let maximum = delegation.maximumValiditySeconds {
-            guard let expires = header.expires else { throw refuse("it never expires, but its delegation allows at most \(formatSeconds(maximum)) of validity") }
+            guard let expires = header.expires else { throw refuse("it never expires, but its delegation allows at most \(formatDuration(maximum)) of validity") }
             let validity = expires.secondsSinceEpoch - header.issued.secondsSinceEpoch
-            if validity > Int64(maximum) { throw refuse("valid for \(formatSeconds(UInt64(max(0, validity)))), more than the \(formatSeconds(maximum)) its delegation allows") }
+            if validity > Int64(maximum) { throw refuse("valid for \(formatDuration(UInt64(max(0, validity)))), more than the \(formatDuration(maximum)) its delegation allows") }
         }
     }
 
@@ -215,16 +215,10 @@ public enum PolicyLayers {
     }
 }
 
-func formatSeconds(_ seconds: UInt64) -> String {
-    if seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
-    if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
-    if seconds % 60 == 0 { return "\(seconds / 60)m" }
-    return "\(seconds)s"
-}
-
 extension String {
     var orNone: String { isEmpty ? "none" : self }
-    func dropLastPathComponent() -> String {
+    /// `/a/b/c` → `/a/b`, `/a` → `/`, `a` → `.`.
+    public func dropLastPathComponent() -> String {
         guard let slash = lastIndex(of: "/") else { return "." }
         return slash == startIndex ? "/" : String(self[..<slash])
     }

@@ -208,7 +208,7 @@ extension Daemon: DaemonControl {
 
     /// What the last `appctl drift` counted (`<state-dir>/drift-summary`), as `unknown 3, modified_packaged 0, …, counted 7200 s ago`.
     func driftSummary() -> String? {
-        var fields = keyValueFile(configuration.stateDirectory + "/drift-summary")
+        var fields = readKeyValueFile(configuration.stateDirectory + "/drift-summary")
         guard let time = fields.removeValue(forKey: "time").flatMap({ Int64($0) }) else { return nil }
         let order = ["unknown", "modified_packaged", "overlay_only", "superseded", "absent"]
         return order.compactMap { name in fields[name].map { "\(name) \($0)" } }.joined(separator: ", ")
@@ -216,18 +216,8 @@ extension Daemon: DaemonControl {
     }
 
     /// `<state-dir>/sync/status`: `key value` lines written by `appctl sync` after each pass.
-    func syncStatus() -> [String: String] { keyValueFile(configuration.stateDirectory + "/sync/status") }
+    func syncStatus() -> [String: String] { readKeyValueFile(configuration.stateDirectory + "/sync/status") }
 
-    /// A small file of `key value` lines another appctl command wrote for `status`.
-    private func keyValueFile(_ path: String) -> [String: String] {
-        guard let bytes = try? readSmallFile(path, limit: 64 * 1024) else { return [:] }
-        var fields: [String: String] = [:]
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            guard let space = line.firstIndex(of: " ") else { continue }
-            fields[String(line[..<space])] = String(line[line.index(after: space)...])
-        }
-        return fields
-    }
 
     /// The Prometheus text exposition format, for node_exporter's textfile collector.
     public func metricsText() -> String {

@@ -373,10 +373,6 @@ func age(_ seconds: Int64) -> String {
 }
 
 extension String {
-    func dropLastPathComponent() -> String {
-        guard let slash = lastIndex(of: "/") else { return "." }
-        return slash == startIndex ? "/" : String(self[..<slash])
-    }
     var lastPathComponent: String { split(separator: "/").last.map(String.init) ?? self }
     func replacingOccurrences(of target: String, with replacement: String) -> String {
         guard !target.isEmpty else { return self }

@@ -165,6 +165,18 @@ extension stat {
 
 /// Reads a whole small file (keys, configs, /proc entries), refusing anything over `limit` bytes and
 /// never blocking on a FIFO put in its place.
+/// A small file of `key value` lines (one command leaves them for another: sync and drift for `status`); empty when
+/// it cannot be read.
+public func readKeyValueFile(_ path: String, limit: Int = 64 * 1024) -> [String: String] {
+    guard let bytes = try? readSmallFile(path, limit: limit) else { return [:] }
+    var fields: [String: String] = [:]
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+        guard let space = line.firstIndex(of: " ") else { continue }
+        fields[String(line[..<space])] = String(line[line.index(after: space)...])
+    }
+    return fields
+}
+
 public func readSmallFile(_ path: String, limit: Int) throws(Errno) -> [UInt8] {
     let fd = try FileDescriptor.open(path, [.readOnly, .nonBlocking])
     defer { fd.close() }

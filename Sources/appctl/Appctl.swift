@@ -95,10 +95,17 @@ struct SerialNumber: ExpressibleByArgument {
     static var defaultValueDescription: String { "a positive integer" }
 }
 
+/// `--expires`: a time (`2027-06-30`, `2027-06-30T12:00:00Z`) or a duration from now (`90m`, `12h`, `30d`), as every
+/// duration in appctl is written.
 struct ExpiryTime: ExpressibleByArgument {
     var value: Timestamp
     init?(argument: String) {
-        guard let t = Timestamp(userInput: argument) else { return nil }
-        value = t
+        if let t = Timestamp(userInput: argument) {
+            value = t
+        } else if let seconds = parseDuration(argument), argument.last?.isLetter == true, seconds <= 100 * 366 * 86_400 {
+            value = Timestamp(secondsSinceEpoch: Timestamp.now.secondsSinceEpoch + Int64(seconds))
+        } else {
+            return nil
+        }
     }
 }

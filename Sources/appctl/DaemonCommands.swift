@@ -34,6 +34,22 @@ func sendControl(_ request: ControlRequest, socket: String) throws(CommandFailur
     return reply
 }
 
+/// The daemon's configuration file: `--config` (which must exist), else the default path when it exists, else the
+/// defaults. Shared by the daemon and `sync`, which reads its own settings from the same file.
+func loadConfiguration(_ config: String?) throws(CommandFailure) -> DaemonConfiguration {
+    var configuration = DaemonConfiguration()
+    let configPath = config ?? DaemonConfiguration.defaultPath
+    guard config != nil || (try? linkStatus(configPath)) != nil else { return configuration }
+    let text: [UInt8]
+    do { text = try readSmallFile(configPath, limit: 1 << 20) } catch {
+        throw CommandFailure("\(configPath): cannot read config: \(error)")
+    }
+    do { try configuration.apply(file: configPath, text: String(decoding: text, as: UTF8.self)) } catch {
+        throw CommandFailure(error.description)
+    }
+    return configuration
+}
+
 /// `--mode` and the mode commands take the same words as the config file and the control socket.
 extension Mode: ExpressibleByArgument {}
 
@@ -93,17 +109,7 @@ extension Appctl {
         var debugSelftest = false
 
         func run() throws {
-            var configuration = DaemonConfiguration()
-            let configPath = config ?? DaemonConfiguration.defaultPath
-            if config != nil || (try? linkStatus(configPath)) != nil {
-                let text: [UInt8]
-                do { text = try readSmallFile(configPath, limit: 1 << 20) } catch {
-                    throw CommandFailure("\(configPath): cannot read config: \(error)")
-                }
-                do { try configuration.apply(file: configPath, text: String(decoding: text, as: UTF8.self)) } catch {
-                    throw CommandFailure(error.description)
-                }
-            }
+            var configuration = try loadConfiguration(config)
             if let mode { configuration.mode = mode }
             if let policy { configuration.policyPath = policy; configuration.policyDirectory = nil }
             if let policyDir { configuration.policyDirectory = policyDir }

@@ -118,16 +118,7 @@ extension Appctl {
         var stallTimeout: String = "30s"
 
         func run() throws {
-            var configuration = DaemonConfiguration()
-            let configPath = config ?? DaemonConfiguration.defaultPath
-            if config != nil || (try? linkStatus(configPath)) != nil {
-                do {
-                    let text = try readSmallFile(configPath, limit: 1 << 20)
-                    try configuration.apply(file: configPath, text: String(decoding: text, as: UTF8.self))
-                } catch let error as DaemonConfiguration.ParseError { throw CommandFailure(error.description) } catch {
-                    throw CommandFailure("\(configPath): cannot read config: \(error)")
-                }
-            }
+            let configuration = try loadConfiguration(config)
             guard let from = from ?? configuration.syncFrom else { throw CommandFailure("no --from (or sync-from in the config): where is the bundle?", exitCode: 2) }
             guard let keyPath = key ?? configuration.publicKeyPath else { throw CommandFailure("no --key", exitCode: 2) }
             let timestampKeyPath = timestampKey ?? configuration.timestampKeyPath
@@ -207,7 +198,7 @@ extension Appctl {
                 printError("appctl sync: refused: \(reason)")
                 fields += [("result", jsonString("refused")), ("reason", jsonString(reason)), ("code", jsonString(error.code.rawValue))]
                 // What the last good pass knew of the timestamp stays: a frozen channel is exactly when its age matters.
-                let previous = readSyncStatus(stateDirectory: sync.stateDirectory)
+                let previous = readKeyValueFile(sync.stateDirectory + "/sync/status")
                 status = [("result", "refused"), ("reason", reason)]
                     + ["ring", "timestamp_version", "timestamp_issued", "timestamp_expires"].compactMap { key in previous[key].map { (key, $0) } }
             }
@@ -236,16 +227,6 @@ private func writeSyncStatus(_ fields: [(String, String)], stateDirectory: Strin
     let text = fields.map { "\($0.0) \($0.1.split(separator: "\n").joined(separator: " "))\n" }.joined()
     mkdir(stateDirectory + "/sync", 0o700)
     try? AtomicFileWriter.write(Array(text.utf8), to: stateDirectory + "/sync/status", permissions: 0o600)
-}
-
-private func readSyncStatus(stateDirectory: String) -> [String: String] {
-    guard let bytes = try? readSmallFile(stateDirectory + "/sync/status", limit: 64 * 1024) else { return [:] }
-    var fields: [String: String] = [:]
-    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-        guard let space = line.firstIndex(of: " ") else { continue }
-        fields[String(line[..<space])] = String(line[line.index(after: space)...])
-    }
-    return fields
 }
 
 /// The layer names and serials of the `.policy` files in a directory, by header.

@@ -9,7 +9,7 @@ import Glibc
 
 /// Options every command that writes a signed policy shares.
 struct SigningOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Expiry, e.g. 2027-06-30 or 2027-06-30T12:00:00Z; hosts refuse the policy afterwards.", valueName: "iso8601"))
+    @Option(help: ArgumentHelp("Expiry: a time (2027-06-30, 2027-06-30T12:00:00Z) or a duration from now (12h, 30d); hosts refuse the policy afterwards.", valueName: "time|duration"))
     var expires: ExpiryTime?
 
     @Option(help: ArgumentHelp("Comma-separated hostname globs the policy is for, e.g. 'web-*,db-0?'.", valueName: "selector"))

@@ -330,14 +330,6 @@ extension Appctl {
     }
 }
 
-/// 7200 → "2h", 5400 → "90m", 45 → "45s".
-func formatDuration(_ seconds: UInt64) -> String {
-    if seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
-    if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
-    if seconds % 60 == 0 { return "\(seconds / 60)m" }
-    return "\(seconds)s"
-}
-
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

@@ -194,21 +194,27 @@ public final class PolicyState: Sendable {
     public func apply(path: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
         let result = load(path: path, keyPath: keyPath, allowRollback: allowRollback)
         if case .success(let policy) = result { keepCopyInTheBackground(of: policy) }
+        swapIn(result)
+        return result.map(\.header)
+    }
+
+    /// Puts a policy just loaded in force (the overlays re-derived for it, outside the decision lock), or keeps the
+    /// one in force and remembers why not.
+    private func swapIn(_ result: Result<LoadedPolicy, PolicyRefusal>) {
         rebuilding.withLock { _ in
-        let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
-        current.withLock { c in
-            switch result {
-            case .success(let policy):
-                c.policy = policy
-                c.lastError = nil
-                c.source = .configured
-                c.overlayTable = table!
-            case .failure(let refusal):
-                c.lastError = refusal.description
+            let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
+            current.withLock { c in
+                switch result {
+                case .success(let policy):
+                    c.policy = policy
+                    c.lastError = nil
+                    c.source = .configured
+                    c.overlayTable = table!
+                case .failure(let refusal):
+                    c.lastError = refusal.description
+                }
             }
         }
-        }
-        return result.map(\.header)
     }
 
     /// At start, when the configured policy is missing, corrupt, out of scope or expired: applies the newest copy
@@ -227,18 +233,23 @@ public final class PolicyState: Sendable {
         for (_, path) in copies {
             switch load(path: path, keyPath: keyPath, allowRollback: true, acceptExpired: true, recordsSerial: false) {
             case .success(let policy):
-                current.withLock { c in
-                    c.policy = policy
-                    c.lastError = refusal.description
-                    c.source = .lastKnownGood(because: refusal.description)
-                    c.overlayTable = OverlayTable(c.overlays, header: policy.header)
-                }
-                return .success(policy.header)
+                return .success(swapInLastKnownGood(policy, because: refusal))
             case .failure(let why):
                 reasons.append(why.description)
             }
         }
         return .failure(PolicyRefusal("no usable last-known-good policy: " + reasons.joined(separator: "; ")))
+    }
+
+    /// Puts a last-known-good policy in force (at start, before any decision: no need to build the table outside the lock).
+    private func swapInLastKnownGood(_ policy: LoadedPolicy, because refusal: PolicyRefusal) -> PolicyHeader {
+        current.withLock { c in
+            c.policy = policy
+            c.lastError = refusal.description
+            c.source = .lastKnownGood(because: refusal.description)
+            c.overlayTable = OverlayTable(c.overlays, header: policy.header)
+        }
+        return policy.header
     }
 
     var copiesDirectory: String { stateDirectory + "/applied" }
@@ -366,20 +377,7 @@ extension PolicyState {
     public func applyLayers(directory: String, keyPath: String, allowRollback: Bool) -> Result<PolicyHeader, PolicyRefusal> {
         let result = loadLayers(directory: directory, keyPath: keyPath, allowRollback: allowRollback)
         if case .success(let policy) = result { keepLayerCopiesInTheBackground(policy.layers) }
-        rebuilding.withLock { _ in
-            let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
-            current.withLock { c in
-                switch result {
-                case .success(let policy):
-                    c.policy = policy
-                    c.lastError = nil
-                    c.source = .configured
-                    c.overlayTable = table!
-                case .failure(let refusal):
-                    c.lastError = refusal.description
-                }
-            }
-        }
+        swapIn(result)
         if case .success = result { loadCandidate(directory: directory, keyPath: keyPath) }
         return result.map(\.header)
     }
@@ -475,13 +473,7 @@ extension PolicyState {
         if !older.isEmpty {
             Self.warn("appctl: WARNING: the last-known-good layer set is OLDER than what this host applied (\(older.map { "\($0.name) \($0.header.serial!)" }.joined(separator: ", "))): what the newer set revoked may run again")
         }
-        current.withLock { c in
-            c.policy = policy
-            c.lastError = refusal.description
-            c.source = .lastKnownGood(because: refusal.description)
-            c.overlayTable = OverlayTable(c.overlays, header: policy.header)
-        }
-        return .success(policy.header)
+        return .success(swapInLastKnownGood(policy, because: refusal))
     }
 
     /// Copies of the set just applied, for `applyLastKnownGoodLayers`: `<name>-<serial>.policy` and a `set` file
