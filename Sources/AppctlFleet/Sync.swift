@@ -94,7 +94,7 @@ public struct Sync {
 
         // A verified, fresh timestamp is remembered at once, whatever happens to the files it names (as TUF keeps a
         // timestamp once verified): a captured older bundle replayed afterwards is then refused as a replay.
-        try remember(timestamp: bytes, validators: fetchedTimestamp?.1)
+        try remember(timestamp: bytes, validators: fetchedTimestamp.map { $0.1 })
 
         // 2. Which files this host takes.
         let bucket = rolloutBucket(machineID: machineID)

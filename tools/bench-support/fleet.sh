@@ -102,7 +102,7 @@ done
 wire=$(curl -sS -o /dev/null -w '%{size_request} %{size_header} %{size_download}' -H "If-Modified-Since: $lastmod" "$URL/timestamp")
 echo "| poll, nothing new (appctl sync --once) | $(printf '%s\n' "${poll[@]}" | median) s | ${poll[*]} |"
 echo "| floor: the same conditional GET by curl | $(printf '%s\n' "${curlpoll[@]}" | median) s | ${curlpoll[*]} |"
-echo "server log of the polls (path status body-bytes): $(grep -v HEAD "$W/server.log" | sort | uniq -c | tr '\n' ';')"
+echo "server log of the polls, in order (path status body-bytes): $(tr "\n" ";" < "$W/server.log")"
 echo "one poll on the wire (curl's count of the same request): request ${wire%% *} bytes, response headers $(echo "$wire" | cut -d' ' -f2) bytes, body $(echo "$wire" | cut -d' ' -f3) bytes"
 
 # 4. The daemon: reload and start-up with 11 layers vs one file of the same entries; RSS.
