@@ -26,6 +26,28 @@ public struct DigestSet: Sendable {
 
     public var count: Int { sorted.count }
 
+    /// A large set and a few small ones (a base and its supplements): the small ones are sorted together, then merged
+    /// with the large one in one linear pass — composing 1M + 10×1k entries costs a merge, not a sort of 1M.
+    public static func union(_ large: DigestSet, _ small: [DigestSet]) -> DigestSet {
+        var rest = small.flatMap(\.sorted)
+        guard !rest.isEmpty else { return large }
+        rest = DigestSet(sortingInPlace: &rest).sorted
+        var merged: [SHA256Digest] = []
+        merged.reserveCapacity(large.count + rest.count)
+        var i = 0, j = 0
+        let a = large.sorted
+        while i < a.count || j < rest.count {
+            let next: SHA256Digest
+            if j == rest.count || (i < a.count && a[i] < rest[j]) { next = a[i]; i += 1 }
+            else if i == a.count || rest[j] < a[i] { next = rest[j]; j += 1 }
+            else { next = a[i]; i += 1; j += 1 }
+            merged.append(next)
+        }
+        var result = DigestSet([])
+        result.sorted = merged
+        return result
+    }
+
     public func contains(_ digest: SHA256Digest) -> Bool {
         sorted.withUnsafeBufferPointer { binarySearch($0, for: digest, by: { $0 }) } != nil
     }

@@ -169,11 +169,8 @@ public enum PolicyLayers {
     /// the base or an unlimited supplement allows the same digest.
     static func composeEntries(base: LoadedPolicy, supplements: [(policy: LoadedPolicy, delegation: Delegation)]) -> LoadedPolicy {
         guard !supplements.isEmpty else { return base }
-        var allowed = base.allowed.sorted
-        allowed.reserveCapacity(allowed.count + supplements.reduce(0) { $0 + $1.policy.allowed.count })
-        for supplement in supplements { allowed.append(contentsOf: supplement.policy.allowed.sorted) }
         var composed = base
-        composed.allowed = DigestSet(sortingInPlace: &allowed)
+        composed.allowed = DigestSet.union(base.allowed, supplements.map(\.policy.allowed))
         var sizes = base.allowedSizes ?? SizeFilter()
         for supplement in supplements { if let other = supplement.policy.allowedSizes { sizes.formUnion(other) } }
         composed.allowedSizes = sizes

@@ -86,8 +86,10 @@ import Testing
 
     @Test func aBaseAndItsSupplementsComposeAndADenyInTheBaseWins() throws {
         try layer("base", allow: ["a", "b"], deny: ["blocked"], delegations: [web()])
-        try layer("web", allow: ["c", "blocked"], supplementOf: "base", key: webKeys)
+        try layer("web", allow: ["c", "blocked", "a"], supplementOf: "base", key: webKeys)
         let composed = try compose()
+        #expect(composed.allowed.count == 4, "merged without repeats: a, b, c, blocked")
+        #expect(composed.allowed.sorted == composed.allowed.sorted.sorted())
         #expect(composed.layers.map(\.name) == ["base", "web"])
         #expect(composed.lookup(digest("a")) == .known && composed.lookup(digest("c")) == .known)
         #expect(composed.lookup(digest("blocked")) == .blocklisted, "a deny in any layer wins")
