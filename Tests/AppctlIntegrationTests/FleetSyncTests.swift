@@ -319,9 +319,12 @@ final class Fleet: @unchecked Sendable {
         var timestamp = try BundleTimestamp.verified(Array(try Data(contentsOf: URL(fileURLWithPath: path))), key: timestampKeys.publicKey, source: path)
         change(&timestamp)
         let bytes = try timestamp.signed(with: timestampKeys.privateKey)
+        let previous = try linkStatus(path).st_mtim.tv_sec
         try Data(bytes).write(to: URL(fileURLWithPath: path))
-        // A second later than the last copy: the server's If-Modified-Since has one-second resolution.
-        var times = [timespec(tv_sec: time(nil) + 2, tv_nsec: 0), timespec(tv_sec: time(nil) + 2, tv_nsec: 0)]
+        // Later than the copy it replaces, as `bundle publish` does: the server's If-Modified-Since has one-second
+        // resolution, and an mtime that did not move would be answered 304.
+        let later = max(previous + 1, time(nil))
+        var times = [timespec(tv_sec: later, tv_nsec: 0), timespec(tv_sec: later, tv_nsec: 0)]
         utimensat(AT_FDCWD, path, &times, 0)
     }
 
