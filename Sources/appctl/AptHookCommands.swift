@@ -37,7 +37,10 @@ extension Appctl {
         /// The hook program: installed next to this `appctl`.
         static func hookProgram() throws(CommandFailure) -> String {
             guard let exe = realPath("/proc/self/exe") else { throw CommandFailure("cannot find this program's own path") }
-            let program = String(exe[..<exe.lastIndex(of: "/")!]) + "/appctl-apt-hook"
+            // Next to this appctl (a build tree), or where the Debian package puts it (/usr/sbin/appctl ships
+            // /usr/lib/appctl/appctl-apt-hook).
+            let besides = String(exe[..<exe.lastIndex(of: "/")!]) + "/appctl-apt-hook", packaged = "/usr/lib/appctl/appctl-apt-hook"
+            let program = (try? fileStatus(besides))?.isRegularFile != true && exe == "/usr/sbin/appctl" ? packaged : besides
             guard (try? fileStatus(program))?.isRegularFile == true else {
                 throw CommandFailure("\(program): not found (it is built and installed next to appctl)")
             }

@@ -18,7 +18,14 @@ struct SocketOption: ParsableArguments {
 func sendControl(_ request: ControlRequest, socket: String) throws(CommandFailure) -> ControlReply {
     let fd: FileDescriptor
     do { fd = try connectUnix(socket) } catch {
-        throw CommandFailure("\(socket): cannot reach the daemon: \(error)\(error == .permissionDenied ? " (the control socket is root-only)" : "")")
+        let hint: String
+        switch error {
+        case .permissionDenied: hint = " (the control socket is root-only: run as root)"
+        case .noSuchFile, Errno(rawValue: ECONNREFUSED):
+            hint = " — the daemon is not running. Start it with 'systemctl enable --now appctl' once /etc/appctl/policy.txt (or policy-dir) holds a signed policy: 'appctl learn --sign-with /etc/appctl/signing.key --serial 1 --out /etc/appctl/policy.txt' makes one from this machine (appctl(8))"
+        default: hint = ""
+        }
+        throw CommandFailure("\(socket): cannot reach the daemon: \(error)\(hint)")
     }
     defer { fd.close() }
     // The daemon may answer (a refusal) and close before reading: keep reading its reply.

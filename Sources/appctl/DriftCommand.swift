@@ -82,7 +82,11 @@ extension Appctl {
             var dpkg: DpkgDatabase?
             if (try? linkStatus(dpkgAdmindir + "/info")) != nil { dpkg = try? DpkgDatabase(adminDir: dpkgAdmindir) }
             for root in roots where (try? linkStatus(root))?.isDirectory != true { throw CommandFailure("\(root): not a directory") }
-            let scan = Scanner(options: LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, dpkg: dpkg, includeModified: true)).run()
+            // Progress on a terminal only (as learn): a timer's or a pipe's output stays the report alone.
+            let progress = isatty(2) == 1 ? ProgressLine() : nil
+            let scan = Scanner(options: LearnOptions(roots: roots.isEmpty ? LearnOptions.defaultRoots : roots, dpkg: dpkg, includeModified: true))
+                .run(progress: progress.map { p in { p.show($0) } })
+            progress?.clear()
             let events = (try? readTail(configuration.eventsPath, bytes: 4 << 20)) ?? []
             let report = DriftReport.compute(signed: signed, denied: denied, overlays: overlays, table: table, scan: scan, recentEvents: events, recentLimit: recent)
             if let metricsFile {

@@ -128,15 +128,16 @@ public final class DaemonHarness: @unchecked Sendable {
     /// (vm.memfd_noexec, user.max_user_namespaces) are left alone, because a test that kills an
     /// enforcing daemon could not restore them; the tests of those features turn them on.
     /// `wholeMachine` marks every local filesystem instead of the tmpfs: monitor mode only (the safety rules).
+    /// `binary`: another appctl (the installed package's) instead of the one built here.
     public func start(mode: String, extra: [String] = [], config: [String] = [], writeDefaultPolicy: Bool = true,
-                      wholeMachine: Bool = false) throws {
+                      wholeMachine: Bool = false, binary: String = appctlBinary) throws {
         precondition(!wholeMachine || mode == "monitor", "a whole-machine daemon in a test runs in monitor mode only")
         if writeDefaultPolicy && (try? linkStatus(policyPath)) == nil { try writePolicy() }
         let configPath = dir.file("appctl.conf")
         let lines = ["memfd-noexec = no", "userns-restrict = no"] + config
         try (lines.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: false, encoding: .utf8)
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: appctlBinary)
+        process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["daemon", "--config", configPath, "--mode", mode, "--policy", policyPath, "--key", keys.publicPath,
                              ] + (wholeMachine ? [] : ["--path", mount]) + ["--events", events, "--socket", socket, "--state-dir", stateDir,
                              "--learn-out", learnOut] + extra

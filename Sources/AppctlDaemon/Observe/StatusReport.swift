@@ -40,13 +40,31 @@ public struct StatusReport: Sendable {
 
     public var json: String { "{" + fields.map { "\(jsonString($0.name)):\($0.value.json)" }.joined(separator: ",") + "}" }
 
-    /// `name: value` lines, names with spaces and aligned, for a person at a terminal.
+    /// For a person at a terminal: the fields grouped under headings (the daemon, the policy, local trust, fleet sync,
+    /// decisions and caches, coverage), each `name: value` with the names' spaces restored and the values aligned.
+    /// Groups keep the fields' order; `--json` has the same fields, flat.
     public var text: String {
         let names = fields.map { $0.name.split(separator: "_").joined(separator: " ") }
         let width = names.map(\.count).max() ?? 0
-        return zip(names, fields).map { name, field in
-            name + ":" + String(repeating: " ", count: width - name.count + 1) + field.value.text
-        }.joined(separator: "\n")
+        var groups: [(title: String, lines: [String])] = Self.groupTitles.map { ($0, []) }
+        for (name, field) in zip(names, fields) {
+            let line = "  " + name + ":" + String(repeating: " ", count: width - name.count + 1) + field.value.text
+            groups[Self.group(of: field.name)].lines.append(line)
+        }
+        return groups.filter { !$0.lines.isEmpty }.map { $0.title + "\n" + $0.lines.joined(separator: "\n") }.joined(separator: "\n\n")
+    }
+
+    static let groupTitles = ["Daemon", "Policy", "Local trust (apt, maintenance)", "Fleet (sync, candidate, drift)",
+                              "Decisions and caches", "Coverage"]
+
+    /// Which heading a field goes under, by its name.
+    static func group(of name: String) -> Int {
+        if name.hasPrefix("sync_") || name.hasPrefix("candidate_") || name == "drift" { return 3 }
+        if name.hasPrefix("policy_") || name == "last_policy_error" || name == "learned_files" { return 1 }
+        if name.hasPrefix("overlay_") || name.hasPrefix("maintenance_") { return 2 }
+        if name.hasPrefix("marked_") || name.hasPrefix("mark_") || name.hasPrefix("execs_not_counted") { return 5 }
+        if ["ready", "confined", "open_events", "hardening", "hardening_failures", "mode", "pid", "uptime_seconds"].contains(name) { return 0 }
+        return 4
     }
 
     /// The counter table's figures for `status`. `execsSeen` is unknown without the exec counter.
