@@ -14,9 +14,13 @@ for line in lines:
     if line.startswith(".Dt "):
         line = ".Dt " + line[4:].replace(".", "-")
     elif line.startswith(".Xr appctl.help "):
-        if out and out[-1].endswith(" ,"):
-            out[-1] = out[-1][:-2]
+        if not line.endswith(" ,") and out and out[-1].endswith(" ,"):
+            out[-1] = out[-1][:-2]   # help was the last entry: the one before it ends the list now
         continue
+    elif line == ".Os":
+        line = ".Os appctl"
+    elif line.startswith(".Nd \"") and line.endswith("\""):
+        line = ".Nd " + line[5:-1]
     elif line.startswith(".Xr appctl."):
         name, rest = line[4:].split(" ", 1)
         line = ".Xr " + name.replace(".", "-") + " " + rest
@@ -32,4 +36,13 @@ for line in lines:
     out.append(line)
 while out and out[-1] == ".Pp":
     out.pop()
+# The format and the configuration are pages of their own (section 5): the command's page points to them.
+if out and any(l.startswith(".Dt APPCTL ") for l in out):
+    if ".Sh SEE ALSO" in out:
+        i = out.index(".Sh SEE ALSO") + 1
+        while i < len(out) and out[i].startswith(".Xr") and out[i].endswith(" ,"):
+            i += 1
+        if i < len(out) and out[i].startswith(".Xr"):
+            out[i] += " ,"
+            out[i + 1:i + 1] = [".Xr appctl.conf 5 ,", ".Xr appctl-policy-format 5"]
 print("\n".join(out))

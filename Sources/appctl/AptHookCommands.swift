@@ -72,9 +72,12 @@ extension Appctl {
                     // policy's apt-source lines allow. After dpkg: retire versions no longer installed.
                     DPkg::Pre-Install-Pkgs { "\(program) pre-install\(configArgument)"; };
                     DPkg::Tools::Options::\(program)::Version "3";
-                    DPkg::Post-Invoke { "\(program) post-invoke\(configArgument)"; };
+                    DPkg::Post-Invoke { "test ! -x \(program) || \(program) post-invoke\(configArgument)"; };
 
                     """
+                // Post-Invoke runs through sh and is skipped when the program is gone: apt reads its configuration when it
+                // starts, so the apt run that removes appctl itself still calls the hook after dpkg deleted it (retiring
+                // versions then is pointless; failing would fail the removal).
                 // dpkg used directly (`dpkg -i x.deb`): dpkg does not say which packages, so the hook can only apply the
                 // policy's apt-unverified rule (dpkg.cfg(5): a failing pre-invoke command stops dpkg).
                 let dpkgText = "# Written by `appctl apt-hook install`; `appctl apt-hook uninstall` removes it.\n"

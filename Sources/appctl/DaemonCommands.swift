@@ -22,7 +22,7 @@ func sendControl(_ request: ControlRequest, socket: String) throws(CommandFailur
         switch error {
         case .permissionDenied: hint = " (the control socket is root-only: run as root)"
         case .noSuchFile, Errno(rawValue: ECONNREFUSED):
-            hint = " — the daemon is not running. Start it with 'systemctl enable --now appctl' once /etc/appctl/policy.txt (or policy-dir) holds a signed policy: 'appctl learn --sign-with /etc/appctl/signing.key --serial 1 --out /etc/appctl/policy.txt' makes one from this machine (appctl(8))"
+            hint = " — the daemon is not running. Start it with 'systemctl enable --now appctl' once /etc/appctl/policy.txt (or policy-dir) holds a signed policy: 'appctl key generate --private /root/appctl-signing.key --public /etc/appctl/signing.pub', then 'appctl learn --sign-with /root/appctl-signing.key --serial 1 --out /etc/appctl/policy.txt' makes one from this machine (appctl(8))"
         default: hint = ""
         }
         throw CommandFailure("\(socket): cannot reach the daemon: \(error)\(hint)")
@@ -55,6 +55,11 @@ func loadConfiguration(_ config: String?) throws(CommandFailure) -> DaemonConfig
         throw CommandFailure(error.description)
     }
     return configuration
+}
+
+/// The mode the configuration file starts the daemon in (nil when the file cannot be read).
+func loadedModeSetting() -> Mode? {
+    (try? loadConfiguration(nil))?.mode
 }
 
 /// `--mode` and the mode commands take the same words as the config file and the control socket.
@@ -188,7 +193,13 @@ extension Appctl {
             abstract: "Switch the running daemon to enforce mode (unknown programs are denied).",
             discussion: "Refused while no valid policy is loaded. Blocklisted content is denied in every mode.")
         @OptionGroup var control: SocketOption
-        func run() throws { print(try sendControl(.setMode(.enforce), socket: control.path).head) }
+        func run() throws {
+            print(try sendControl(.setMode(.enforce), socket: control.path).head)
+            // The switch is the running daemon's: a restart (an upgrade, a reboot) starts in the configured mode.
+            if loadedModeSetting() != .enforce {
+                printError("appctl: note: the daemon enforces until it restarts; set 'mode = enforce' in \(DaemonConfiguration.defaultPath) to keep it so after a restart, an upgrade or a reboot")
+            }
+        }
     }
 
     struct Monitor: ParsableCommand {
