@@ -109,18 +109,36 @@ extension Appctl {
 
         struct Verify: ParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Check a policy's format, signature and expiry. Exit 0 when valid, 1 otherwise.",
-                discussion: "The same checks a host runs before it applies a policy (except the host's own anti-rollback serial)."
+                abstract: "Check a policy's format, signature and expiry (or a policy directory's layers). Exit 0 when valid, 1 otherwise.",
+                discussion: """
+                    The same checks a host runs before it applies a policy (except the host's own anti-rollback serials).
+                    Given a directory (what 'appctl daemon --policy-dir' reads), the base is checked with --key and every
+                    supplement with the key the base delegates to it, within its delegation's limits; supplements for
+                    other hosts or past their expiry are listed as left out.
+                    """
             )
 
-            @Option(help: ArgumentHelp("The Ed25519 public key (PEM).", valueName: "public-key"))
+            @Option(help: ArgumentHelp("The Ed25519 public key (PEM); for a directory, the base's.", valueName: "public-key"))
             var key: String
 
-            @Argument(help: ArgumentHelp("The policy.", valueName: "file"))
+            @Argument(help: ArgumentHelp("The policy, or a policy directory.", valueName: "file|dir"))
             var file: String
 
             func run() throws {
                 let publicKey = try loadPublicKey(key)
+                if (try? fileStatus(file))?.isDirectory == true {
+                    do {
+                        let set = try PolicyLayers.load(directory: file, key: publicKey, hostname: hostName())
+                        for layer in set.layers {
+                            let h = layer.header
+                            print("valid: \(layer.path): layer \(layer.name) serial \(h.serial!), key \(h.keyID!), \(h.allowCount) allow / \(h.denyCount) deny entries, expires \(h.expires.map(\.description) ?? "never")")
+                        }
+                        for skipped in set.skippedLayers { print("left out on this host: \(skipped)") }
+                    } catch {
+                        throw CommandFailure(error)
+                    }
+                    return
+                }
                 do {
                     let policy = try LoadedPolicy.load(path: file, key: publicKey)
                     let h = policy.header

@@ -61,6 +61,10 @@ import Testing
         #expect(installed.stdout.contains("the daemon is not running"))
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.file("policy.d")).sorted() == ["base.policy", "web.policy"])
         #expect(try run(appctlBinary, sync).stdout.hasPrefix("nothing new"))
+        // The installed directory, verified offline as the daemon would load it.
+        let verified = try appctl("policy", "verify", "--key", dir.file("base.pub"), dir.file("policy.d"))
+        #expect(verified.status == 0 && verified.stdout.contains("layer base serial 3") && verified.stdout.contains("layer web serial 1"), "\(verified.stdout) \(verified.stderr)")
+        #expect(try appctl("policy", "verify", "--key", dir.file("web.pub"), dir.file("policy.d")).status == 1, "the base is checked with the key given")
         let report = try String(contentsOfFile: dir.file("report.jsonl"), encoding: .utf8).split(separator: "\n")
         #expect(report.count == 3)
         let last = try JSONSerialization.jsonObject(with: Data(report.last!.utf8)) as? [String: Any]

@@ -378,7 +378,8 @@ extension PolicyState {
         let result = loadLayers(directory: directory, keyPath: keyPath, allowRollback: allowRollback)
         if case .success(let policy) = result { keepLayerCopiesInTheBackground(policy.layers) }
         swapIn(result)
-        if case .success = result { loadCandidate(directory: directory, keyPath: keyPath) }
+        // Also when the set in force stays: the candidate files may have changed with the directory.
+        loadCandidate(directory: directory, keyPath: keyPath)
         return result.map(\.header)
     }
 
