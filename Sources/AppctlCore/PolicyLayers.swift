@@ -47,8 +47,9 @@ public enum PolicyLayers {
     ///
     /// The directory is opened once and every file is read through that descriptor, so a sync that swaps the
     /// directory for a new one in the middle (`renameat2(RENAME_EXCHANGE)`) cannot hand over half of each set.
+    /// `shownAs`: the directory's name in errors and layer paths (a sync's staging directory is named for its source).
     public static func load(directory: String, key: Ed25519PublicKey, now: Timestamp = .now, acceptExpired: Bool = false,
-                            candidates: Bool = false, hostname: String? = nil) throws(PolicyError) -> LoadedPolicy {
+                            candidates: Bool = false, hostname: String? = nil, shownAs: String? = nil) throws(PolicyError) -> LoadedPolicy {
         let dir: FileDescriptor
         do { dir = try FileDescriptor.open(directory, [.readOnly, .directory]) } catch {
             throw PolicyError(.io, file: directory, "cannot open the policy directory: \(error)")
@@ -62,7 +63,7 @@ public enum PolicyLayers {
             guard !candidateFiles.isEmpty else { throw PolicyError(.io, file: directory, "no candidate layers (*\(candidateSuffix))") }
             for file in candidateFiles { chosen[String(file.dropLast(candidateSuffix.count))] = file }
         }
-        let paths = chosen.sorted { $0.key < $1.key }.map { (name: $0.key, path: through + "/" + $0.value, shown: directory + "/" + $0.value) }
+        let paths = chosen.sorted { $0.key < $1.key }.map { (name: $0.key, path: through + "/" + $0.value, shown: (shownAs ?? directory) + "/" + $0.value) }
         return try compose(paths, key: key, now: now, acceptExpired: acceptExpired, hostname: hostname)
     }
 
@@ -185,6 +186,16 @@ public enum PolicyLayers {
         }
         composed.kindLimits = KindLimits(sortingInPlace: &limits)
         return composed
+    }
+
+    /// The layers of the `.policy` files in `directory`, by header only (what is installed, without verifying it);
+    /// files that are not layers are skipped.
+    public static func installedLayers(in directory: String) -> [PolicyLayer] {
+        ((try? files(in: directory, suffix: enforcedSuffix)) ?? []).compactMap { name in
+            let path = directory + "/" + name
+            guard let header = try? readHeader(path: path, shown: path), let layer = header.name else { return nil }
+            return PolicyLayer(name: layer, header: header, path: path)
+        }
     }
 
     /// The header alone (the reader stops at the first entry).

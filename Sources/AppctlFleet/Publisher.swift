@@ -50,7 +50,7 @@ public struct Publisher {
             guard let name = header.name else { throw SyncError(.refusedPolicy, "\(path): not a layer (sign it with --name: hosts keep serials per layer name)") }
             guard let serial = header.serial, header.keyID != nil else { throw SyncError(.refusedPolicy, "\(path): not signed") }
             if let base = header.supplementOf { supplementsOf.insert(base) } else { bases.insert(name) }
-            let (digest, size) = try Self.digest(of: path)
+            let (digest, size) = try digestAndSize(of: path)
             files.append(BundleTimestamp.File(digest: digest, size: size, layer: name, serial: serial))
             sources[digest] = path
         }
@@ -91,7 +91,7 @@ public struct Publisher {
         var written = 0, kept = 0
         for file in timestamp.files {
             let target = out + "/" + file.bundlePath
-            if let existing = try? Self.digest(of: target), existing.digest == file.digest, existing.size == file.size { kept += 1; continue }
+            if let existing = try? digestAndSize(of: target), existing.digest == file.digest, existing.size == file.size { kept += 1; continue }
             do { try copyFile(from: sources[file.digest]!, to: target, permissions: 0o644) } catch {
                 throw SyncError(.io, "\(target): cannot write: \(error)")
             }
@@ -130,16 +130,17 @@ public struct Publisher {
             throw SyncError(error.code, "\(error.message) (the next version must exceed this bundle's: fix or remove that file to start again at 1, which hosts that saw a higher version refuse)")
         }
     }
+}
 
-    static func digest(of path: String) throws(SyncError) -> (digest: SHA256Digest, size: UInt64) {
-        let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(path, [.readOnly]) } catch { throw SyncError(.io, "\(path): cannot open: \(error)") }
-        defer { fd.close() }
-        do {
-            let result = try FileHasher().hash(fd)
-            return (result.sha256, UInt64(result.bytesRead))
-        } catch {
-            throw SyncError(.io, "\(path): cannot read: \(error)")
-        }
+/// A whole file's SHA-256 and length: what a bundle's timestamp lists for each policy file.
+func digestAndSize(of path: String) throws(SyncError) -> (digest: SHA256Digest, size: UInt64) {
+    let fd: FileDescriptor
+    do { fd = try FileDescriptor.open(path, [.readOnly]) } catch { throw SyncError(.io, "\(path): cannot open: \(error)") }
+    defer { fd.close() }
+    do {
+        let result = try FileHasher().hash(fd)
+        return (result.sha256, UInt64(result.bytesRead))
+    } catch {
+        throw SyncError(.io, "\(path): cannot read: \(error)")
     }
 }

@@ -132,8 +132,9 @@ public struct Sync {
 
         // 5. The set exactly as the daemon will load it.
         let composed: LoadedPolicy
-        do { composed = try PolicyLayers.load(directory: staging, key: baseKey, hostname: hostname) } catch {
-            throw SyncError(.refusedPolicy, error.description.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
+        let stagedName = "\(source.name) (staged)"
+        do { composed = try PolicyLayers.load(directory: staging, key: baseKey, hostname: hostname, shownAs: stagedName) } catch {
+            throw SyncError(.refusedPolicy, error.description)
         }
         for layer in composed.layers {
             let listed = install.first { $0.layer == layer.name }!
@@ -142,17 +143,13 @@ public struct Sync {
             }
         }
         // The layers installed now, by header: the shrink guard's other yardstick (what the daemon enforces may be them).
-        let inForce = ((try? PolicyLayers.files(in: policyDirectory, suffix: PolicyLayers.enforcedSuffix)) ?? []).compactMap { name -> PolicyLayer? in
-            let path = policyDirectory + "/" + name
-            guard let header = try? PolicyLayers.readHeader(path: path, shown: path), let layer = header.name else { return nil }
-            return PolicyLayer(name: layer, header: header, path: path)
-        }
+        let inForce = PolicyLayers.installedLayers(in: policyDirectory)
         if let refusal = records.refusal(of: composed.layers, hostname: hostname, allowRollback: false, inForce: inForce) {
-            throw SyncError(.refusedPolicy, refusal.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
+            throw SyncError(.refusedPolicy, refusal)
         }
         if !candidates.isEmpty {
-            do { _ = try PolicyLayers.load(directory: staging, key: baseKey, candidates: true, hostname: hostname) } catch {
-                throw SyncError(.refusedPolicy, "candidate: " + error.description.replacingOccurrences(of: staging, with: "\(source.name) (staged)"))
+            do { _ = try PolicyLayers.load(directory: staging, key: baseKey, candidates: true, hostname: hostname, shownAs: stagedName) } catch {
+                throw SyncError(.refusedPolicy, "candidate: " + error.description)
             }
         }
 
@@ -278,10 +275,10 @@ public struct Sync {
     /// Makes `downloads/<digest>.policy` hold the file; returns the bytes fetched from the channel for it.
     private func obtain(_ file: BundleTimestamp.File) throws(SyncError) -> Int64 {
         let target = downloads + "/\(file.digest.hex).policy"
-        if let have = try? Publisher.digest(of: target), have.digest == file.digest, have.size == file.size { return 0 }
+        if let have = try? digestAndSize(of: target), have.digest == file.digest, have.size == file.size { return 0 }
         for suffix in [PolicyLayers.enforcedSuffix, PolicyLayers.candidateSuffix] {
             let installed = policyDirectory + "/" + file.layer + suffix
-            if let have = try? Publisher.digest(of: installed), have.digest == file.digest, have.size == file.size {
+            if let have = try? digestAndSize(of: installed), have.digest == file.digest, have.size == file.size {
                 do { try copyFile(from: installed, to: target, permissions: 0o600) } catch { throw SyncError(.io, "\(target): cannot write: \(error)") }
                 return 0
             }
@@ -327,7 +324,7 @@ public struct Sync {
         guard let namesA = try? listDirectory(a).sorted(), let namesB = try? listDirectory(b).filter({ !$0.hasPrefix(".") }).sorted(),
               namesA == namesB else { return false }
         return namesA.allSatisfy { name in
-            guard let x = try? Publisher.digest(of: a + "/" + name), let y = try? Publisher.digest(of: b + "/" + name) else { return false }
+            guard let x = try? digestAndSize(of: a + "/" + name), let y = try? digestAndSize(of: b + "/" + name) else { return false }
             return x.digest == y.digest && x.size == y.size
         }
     }
@@ -374,17 +371,4 @@ func age(_ seconds: Int64) -> String {
 
 extension String {
     var lastPathComponent: String { split(separator: "/").last.map(String.init) ?? self }
-    func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard !target.isEmpty else { return self }
-        let bytes = Array(utf8), pattern = Array(target.utf8)
-        var out: [UInt8] = [], i = 0
-        while i < bytes.count {
-            if i + pattern.count <= bytes.count && Array(bytes[i..<(i + pattern.count)]) == pattern {
-                out += Array(replacement.utf8); i += pattern.count
-            } else {
-                out.append(bytes[i]); i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
 }

@@ -164,8 +164,11 @@ extension Appctl {
                         // Exactly "<name> <serial> (…)" per layer in force; a skipped supplement (expired, other hosts) is not.
                         let inForce = Set(enforced.policy_layers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") })
                         let skipped = Set((enforced.policy_layers_skipped ?? []).map { $0.split(separator: " ").prefix(2).joined(separator: " ") })
-                        for (name, serial) in try installedLayers(in: sync.policyDirectory) where !inForce.contains("\(name) \(serial)") && !skipped.contains("\(name) \(serial)") {
-                            throw CommandFailure("the daemon did not take layer '\(name)' serial \(serial) in (is it running with --policy-dir \(sync.policyDirectory)?)")
+                        for layer in PolicyLayers.installedLayers(in: sync.policyDirectory) {
+                            let key = "\(layer.name) \(layer.header.serial ?? 0)"
+                            guard inForce.contains(key) || skipped.contains(key) else {
+                                throw CommandFailure("the daemon did not take layer '\(layer.name)' serial \(layer.header.serial ?? 0) in (is it running with --policy-dir \(sync.policyDirectory)?)")
+                            }
                         }
                         daemonNote = "; the daemon enforces it" + (skipped.isEmpty ? "" : " (left out: \(skipped.sorted().joined(separator: ", ")))")
                     } catch {
@@ -174,7 +177,7 @@ extension Appctl {
                 })
             }
             let seconds = monotonicSeconds() - started
-            var fields: [(String, String)] = [("time", jsonString(rfc3339(Timestamp.now))), ("host", jsonString(hostName())), ("source", jsonString(sync.source.name))]
+            var fields: [(String, String)] = [("time", jsonString(Timestamp.now.description)), ("host", jsonString(hostName())), ("source", jsonString(sync.source.name))]
             var status: [(String, String)] = []
             switch result {
             case .success(let outcome):
@@ -229,21 +232,7 @@ private func writeSyncStatus(_ fields: [(String, String)], stateDirectory: Strin
     try? AtomicFileWriter.write(Array(text.utf8), to: stateDirectory + "/sync/status", permissions: 0o600)
 }
 
-/// The layer names and serials of the `.policy` files in a directory, by header.
-private func installedLayers(in directory: String) throws(CommandFailure) -> [(String, UInt64)] {
-    do throws(PolicyError) {
-        var layers: [(String, UInt64)] = []
-        for name in try PolicyLayers.files(in: directory, suffix: PolicyLayers.enforcedSuffix) {
-            let header = try PolicyLayers.readHeader(path: directory + "/" + name, shown: name)
-            if let layer = header.name { layers.append((layer, header.serial ?? 0)) }
-        }
-        return layers
-    } catch {
-        throw CommandFailure(error.description)
-    }
-}
 
-private func rfc3339(_ t: Timestamp) -> String { t.description }
 
 extension String {
     func trimmingCharacters(in set: String) -> String {
