@@ -5,6 +5,8 @@
 public enum ControlRequest: Equatable, Sendable {
     case status(json: Bool)
     case setMode(Mode)
+    /// Learn execution profiles in monitor mode too (learn mode always does): `profile-learning on|off`.
+    case profileLearning(Bool)
     case reload
     /// Read the overlay directory again (the apt hook, after it wrote a layer): added entries need no flush.
     case reloadOverlays
@@ -20,6 +22,7 @@ public enum ControlRequest: Equatable, Sendable {
         switch self {
         case .status(let json): return json ? "status json" : "status"
         case .setMode(let mode): return "mode \(mode.rawValue)"
+        case .profileLearning(let on): return "profile-learning \(on ? "on" : "off")"
         case .reload: return "reload"
         case .reloadOverlays: return "overlay-reload"
         case .maintenanceStart(let seconds, let pid, let paths, let reason):
@@ -42,6 +45,8 @@ public enum ControlRequest: Equatable, Sendable {
             guard let mode = Mode(rawValue: words[1]) else { throw ControlReply.error("usage: mode \(Self.modes)") }
             self = .setMode(mode)
         case ("mode", _): throw ControlReply.error("usage: mode \(Self.modes)")
+        case ("profile-learning", 2) where words[1] == "on" || words[1] == "off": self = .profileLearning(words[1] == "on")
+        case ("profile-learning", _): throw ControlReply.error("usage: profile-learning on|off")
         case ("reload", 1): self = .reload
         case ("overlay-reload", 1): self = .reloadOverlays
         case ("maintenance-start", 5):
@@ -57,7 +62,7 @@ public enum ControlRequest: Equatable, Sendable {
             self = .maintenanceEnd(id: id)
         case ("maintenance-status", 1): self = .maintenanceStatus
         case ("debug-forbidden-syscall", _): self = .debugForbiddenSyscall(words.count > 1 ? words[1] : "execve")
-        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), reload, overlay-reload, maintenance-start|end|status)")
+        default: throw ControlReply.error("unknown command '\(line)' (status, mode \(Self.modes), profile-learning on|off, reload, overlay-reload, maintenance-start|end|status)")
         }
     }
 }

@@ -13,6 +13,11 @@ public enum Reason: String, Sendable {
     /// Allowed only by a supplement whose delegation limits the kinds of its entries, and the file is of another
     /// kind (an ELF program listed as a script).
     case kindNotDelegated = "kind-not-delegated"
+    /// The policy allows the program, but the execution profile of the service or user starting it does not list it.
+    case notInProfile = "not-in-profile"
+    /// An interpreter started with inline code (`-c`, `-e`, standard input) by a subject whose profile allows it only
+    /// with a program file.
+    case inlineCode = "inline-code"
 }
 
 public struct Decision: Equatable, Sendable {
@@ -60,6 +65,11 @@ public struct Decision: Equatable, Sendable {
         d.reason = .kindNotDelegated
         d.record = false
         return d
+    }
+
+    /// An exec an execution profile refuses (`notInProfile`, `inlineCode`): denied in enforce mode, would-deny otherwise.
+    public static func profileMiss(_ reason: Reason, mode: Mode) -> Decision {
+        mode == .enforce ? Decision(allow: false, reason: reason) : Decision(allow: true, reason: reason, wouldDeny: true)
     }
 
     /// A file that could not be hashed: fail closed in enforce mode, as for unknown content.

@@ -188,6 +188,9 @@ public struct LoadedPolicy: Sendable {
     public var kindLimits = KindLimits()
     /// Supplements in the directory that were left out: for other hosts (`scope`), or expired.
     public var skippedLayers: [String] = []
+    /// For each package a profile names (`package:<name>`), the digests of this file's allow entries of origin
+    /// `dpkg:<name>` (a composed set keeps the base's alone: a supplement must not widen a profile).
+    public var packagePrograms: [String: [SHA256Digest]] = [:]
 
     public init(header: PolicyHeader, allowed: DigestSet, denied: DigestSet, path: String, isSigned: Bool) {
         self.header = header; self.allowed = allowed; self.denied = denied; self.path = path; self.isSigned = isSigned
@@ -214,8 +217,12 @@ public struct LoadedPolicy: Sendable {
         var verityPairs: [VerityPair] = []
         var interpreters: [DeclaredInterpreter] = []
         var kindTally = [0, 0, 0, 0]   // by FileKind.ordinal: a dictionary update per line costs ~20 ms at 1M entries
+        var profiledPackages: Set<String> = []
+        var packagePrograms: [String: [SHA256Digest]] = [:]
+        let dpkgPrefix = Array("dpkg:".utf8)
         let result = try PolicyReader(path: path).read(
             onHeader: { header in
+                for rule in header.profiles { if case .package(let name) = rule.program { profiledPackages.insert(name) } }
                 // Exact capacity: no doubling on growth, so 1M entries peak at 32 MB, not 64.
                 allows.reserveCapacity(min(header.allowCount, 1 << 21))  // an unverified count must not reserve gigabytes
                 denies.reserveCapacity(min(header.denyCount, 1 << 21))
@@ -225,6 +232,10 @@ public struct LoadedPolicy: Sendable {
                 sizes.insert(line.size)
                 kindTally[line.kind.ordinal] += 1
                 if let verity = line.verity { verityPairs.append(VerityPair(verity: verity, content: line.digest)) }
+                if !profiledPackages.isEmpty, line.originBytes.starts(with: dpkgPrefix) {
+                    let name = String(decoding: line.originBytes.dropFirst(dpkgPrefix.count), as: UTF8.self)
+                    if profiledPackages.contains(name) { packagePrograms[name, default: []].append(line.digest) }
+                }
                 if let kind = line.interpreter {
                     interpreters.append(DeclaredInterpreter(digest: line.digest, kind: kind,
                                                             path: PathEscaping.unescapedString(String(decoding: line.pathBytes, as: UTF8.self))))
@@ -237,6 +248,7 @@ public struct LoadedPolicy: Sendable {
         policy.allowedSizes = sizes
         policy.verity = VerityIndex(sortingInPlace: &verityPairs)
         policy.interpreters = interpreters
+        policy.packagePrograms = packagePrograms
         for kind in FileKind.allCases where kindTally[kind.ordinal] > 0 { policy.kindCounts[kind] = kindTally[kind.ordinal] }
         return policy
     }

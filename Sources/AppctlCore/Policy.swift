@@ -122,13 +122,13 @@ public struct PolicyHeader: Hashable, Sendable {
     /// Version 1; version 2 adds the optional fs-verity field to allow entries. Writers use 1 whenever
     /// no entry has that field, so such policies stay readable by every appctl.
     public static let formatVersion = 1
-    public static let newestFormatVersion = 5
+    public static let newestFormatVersion = 6
 
     /// Version 5 carries the layer header lines (`name`, `supplement-of`, `delegate`, `shrink`); version 4 the
     /// trust-source lines (`apt-source`, `maintenance`). Each is used exactly when a header has such a line,
     /// whatever the entries need.
     public static func formatVersion(for allows: some Sequence<AllowEntry>, header: PolicyHeader) -> Int {
-        header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : formatVersion(for: allows)
+        !header.profiles.isEmpty ? 6 : header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : formatVersion(for: allows)
     }
 
     /// The version a policy with these entries is written in: the lowest that can hold them (one spelling per
@@ -170,6 +170,8 @@ public struct PolicyHeader: Hashable, Sendable {
     public var shrinkPermitted = false
     /// What the apt hook does with packages nothing vouches for (format version 4); nil: by mode.
     public var aptUnverified: UnverifiedPackages?
+    /// Execution profiles (format version 6): per service or user, the programs it may start, in canonical order.
+    public var profiles: [ProfileRule] = []
     public var allowCount: Int
     public var denyCount: Int
 

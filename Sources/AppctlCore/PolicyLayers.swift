@@ -146,6 +146,7 @@ public enum PolicyLayers {
         if !header.delegations.isEmpty { throw refuse("it has delegate lines; only the base delegates") }
         if header.declaresLocalTrust { throw refuse("it names local trust sources (apt-source, apt-unverified, maintenance); only the base may") }
         if header.shrinkPermitted { throw refuse("it says shrink permitted; only the base may") }
+        if !header.profiles.isEmpty { throw refuse("it has profile lines; only the base says which service may start what") }
         if header.issued.secondsSinceEpoch > now.secondsSinceEpoch + clockSkewSeconds {
             throw refuse("issued \(header.issued), in the future of this host's clock (\(now)): its validity would start late")
         }

@@ -97,6 +97,7 @@ private struct Parser {
     var name: String?
     var supplementOf: String?
     var delegations: [Delegation] = []
+    var profiles: [ProfileRule] = []
     var shrinkPermitted = false
     var scope: [String] = []
     var escapedDescription: String?
@@ -211,6 +212,7 @@ private struct Parser {
         header.supplementOf = supplementOf
         header.delegations = delegations
         header.shrinkPermitted = shrinkPermitted
+        header.profiles = profiles
         header.version = version
         return header
     }
@@ -219,10 +221,10 @@ private struct Parser {
     static let headerKeys: [(String, Bool)] = [
         ("serial", false), ("issued", true), ("expires", false), ("key-id", false), ("name", false), ("supplement-of", false),
         ("scope", false), ("description", false), ("delegate", false), ("apt-source", false), ("apt-unverified", false), ("maintenance", false),
-        ("shrink", false), ("allow-count", true), ("deny-count", true),
+        ("shrink", false), ("profile", false), ("allow-count", true), ("deny-count", true),
     ]
     /// Header keys that may appear on several lines in a row (in canonical order).
-    static let repeatableHeaderKeys: Set<String> = ["apt-source", "delegate"]
+    static let repeatableHeaderKeys: Set<String> = ["apt-source", "delegate", "profile"]
     /// Header keys of format version 5 (layers).
     static let layerHeaderKeys: Set<String> = ["name", "supplement-of", "delegate", "shrink"]
 
@@ -233,8 +235,9 @@ private struct Parser {
             if line.elementsEqual("appctl-policy 3".utf8) { version = 3; return }
             if line.elementsEqual("appctl-policy 4".utf8) { version = 4; return }
             if line.elementsEqual("appctl-policy 5".utf8) { version = 5; return }
+            if line.elementsEqual("appctl-policy 6".utf8) { version = 6; return }
             if line.starts(with: "appctl-policy ".utf8) {
-                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to 5)")
+                throw fail(.unsupportedVersion, "unsupported format version \(text(line.dropFirst(14))) (this appctl reads versions 1 to \(PolicyHeader.newestFormatVersion))")
             }
             throw fail(.notAPolicy, "not an appctl policy (the first line must be 'appctl-policy 1')")
         }
@@ -296,6 +299,9 @@ private struct Parser {
         if Self.layerHeaderKeys.contains(key) && version < 5 {
             throw fail(.malformed, "'\(key)' needs format version 5 (this file says \(version))")
         }
+        if key == "profile" && version < 6 {
+            throw fail(.malformed, "'profile' needs format version 6 (this file says \(version))")
+        }
         switch key {
         case "serial":
             guard let v = parseDecimal(value), v > 0, v <= UInt64(Int64.max) else {
@@ -343,6 +349,14 @@ private struct Parser {
             do { rule = try AptSourceRule(spec: text(value), canonical: true) } catch { throw fail(.malformed, "apt-source: \(error)") }
             if let last = aptSources.last, !(last < rule) { throw fail(.outOfOrder, "apt-source lines out of canonical order or repeated") }
             aptSources.append(rule)
+        case "profile":
+            let rule: ProfileRule
+            do { rule = try ProfileRule(spec: text(value)) } catch { throw fail(.malformed, "profile: \(error)") }
+            if let last = profiles.last {
+                if last.sameKey(rule) { throw fail(.malformed, "two profile lines for \(rule.subject) \(rule.program)") }
+                if !(last < rule) { throw fail(.outOfOrder, "profile lines out of canonical order (by subject, then program)") }
+            }
+            profiles.append(rule)
         case "apt-unverified":
             guard let v = UnverifiedPackages(rawValue: text(value)) else {
                 throw fail(.malformed, "apt-unverified must be \(UnverifiedPackages.allCases.map(\.rawValue).joined(separator: " or ")), got '\(text(value))'")
@@ -353,6 +367,9 @@ private struct Parser {
         case "allow-count", "deny-count":
             if key == "allow-count" && version == 4 && aptSources.isEmpty && maintenance == nil && aptUnverified == nil {
                 throw fail(.malformed, "format version 4 but the header has no apt-source, apt-unverified or maintenance line (write it as version 3 or lower)")
+            }
+            if key == "allow-count" && version == 6 && profiles.isEmpty {
+                throw fail(.malformed, "format version 6 but the header has no profile line (write it as version 5 or lower)")
             }
             if key == "allow-count" && version == 5 && name == nil && delegations.isEmpty && !shrinkPermitted {
                 throw fail(.malformed, "format version 5 but the header has no name, delegate or shrink line (write it as version 4 or lower)")

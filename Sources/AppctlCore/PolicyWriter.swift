@@ -61,7 +61,7 @@ public final class PolicyWriter {
         try line("issued \(header.issued)")
         if let expires = header.expires { try line("expires \(expires)") }
         if let keyID = header.keyID { try line("key-id \(keyID)") }
-        guard header.declaresLayer == (header.version >= 5) else {
+        guard header.declaresLayer == (header.version == 5) || header.version >= 6 else {
             throw PolicyError(.malformed, file: name, header.version >= 5 ? "format version 5 needs a name, delegate or shrink line"
                                                                              : "name, supplement-of, delegate and shrink lines need format version 5")
         }
@@ -95,6 +95,17 @@ public final class PolicyWriter {
         if let unverified = header.aptUnverified { try line("apt-unverified \(unverified.rawValue)") }
         if let maintenance = header.maintenance { try line("maintenance \(maintenance)") }
         if header.shrinkPermitted { try line("shrink permitted") }
+        guard header.profiles.isEmpty != (header.version >= 6) else {
+            throw PolicyError(.malformed, file: name, header.version >= 6 ? "format version 6 needs a profile line" : "profile lines need format version 6")
+        }
+        var previousProfile: ProfileRule?
+        for profile in header.profiles {
+            if let previousProfile, !(previousProfile < profile) {
+                throw PolicyError(.outOfOrder, file: name, "profile lines out of canonical order or repeated at \(profile.subject) \(profile.program)")
+            }
+            previousProfile = profile
+            try line("profile \(profile)")
+        }
         try line("allow-count \(header.allowCount)")
         try line("deny-count \(header.denyCount)")
     }
@@ -166,6 +177,7 @@ extension PolicyWriter {
         header.version = PolicyHeader.formatVersion(for: allows, header: header)
         header.delegations.sort()
         header.aptSources.sort()
+        header.profiles = ProfileRule.merged(header.profiles)
         let file: AtomicFileWriter
         do { file = try AtomicFileWriter(path: path, permissions: permissions) } catch {
             throw PolicyError(.io, file: path, "cannot create: \(error)")

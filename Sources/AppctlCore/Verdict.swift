@@ -14,6 +14,8 @@ public struct Verdict: Equatable, Sendable {
     /// Non-zero: the digest is allowed only by supplements whose delegations limit kinds; the file must be one of
     /// these (`FileKind.bit`), which the responder checks from the file's bytes before it answers.
     public var requiredKinds: UInt8 = 0
+    /// For a verdict an execution profile decided: the subject whose profile did (`service=web.service`).
+    public var subject: String?
 
     /// Which rule of the ladder decided (`Triage` names each). Written into no file format: for the reader of the
     /// code and of tests, and for status figures.
@@ -30,6 +32,8 @@ public struct Verdict: Equatable, Sendable {
         case unreadable
         /// Code that someone other than root can change while it is used (a script, a library, a mapped program).
         case mutable
+        /// An execution profile: the service or user starting the program may not (issue 15).
+        case profile
         /// The daemon is stopping: what is still queued is let through (the kernel would allow it once the group closes).
         case shutdown
     }

@@ -124,6 +124,16 @@ extension Daemon: DaemonControl {
         return .success(mode)
     }
 
+    public func setProfileLearning(_ on: Bool) -> String {
+        policy.setProfileLearning(on)
+        // Execs the kernel answers would never be seen: while learning, every exec must reach the daemon.
+        if on { kernelCache.flush(reason: "profile learning on") }
+        Self.log("appctl: profile learning \(on ? "on" : "off") over the control socket")
+        let mode = policy.mode
+        return "profile learning \(on ? "on" : "off")" + (mode == .learn ? " (learn mode learns profiles whatever this says)"
+            : mode == .enforce && on ? " (takes effect in monitor mode; enforce mode never learns)" : "")
+    }
+
     public func forbiddenCallSelfTest(_ call: String) -> String? {
         guard configuration.debugSelftest else { return nil }
         Self.log("appctl: self-test: calling \(call), which confinement forbids")
@@ -180,6 +190,10 @@ extension Daemon: DaemonControl {
             ("drift", .string(driftSummary())),
             ("last_policy_error", .string(s.lastError)),
             ("learned_files", .int(learned.count)),
+            ("profile_subjects", .int(s.profileSubjects)),
+            ("profile_users_unresolved", .strings(s.unresolvedProfileUsers)),
+            ("profile_learning", .bool(s.learningProfiles)),
+            ("profile_denials_by_subject", .strings(statistics.profileDenials.map { "\($0.subject) \($0.count)" })),
             ("policy_apt_sources", .strings(s.policy?.aptSources.map(\.description) ?? [])),
             ("overlay_packages_trusted", .int(overlays.trustedPackages)),
             ("overlay_digests", .int(overlays.digestCount)),
@@ -215,6 +229,11 @@ extension Daemon: DaemonControl {
             + ", counted \(Timestamp.now.secondsSinceEpoch - time) s ago"
     }
 
+    /// A label value as the Prometheus text format wants it: backslash, quote and newline escaped.
+    func prometheusLabel(_ value: String) -> String {
+        value.map { $0 == "\\" ? "\\\\" : $0 == "\"" ? "\\\"" : $0 == "\n" ? "\\n" : String($0) }.joined()
+    }
+
     /// `<state-dir>/sync/status`: `key value` lines written by `appctl sync` after each pass.
     func syncStatus() -> [String: String] { readKeyValueFile(configuration.stateDirectory + "/sync/status") }
 
@@ -228,6 +247,8 @@ extension Daemon: DaemonControl {
                 ("{quantile=\"0.99\"}", String((statistics.latencyQuantile(0.99) ?? 0) / 1e6)),
             ]),
             ("policy_serial", "Serial of the applied policy (0: none).", [("", String(s.policy?.serial ?? 0))]),
+            ("profile_denials", "Execs an execution profile refused (would-deny outside enforce mode), by subject.",
+             statistics.profileDenials.map { ("{subject=\"\(prometheusLabel($0.subject))\"}", String($0.count)) }),
             ("policy_layer_serial", "Serial of each layer in force.", s.layers.map { ("{layer=\"\($0.name)\"}", String($0.header.serial!)) }),
             ("candidate_would_deny_programs", "Distinct programs the candidate policy would deny that the policy in force allows.",
              [("", String(s.candidateWouldDenyPrograms))]),

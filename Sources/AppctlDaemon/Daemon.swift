@@ -54,8 +54,9 @@ public final class Daemon: Sendable {
         keepLargeAllocationsOutOfTheHeap()   // before the policy is loaded: it is the largest allocation
         self.configuration = configuration
         policy = PolicyState(mode: configuration.mode, stateDirectory: configuration.stateDirectory, hostname: hostname)
+        policy.setProfileLearning(configuration.learnProfiles)
         eventLog = EventLog(path: configuration.eventsPath, statistics: statistics)
-        learned = LearnRecorder(hostname: hostname)
+        learned = LearnRecorder(hostname: hostname, statistics: statistics)
         hardening = Hardening(configuration: configuration)
         let log: @Sendable (String) -> Void = { Daemon.log($0) }
         let execCounter: FanotifyGroup?
@@ -91,6 +92,8 @@ public final class Daemon: Sendable {
                             rootDataPaths: RootDataPaths(configuration.kernelCacheDataUnder), leases: leases)
         hashPool = HashPool(policy: policy, caches: caches, responder: responder, statistics: statistics, triage: triage, facts: facts,
                             leases: leases, workers: configuration.hashThreads)
+        let pool = hashPool
+        responder.handOffToWorker = { request, answer in pool.enqueueProfileCheck(request, answer: answer) }
         listedPrehash = ListedFilesPrehash(caches: caches, statistics: statistics, facts: facts)
         let pid = ownPID, counters = statistics
         prehasher = closeWriteNotifier.map { Prehasher(caches: caches, statistics: counters, notifier: $0, ownPID: pid) }

@@ -20,7 +20,7 @@ struct Appctl: ParsableCommand {
             Exit codes: 0 success or allowed, 1 denied or invalid input, 2 usage error.
             """,
         version: appctlVersion,
-        subcommands: [Key.self, Learn.self, Policy.self, Check.self, Daemon.self, Status.self, Enforce.self, Monitor.self, LearnMode.self, Reload.self, OverlayReload.self, AptHookCommand.self, Drift.self, Maintenance.self, Bundle.self, Sync.self]
+        subcommands: [Key.self, Learn.self, Policy.self, Check.self, Daemon.self, Status.self, Enforce.self, Monitor.self, LearnMode.self, ProfileLearning.self, Reload.self, OverlayReload.self, AptHookCommand.self, Drift.self, Maintenance.self, Bundle.self, Sync.self]
     )
 
     /// Maps errors to the exit-code contract: 0 ok, 1 denied/invalid input, 2 usage.

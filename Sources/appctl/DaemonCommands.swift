@@ -221,6 +221,27 @@ extension Appctl {
         func run() throws { print(try sendControl(.setMode(.learn), socket: control.path).head) }
     }
 
+    struct ProfileLearning: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "profile-learning",
+            abstract: "Learn execution profiles in monitor mode too: which programs each service and user starts.",
+            discussion: """
+                Learn mode always learns them. While on, every exec is answered by the daemon (not the kernel's
+                cache) and recorded per service (the .service or .scope units of the process's cgroup) and per
+                user other than root, with whether an interpreter got inline code (sh -c, python3 -c, perl -e,
+                a script on standard input). They go into the learn fragment as profile lines; sign them with
+                'appctl policy sign --profiles FRAGMENT [--subject service=NAME.service]'. Lasts until the
+                daemon restarts; 'learn-profiles = yes' in the config keeps it on.
+                """)
+        @Argument(help: ArgumentHelp("on or off", valueName: "on|off"))
+        var state: String
+        @OptionGroup var control: SocketOption
+        func validate() throws {
+            guard state == "on" || state == "off" else { throw ValidationError("say on or off, not '\(state)'") }
+        }
+        func run() throws { print(try sendControl(.profileLearning(state == "on"), socket: control.path).head) }
+    }
+
     struct Reload: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make the running daemon re-read and verify its policy.",

@@ -33,11 +33,46 @@ extension Appctl {
             @Option(help: ArgumentHelp("Where to write the signed policy.", valueName: "file"))
             var out: String
 
+            @Option(name: .customLong("profiles"), help: ArgumentHelp(
+                "A learn fragment whose execution profiles (profile lines: per service or user, the programs it may start) go into the policy; repeatable. Without --subject, every profile in it.",
+                valueName: "fragment"))
+            var profileFragments: [String] = []
+
+            @Option(name: .customLong("subject"), help: ArgumentHelp(
+                "Take only this subject's profile from the --profiles fragments (service=nginx.service, user=www-data); repeatable.",
+                valueName: "subject"))
+            var subjects: [String] = []
+
             @Argument(help: ArgumentHelp("The inventory to sign.", valueName: "inventory"))
             var inventory: String
 
+            /// The profile lines of the `--profiles` fragments (only the `--subject`s asked for), merged.
+            func profileRules() throws(CommandFailure) -> [ProfileRule] {
+                var wanted: Set<Subject> = []
+                for spec in subjects {
+                    do { wanted.insert(try Subject(spec: spec)) } catch { throw CommandFailure("--subject: \(error)") }
+                }
+                if !wanted.isEmpty && profileFragments.isEmpty { throw CommandFailure("--subject picks profiles from --profiles fragments; none given") }
+                var rules: [ProfileRule] = []
+                var found: Set<Subject> = []
+                for fragment in profileFragments {
+                    let header: PolicyHeader
+                    do { header = try PolicyReader(path: fragment).read().header } catch { throw CommandFailure(error) }
+                    if header.profiles.isEmpty { throw CommandFailure("\(fragment): holds no profile lines (learn mode writes them into its learn fragment)") }
+                    for rule in header.profiles where wanted.isEmpty || wanted.contains(rule.subject) {
+                        rules.append(rule)
+                        found.insert(rule.subject)
+                    }
+                }
+                if let missing = wanted.subtracting(found).sorted().first {
+                    throw CommandFailure("--subject \(missing): no fragment given has a profile for it")
+                }
+                return ProfileRule.merged(rules)
+            }
+
             func run() throws {
                 let privateKey = try loadPrivateKey(key)
+                let profiles = try profileRules()
                 let scope = try signing.scopeGlobs()
                 let trust = try signing.localTrust()
                 _ = try signing.layer()   // refuses a bad spec before anything is written
@@ -79,7 +114,14 @@ extension Appctl {
                                     throw CommandFailure("\(inventory): a supplement may only add allow entries, and this has \(header.denyCount) deny entries (put denies in the base)")
                                 }
                             } catch { layerError = error; return }
-                            header.version = header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : entriesVersion
+                            if !profiles.isEmpty {
+                                header.profiles = ProfileRule.merged(header.profiles + profiles)
+                            }
+                            if !header.profiles.isEmpty && header.supplementOf != nil {
+                                layerError = CommandFailure("\(inventory): a supplement cannot carry execution profiles (only the base says who may run what)")
+                                return
+                            }
+                            header.version = !header.profiles.isEmpty ? 6 : header.declaresLayer ? 5 : header.declaresLocalTrust ? 4 : entriesVersion
                             if let name = header.name { layerName = header.supplementOf.map { "supplement \(name) of \($0)" } ?? "layer \(name)" }
                             do throws(PolicyError) { try writer.writeHeader(header) } catch { headerError = error }
                         },
@@ -207,6 +249,15 @@ extension Appctl {
                 print("  fs-verity: \(verityCount) entries with a verity digest (decided without reading the file)")
                 print("  interpreters: \(interpreters.isEmpty ? "none declared (the daemon's configured list only)" : interpreters.joined(separator: ", "))")
                 print("deny:        \(h.denyCount) entries")
+                let subjects = Dictionary(grouping: h.profiles, by: \.subject)
+                print("profiles:    \(subjects.isEmpty ? "none (every service and user may start whatever the policy allows)" : "\(subjects.count) subjects (each may start only what its profile lists)")")
+                for (subject, rules) in subjects.sorted(by: { $0.key < $1.key }) {
+                    let inline = rules.filter(\.inline).count
+                    print("  \(subject): \(rules.count) programs, \(inline) may take inline code")
+                    for rule in rules {
+                        print("    \(rule.program) \(rule.inline ? "inline   " : "no-inline") \(rule.escapedPath == "-" ? "" : PathEscaping.unescapedString(rule.escapedPath))")
+                    }
+                }
             }
         }
 
@@ -246,6 +297,17 @@ extension Appctl {
                 for source in Set(oldHeader.aptSources).subtracting(newHeader.aptSources).sorted() { print("- apt-source \(source)"); changes += 1 }
                 field("apt-unverified", oldHeader.aptUnverified?.rawValue ?? "by mode", newHeader.aptUnverified?.rawValue ?? "by mode")
                 field("maintenance", oldHeader.maintenance.map(\.description) ?? "not allowed", newHeader.maintenance.map(\.description) ?? "not allowed")
+                // Profiles by (subject, program): added, removed, or inline code newly allowed or taken away.
+                let oldProfiles = Dictionary(oldHeader.profiles.map { ("\($0.subject) \($0.program)", $0) }, uniquingKeysWith: { a, _ in a })
+                let newProfiles = Dictionary(newHeader.profiles.map { ("\($0.subject) \($0.program)", $0) }, uniquingKeysWith: { a, _ in a })
+                for key in Set(oldProfiles.keys).union(newProfiles.keys).sorted() {
+                    switch (oldProfiles[key], newProfiles[key]) {
+                    case (nil, let n?): print("+ profile \(n)"); changes += 1
+                    case (let o?, nil): print("- profile \(o)"); changes += 1
+                    case (let o?, let n?) where o.inline != n.inline: print("~ profile \(key): \(o.inline ? "inline" : "no-inline") -> \(n.inline ? "inline" : "no-inline")"); changes += 1
+                    default: break
+                    }
+                }
                 var added = 0, removed = 0, changed = 0
                 for path in Set(oldAllows.keys).union(newAllows.keys).sorted() {
                     switch (oldAllows[path], newAllows[path]) {
@@ -304,17 +366,51 @@ extension Appctl {
         @Option(help: ArgumentHelp("The Ed25519 public key (PEM) the policy must be signed with.", valueName: "public-key"))
         var key: String
 
+        @Option(help: ArgumentHelp(
+            "Also answer as the execution profile of this service or user would when it starts the file (service=nginx.service, user=www-data).",
+            valueName: "subject"))
+        var subject: String?
+
+        @Flag(help: "With --subject: the file is an interpreter started with inline code (sh -c, python3 -c, a script on standard input).")
+        var inline = false
+
         @Argument(help: ArgumentHelp("Files to check.", valueName: "path"))
         var paths: [String]
 
         func validate() throws {
             if paths.isEmpty { throw ValidationError("name at least one file to check") }
+            if inline && subject == nil { throw ValidationError("--inline asks about a subject's profile: give --subject too") }
+        }
+
+        /// What the subject's profile says of `digest` (nil: no profile for it; the policy alone decides).
+        func profileVerdict(_ digest: SHA256Digest, table: ProfileTable, subject: Subject, uids: [String: UInt32]) -> (allow: Bool, note: String)? {
+            let subjects: ProcessSubjects
+            switch subject {
+            case .service(let unit): subjects = ProcessSubjects(services: [unit], uids: [])
+            case .user(let name): subjects = ProcessSubjects(services: [], uids: uids[name].map { [$0] } ?? [])
+            }
+            switch table.check(digest, subjects: subjects) {
+            case .unprofiled: return nil
+            case .notInProfile(let s): return (false, "not-in-profile of \(s)")
+            case .admitted(let forbidden?) where inline: return (false, "inline-code refused by \(forbidden)")
+            case .admitted(let forbidden): return (true, forbidden == nil ? "in the profile of \(subject), inline code allowed" : "in the profile of \(subject), as a program file only")
+            }
         }
 
         func run() throws {
             let publicKey = try loadPublicKey(key)
             let loaded: LoadedPolicy
             do { loaded = try LoadedPolicy.load(path: policy, key: publicKey) } catch { throw CommandFailure(error) }
+            var wanted: Subject?
+            if let subject { do { wanted = try Subject(spec: subject) } catch { throw CommandFailure("--subject: \(error)") } }
+            let uids = passwdUIDs(String(decoding: (try? readSmallFile("/etc/passwd", limit: 16 << 20)) ?? [], as: UTF8.self))
+            let table = ProfileTable(rules: loaded.header.profiles, packageDigests: { loaded.packagePrograms[$0] ?? [] }, uid: { uids[$0] })
+            if let wanted, case .user(let name) = wanted, uids[name] == nil {
+                throw CommandFailure("--subject \(wanted): no such user in /etc/passwd (a host without it applies that profile to nobody)")
+            }
+            if let wanted, !loaded.header.profiles.contains(where: { $0.subject == wanted }) {
+                printError("appctl: note: \(policy) has no profile for \(wanted): the policy alone decides for it")
+            }
             let hasher = FileHasher()
             var allAllowed = true
             for path in paths {
@@ -335,7 +431,11 @@ extension Appctl {
                     } else {
                         digest = try hasher.hash(fd).sha256
                     }
-                    let decision = Decision.decide(loaded.lookup(digest), mode: .enforce)
+                    var decision = Decision.decide(loaded.lookup(digest), mode: .enforce)
+                    if decision.allow, let wanted, let verdict = profileVerdict(digest, table: table, subject: wanted, uids: uids) {
+                        via += "  (\(verdict.note))"
+                        if !verdict.allow { decision = Decision.profileMiss(verdict.note.hasPrefix("inline") ? .inlineCode : .notInProfile, mode: .enforce) }
+                    }
                     allAllowed = allAllowed && decision.allow
                     print("\(decision.allow ? "allow" : "deny ")  \(decision.reason.rawValue.padding(11))  \(digest)  \(path)\(via)")
                 } catch {

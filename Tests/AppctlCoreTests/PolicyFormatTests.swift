@@ -185,7 +185,7 @@ private func writeSample(_ dir: TemporaryDirectory, name: String = "policy.txt",
     static let malformed: [Case] = [(String, String, PolicyError.Code, Int?)]([
         ("empty file", "", .empty, nil),
         ("garbage", "\u{7f}ELF\u{2}\u{1}\u{1}\n", .notAPolicy, 1),
-        ("future version", "appctl-policy 6\n", .unsupportedVersion, 1),
+        ("future version", "appctl-policy 7\n", .unsupportedVersion, 1),
         ("interpreter field in version 2", header2 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x fsverity-sha256:\(String(repeating: "cd", count: 32)) interpreter:python\n", .malformed, 5),
         ("interpreter field in version 1", header + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:python\n", .malformed, 5),
         ("unknown interpreter", header3 + "allow \(String(repeating: "ab", count: 32)) 10 elf-exec local /bin/x interpreter:cobol\n", .malformed, 5),

@@ -43,6 +43,12 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool { programs.contains(descriptor) }
     func verityDigest(of descriptor: Int32) -> SHA256Digest? { verity[descriptor] }
     func path(of descriptor: Int32, ifUnder rule: RootDataPaths) -> String? { paths[descriptor].flatMap { rule.contains($0) ? $0 : nil } }
+    var programFamilies: [SHA256Digest: InterpreterFamily] = [:]
+    var threadSubjects: [Int32: ProcessSubjects] = [:]
+    var inlineThreads: Set<Int32> = []
+    func interpreterFamily(ofProgram digest: SHA256Digest, key: FileKey) -> InterpreterFamily? { programFamilies[digest] }
+    func subjects(of tid: Int32, services: Bool, users: Bool) -> ProcessSubjects? { threadSubjects[tid] ?? ProcessSubjects(services: [], uids: [1000]) }
+    func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool { inlineThreads.contains(tid) }
 }
 
 final class CollectingSink: EventSink, @unchecked Sendable {
@@ -73,12 +79,13 @@ final class Pipeline: @unchecked Sendable {
     lazy var triage = Triage(policy: policy, caches: caches, facts: facts, statistics: statistics, ownPID: 4242, kernelCache: true,
                              rootDataPaths: RootDataPaths(RootDataPaths.defaults))
 
-    init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = []) throws {
+    init(mode: Mode, allowSizes: [UInt64] = [13], extraAllows: [(SHA256Digest, UInt64)] = [], profiles: [ProfileRule] = []) throws {
         keys = try TestKeys(in: dir)
         policy = PolicyState(mode: mode, stateDirectory: dir.file("state"), hostname: "test")
         var allows = [AllowEntry(digest: known, size: allowSizes[0], kind: .elfExec, origin: .manual, path: Array("/known".utf8))]
         for (digest, size) in extraAllows { allows.append(AllowEntry(digest: digest, size: size, kind: .script, origin: .manual, path: Array("/extra".utf8))) }
-        let header = PolicyHeader(serial: 1, issued: .now, keyID: keys.publicKey.keyID)
+        var header = PolicyHeader(serial: 1, issued: .now, keyID: keys.publicKey.keyID)
+        header.profiles = profiles
         try PolicyWriter.write(path: dir.file("policy.txt"), header: header, allows: allows,
                                denies: [DenyEntry(digest: blocked, note: "test")], signingKey: keys.privateKey)
         guard case .success = policy.apply(path: dir.file("policy.txt"), keyPath: keys.publicPath, allowRollback: false) else {

@@ -28,6 +28,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var logAllows = false
     public var allowRollback = false
     public var hashThreads = 2
+    /// Learn execution profiles in monitor mode too (`learn-profiles = yes`); learn mode always does.
+    public var learnProfiles = false
     /// How often learn mode rewrites its fragment, in seconds.
     public var learnFlushSeconds = 30
     /// Also watch opens (`FAN_OPEN_PERM`): closes the loader, library and interpreter bypasses.
@@ -112,6 +114,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "socket": socketPath = value
             case "state-dir": stateDirectory = value
             case "learn-out": learnOutput = value
+            case "learn-profiles":
+                guard value == "yes" || value == "no" else { throw ParseError(file: file, line: lineNumber, message: "learn-profiles must be yes or no") }
+                learnProfiles = value == "yes"
             case "exclude-fs-type": excludedFilesystemTypes.append(value)
             case "exclude-mount": excludedMountPoints.append(value)
             case "log-allows": logAllows = try bool()

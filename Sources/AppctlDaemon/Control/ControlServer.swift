@@ -12,6 +12,8 @@ public protocol DaemonControl: Sendable {
     func statusReport() -> StatusReport
     /// The whole mode-switch transaction (refuse enforce without a policy, flush, hardening, log, systemd status).
     func setMode(_ mode: Mode) -> Result<Mode, ControlReply>
+    /// Execution profiles learned in monitor mode too, or not.
+    func setProfileLearning(_ on: Bool) -> String
     func reload(reason: String) -> Result<PolicyHeader, PolicyRefusal>
     /// Reads the overlay directory again; the reply line, or why the overlays in force stay.
     func reloadOverlays(reason: String) -> Result<String, PolicyRefusal>
@@ -90,6 +92,8 @@ public final class ControlServer: Sendable {
             case .success(let mode): return .ok("mode \(mode.rawValue)")
             case .failure(let refusal): return refusal
             }
+        case .profileLearning(let on):
+            return .ok(control.setProfileLearning(on))
         case .reload:
             switch control.reload(reason: "reload over the control socket") {
             case .success(let header): return .ok("applied policy serial \(header.serial!) (\(header.allowCount) allow, \(header.denyCount) deny entries)")

@@ -33,6 +33,8 @@ public struct EventRecord: Sendable {
     public var writableBy: String? = nil
     /// For allows by digest: the layer whose entry allowed it (`base` or `overlay:apt`).
     public var allowedBy: String? = nil
+    /// For verdicts of an execution profile: the subject whose profile decided (`service=web.service`).
+    public var subject: String? = nil
 
     var jsonLine: String {
         "{\"time\":\(jsonString(time)),\"decision\":\(jsonString(outcome.rawValue)),\"reason\":\(jsonString(reason.rawValue)),"
@@ -41,13 +43,14 @@ public struct EventRecord: Sendable {
             + "\"exe\":\(jsonString(process.exe)),\"comm\":\(jsonString(process.comm)),"
             + "\"policy_serial\":\(serial.map(String.init) ?? "null"),\"mode\":\(jsonString(mode.rawValue))"
             + (writableBy.map { ",\"writable_by\":\(jsonString($0))" } ?? "")
-            + (allowedBy.map { ",\"allowed_by\":\(jsonString($0))" } ?? "") + "}\n"
+            + (allowedBy.map { ",\"allowed_by\":\(jsonString($0))" } ?? "")
+            + (subject.map { ",\"subject\":\(jsonString($0))" } ?? "") + "}\n"
     }
 
     var humanLine: String {
         // Paths and process names are the attacker's choice: escaped, so that a newline in a file name cannot
         // forge a line of its own.
-        "appctl: \(outcome.rawValue.uppercased()) \(PathEscaping.escapeText(Array(path.utf8))) (\(reason.rawValue), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(PathEscaping.escapeText(Array(process.comm.utf8))) exe \(PathEscaping.escapeText(Array(process.exe.utf8)))\n"
+        "appctl: \(outcome.rawValue.uppercased()) \(PathEscaping.escapeText(Array(path.utf8))) (\(reason.rawValue)\(subject.map { " for \($0)" } ?? ""), sha256 \(digest.map { String($0.hex.prefix(16)) } ?? "-")) pid \(pid) uid \(process.uid) comm \(PathEscaping.escapeText(Array(process.comm.utf8))) exe \(PathEscaping.escapeText(Array(process.exe.utf8)))\n"
     }
 }
 

@@ -30,6 +30,11 @@ public enum Counter: Int, CaseIterable, Sendable {
     case queueOverflows
     /// Requests dropped without an answer (a bug if ever non-zero): denied on the way out, see `PermissionRequest`.
     case requestsDroppedUnanswered
+    /// Execs an execution profile refused (or would have: monitor and learn modes), and interpreter command lines read
+    /// for profiles (issue 15). Per subject: `Statistics.profileDenials`.
+    case profileDenials, profileCommandLineChecks
+    /// Per-subject profile entries learned, and those dropped at the learning bound.
+    case profileEntriesLearned, profileEntriesDropped
 
     /// How Prometheus sees it; nil for figures only `status` shows.
     public struct Exposition: Sendable {
@@ -83,6 +88,10 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .eventLogReopens: "event_log_reopens"
         case .queueOverflows: "queue_overflows"
         case .requestsDroppedUnanswered: "requests_dropped_unanswered"
+        case .profileDenials: "profile_denials"
+        case .profileCommandLineChecks: "profile_command_line_checks"
+        case .profileEntriesLearned: "profile_entries_learned"
+        case .profileEntriesDropped: "profile_entries_dropped"
         }
     }
 
@@ -110,6 +119,8 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .eventsDropped: Exposition(name: "events_dropped_total", help: "Event records dropped (queue full, log unwritable).")
         case .queueOverflows: Exposition(name: "queue_overflows_total", help: "Overflow notices from the permission group (events the kernel allowed unasked; should be 0).")
         case .requestsDroppedUnanswered: Exposition(name: "requests_dropped_unanswered_total", help: "Permission requests dropped without an answer and denied (a bug if non-zero).")
+        case .profileEntriesLearned: Exposition(name: "profile_entries_learned", help: "Per-subject program entries learned for execution profiles.", isGauge: true)
+        case .profileEntriesDropped: Exposition(name: "profile_entries_dropped_total", help: "Program entries not learned because the learning bound was reached.")
         default: nil
         }
     }
@@ -145,6 +156,23 @@ public final class Statistics: Sendable {
 
     public subscript(_ counter: Counter) -> Int {
         cells[counter.rawValue].load(ordering: .relaxed)
+    }
+
+    /// Profile denials (and would-denies) per subject, at most `subjectLimit` subjects (the rest under `other`).
+    private let perSubject = Mutex<[String: Int]>([:])
+    static let subjectLimit = 256
+
+    public func addProfileDenial(subject: String) {
+        add(.profileDenials)
+        perSubject.withLock { m in
+            let key = m[subject] != nil || m.count < Self.subjectLimit ? subject : "other"
+            m[key, default: 0] += 1
+        }
+    }
+
+    /// Subject → profile denials so far, by subject.
+    public var profileDenials: [(subject: String, count: Int)] {
+        perSubject.withLock { $0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     public func recordLatency(nanoseconds: UInt64) {

@@ -54,13 +54,14 @@ public struct StatusReport: Sendable {
         return groups.filter { !$0.lines.isEmpty }.map { $0.title + "\n" + $0.lines.joined(separator: "\n") }.joined(separator: "\n\n")
     }
 
-    static let groupTitles = ["Daemon", "Policy", "Local trust (apt, maintenance)", "Fleet (sync, candidate, drift)",
+    static let groupTitles = ["Daemon", "Policy", "Execution profiles and local trust (apt, maintenance)", "Fleet (sync, candidate, drift)",
                               "Decisions and caches", "Coverage"]
 
     /// Which heading a field goes under, by its name.
     static func group(of name: String) -> Int {
         if name.hasPrefix("sync_") || name.hasPrefix("candidate_") || name == "drift" { return 3 }
         if name.hasPrefix("policy_") || name == "last_policy_error" || name == "learned_files" { return 1 }
+        if name.hasPrefix("profile_") { return 2 }
         if name.hasPrefix("overlay_") || name.hasPrefix("maintenance_") { return 2 }
         if name.hasPrefix("marked_") || name.hasPrefix("mark_") || name.hasPrefix("execs_not_counted") { return 5 }
         if ["ready", "confined", "open_events", "hardening", "hardening_failures", "mode", "pid", "uptime_seconds"].contains(name) { return 0 }

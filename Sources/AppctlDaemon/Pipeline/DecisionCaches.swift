@@ -80,6 +80,9 @@ public final class DecisionCaches: Sendable {
     /// would save its second hash (-50 µs median per exec), but measured side by side it raised the p99 of such
     /// execs under a CPU-bound load from 1-2 ms to 4 ms (tools/bench hol); so those files are hashed for both.
     let lastExec = Mutex(BoundedCache<Int32, FileKey>(limit: lastExecLimit))
+    /// Thread → the `#!` script it exec'd last, while execution profiles are in force (`ProfileGate`): the
+    /// interpreter's exec that follows in the same call names the script, not the interpreter.
+    let scriptExecs = Mutex(BoundedCache<Int32, FileKey>(limit: lastExecLimit))
 
     public init() {}
 

@@ -20,6 +20,16 @@ protocol FileFacts: Sendable {
     /// The path of the file when it lies under one of `paths` and is reachable there, in the daemon's own mount
     /// namespace, as the same file through the same mount; nil otherwise.
     func path(of descriptor: Int32, ifUnder paths: RootDataPaths) -> String?
+    /// The interpreter family of a program about to be exec'd (by its digest, or as the very file of a configured
+    /// interpreter), or nil when it is not an interpreter.
+    func interpreterFamily(ofProgram digest: SHA256Digest, key: FileKey) -> InterpreterFamily?
+    /// Who the thread is for execution profiles: the services of its cgroup and its uids (each read only when asked
+    /// for); nil when /proc cannot say.
+    func subjects(of tid: Int32, services: Bool, users: Bool) -> ProcessSubjects?
+    /// Whether the exec the thread waits in hands the interpreter (the file `key`) inline code. `scriptBefore`: the
+    /// `#!` script the thread exec'd just before in the same call, if any. Fails closed (true) when it cannot tell.
+    /// Reads the waiting thread's memory: hash workers only.
+    func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool
 }
 
 /// The real facts: the event's descriptor and /proc.
@@ -99,6 +109,45 @@ final class KernelFileFacts: FileFacts {
 
     func verityDigest(of descriptor: Int32) -> SHA256Digest? {
         FileDescriptor(rawValue: descriptor).verityDigestIfAny
+    }
+
+    func interpreterFamily(ofProgram digest: SHA256Digest, key: FileKey) -> InterpreterFamily? {
+        interpreters.withLock { $0.family(ofProgram: digest, device: key.device, inode: key.inode) }
+    }
+
+    func subjects(of tid: Int32, services: Bool, users: Bool) -> ProcessSubjects? {
+        var result = ProcessSubjects(services: [], uids: [])
+        if services {
+            guard let path = cgroupPath(ofThread: tid) else { return nil }
+            result.services = Subject.services(inCgroupPath: path)
+        }
+        if users {
+            guard let ids = userIDs(ofThread: tid) else { return nil }
+            result.uids = ids.real == ids.effective ? [ids.real] : [ids.real, ids.effective]
+        }
+        return result
+    }
+
+    func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool {
+        guard let exec = try? pendingExec(ofThread: tid) else { return true }
+        // Which file the call names, in the caller's own view (its root, its working directory, its descriptor).
+        let base: [UInt8]
+        if exec.emptyPath {
+            guard let directory = exec.directory else { return true }
+            base = Array("/proc/\(tid)/fd/\(directory)".utf8)
+        } else if exec.pathname.first == UInt8(ascii: "/") {
+            base = Array("/proc/\(tid)/root".utf8) + exec.pathname
+        } else {
+            base = Array((exec.directory.map { "/proc/\(tid)/fd/\($0)/" } ?? "/proc/\(tid)/cwd/").utf8) + exec.pathname
+        }
+        guard let named = try? fileIdentity(bytes: base) else { return true }
+        if named.device == key.device && named.inode == key.inode {
+            return family.takesInlineCode(argv0: exec.arguments.first ?? [], arguments: Array(exec.arguments.dropFirst()))
+        }
+        // The call named the `#!` script exec'd just before: the kernel runs the interpreter with that file as its
+        // program (the script's own exec was judged as a program of its own).
+        if let scriptBefore, named.device == scriptBefore.device && named.inode == scriptBefore.inode { return false }
+        return true
     }
 
     /// readlink of /proc/self/fd gives the path in the *opener's* view (a bind mount in another mount namespace

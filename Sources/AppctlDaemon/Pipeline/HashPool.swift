@@ -26,7 +26,7 @@ final class HashPool: Sendable {
     let leases: LeaseKeeper
     /// Files being hashed → every request waiting for that hash.
     private let pending = Mutex<[FileKey: [Waiting]]>([:])
-    private enum Job { case hash(FileKey), commandLine(Waiting, FileKey, InterpreterFamily) }
+    private enum Job { case hash(FileKey), commandLine(Waiting, FileKey, InterpreterFamily), profile(Waiting, Triage.Answer) }
     private let jobs = Mutex<[Job]>([])
     private let jobsAvailable = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
@@ -44,6 +44,14 @@ final class HashPool: Sendable {
     func enqueueCommandLineCheck(_ request: consuming PermissionRequest, key: FileKey, family: InterpreterFamily) {
         let waiting = Waiting(request)
         jobs.withLock { $0.append(.commandLine(waiting, key, family)) }
+        jobsAvailable.signal()
+    }
+
+    /// Queues an exec whose execution profile needs the new command line read (an interpreter): judged and answered
+    /// on a worker (`Responder.finish(onWorker:)`).
+    func enqueueProfileCheck(_ request: consuming PermissionRequest, answer: Triage.Answer) {
+        let waiting = Waiting(request)
+        jobs.withLock { $0.append(.profile(waiting, answer)) }
         jobsAvailable.signal()
     }
 
@@ -83,7 +91,11 @@ final class HashPool: Sendable {
         for w in waiting { if let request = w.request.take() { responder.allowAtShutdown(request) } }
         let checks = jobs.withLock { j -> [Waiting] in
             defer { j.removeAll() }
-            return j.compactMap { if case .commandLine(let w, _, _) = $0 { return w }; return nil }
+            return j.compactMap {
+                if case .commandLine(let w, _, _) = $0 { return w }
+                if case .profile(let w, _) = $0 { return w }
+                return nil
+            }
         }
         for w in checks { if let request = w.request.take() { responder.allowAtShutdown(request) } }
     }
@@ -102,6 +114,9 @@ final class HashPool: Sendable {
             case .hash(let k): key = k
             case .commandLine(let waiting, let k, let family):
                 if let request = waiting.request.take() { checkCommandLine(request, key: k, family: family) }
+                continue
+            case .profile(let waiting, let answer):
+                if let request = waiting.request.take() { responder.finish(request, answer, onWorker: true) }
                 continue
             }
             let first = pending.withLock { p -> (Int32, Int32)? in
@@ -139,7 +154,7 @@ final class HashPool: Sendable {
                 if verdict.allow { pids.append(request.pid) }
                 if verdict.allow && verdict.decision.reason == .known { known = true }
                 if let digest, request.isExec { caches.rememberExec(key, digest) }
-                responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key))
+                responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key), onWorker: true)
             }
             if let kept {
                 // Known content: once the execs are past their write denial, the lease is kept as its verdict.
@@ -158,7 +173,7 @@ final class HashPool: Sendable {
             return
         }
         switch triage.decideProgram(request, key: key, opensAsProgram: true) {
-        case .answer(let answer): responder.finish(request, answer)
+        case .answer(let answer): responder.finish(request, answer, onWorker: true)
         case .needsHash(let key): enqueue(request, key: key)
         case .inert, .checkCommandLine: responder.finish(request, Triage.Answer(verdict: policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }, key: key))
         }

@@ -10,6 +10,8 @@ enum InterpreterFamily: Sendable, Equatable {
     /// CPython 3: `python3 [-bBdEhiIOPqRsSuvVWx] [-W arg] [-X opt] [-c cmd | -m mod | script | -] [args]`
     /// (getopt string "bBc:dEhiIJm:OPqRsStuvVW:xX:?"). Python 2 takes other values (`-Q arg`): `other`.
     case python
+    /// awk (gawk, mawk): its program is its first operand unless `-f` names a file. For arguments, as `other`.
+    case awk
     /// Any other interpreter (perl, ruby, node, awk, zsh, the loader, …): every argument counts.
     case other
 
@@ -19,6 +21,8 @@ enum InterpreterFamily: Sendable, Equatable {
         switch name {
         case "dash", "bash", "rbash":   // not "sh": a real file of that name may be mksh, yash or busybox
             self = .shell
+        case "awk", "gawk", "mawk", "nawk", "original-awk":
+            self = .awk
         default:
             let python = name.hasPrefix("python3") && name.dropFirst(7).allSatisfy { $0.isNumber || $0 == "." }
             self = python ? .python : .other
@@ -31,11 +35,72 @@ enum InterpreterFamily: Sendable, Equatable {
         switch self {
         case .shell: return Self.shellProgramArguments(arguments)
         case .python: return Self.pythonProgramArguments(arguments)
-        case .other: return nil
+        case .awk, .other: return nil
         }
     }
 
     private static func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    /// Whether this command line hands the interpreter its program as inline code rather than as a file: a `-c`/`-e`
+    /// string, a module or program chosen by name at run time, or standard input (no program file at all, or `-`).
+    /// `argv0` is the name it is run under (only busybox and awk care: it chooses the applet). Anything this cannot
+    /// parse counts as inline (fail closed: a profile that forbids inline code then denies it, and learning records it
+    /// as inline, which makes the learned profile more permissive, never less safe than what ran).
+    func takesInlineCode(argv0: [UInt8], arguments a: [[UInt8]]) -> Bool {
+        switch self {
+        case .shell:
+            guard let parsed = Self.parseShell(a) else { return true }
+            return parsed.script == nil
+        case .python:
+            // `-c`, `-m`, no script, or `-` (standard input): inline. A script path: a file.
+            guard let indices = Self.pythonProgramArguments(a), let i = indices.first else { return true }
+            return a[i] == Array("-".utf8)
+        case .awk:
+            return Self.awkTakesInlineCode(a)
+        case .other:
+            let names = [argv0] + a.prefix(1)
+            if names.contains(where: { Self.isAwkName($0) }) && Self.awkTakesInlineCode(a) { return true }
+            return Self.otherTakesInlineCode(a)
+        }
+    }
+
+    private static func isAwkName(_ bytes: [UInt8]) -> Bool {
+        let name = text(Array(bytes.split(separator: UInt8(ascii: "/")).last ?? []))
+        return InterpreterFamily(executableName: name) == .awk
+    }
+
+    /// awk's program is its first operand unless `-f progfile` (or `--file`) gives one; gawk's `-e`/`--source` adds
+    /// program text.
+    private static func awkTakesInlineCode(_ a: [[UInt8]]) -> Bool {
+        var fromFile = false
+        for arg in a {
+            let t = text(arg)
+            if t == "-e" || t.hasPrefix("--source") || t.hasPrefix("--exec") { return true }
+            if t == "-f" || t.hasPrefix("--file") || (t.hasPrefix("-f") && !t.hasPrefix("--")) { fromFile = true }
+            if t == "--" { break }
+        }
+        return !fromFile
+    }
+
+    /// perl, ruby, node, php, lua, tclsh, zsh, ksh, busybox and the loader: no argument at all (standard input or a
+    /// prompt), `-` anywhere, or an option that takes program text anywhere on the line (perl/ruby/lua `-e`, perl `-E`,
+    /// php `-r`, node `-e`/`-p`/`-i`/`--eval`/`--print`, shells' `-c`/`-s`), bundled or not. Every argument is looked
+    /// at, the script's own included: options that take a separate value (`perl -I dir -e …`) would otherwise hide
+    /// what follows them. A script whose own arguments look like that counts as inline (more permissive when
+    /// learned; never a way around a profile).
+    private static func otherTakesInlineCode(_ a: [[UInt8]]) -> Bool {
+        if a.isEmpty { return true }
+        for arg in a {
+            let t = text(arg)
+            if t == "-" { return true }
+            if t.hasPrefix("--") {
+                if t.hasPrefix("--eval") || t.hasPrefix("--print") || t.hasPrefix("--interactive") || t.hasPrefix("--command") { return true }
+                continue
+            }
+            if t.hasPrefix("-"), t.dropFirst().contains(where: { "eEcrpis".contains($0) }) { return true }
+        }
+        return false
+    }
 
     /// bash(1) and dash(1) INVOCATION: long options first (`--rcfile` and `--init-file` take a file the shell
     /// runs, so it counts), then option letters in `-`/`+` bundles where each `o` or `O` takes the next
@@ -49,6 +114,13 @@ enum InterpreterFamily: Sendable, Equatable {
     ]
 
     private static func shellProgramArguments(_ a: [[UInt8]]) -> [Int]? {
+        guard let parsed = parseShell(a) else { return nil }
+        return parsed.files + (parsed.script.map { [$0] } ?? [])
+    }
+
+    /// The shell's command line: the files it reads as code before its program (rc files), and its script operand
+    /// (nil: the program is a `-c` string or standard input). Nil when the grammar is not understood.
+    private static func parseShell(_ a: [[UInt8]]) -> (files: [Int], script: Int?)? {
         var files: [Int] = []
         var i = 0
         var fromString = false
@@ -91,8 +163,7 @@ enum InterpreterFamily: Sendable, Equatable {
             i += 1 + takesValues
         }
         if i > a.count { return nil }
-        if !fromString && i < a.count { files.append(i) }
-        return files
+        return (files, !fromString && i < a.count ? i : nil)
     }
 
     /// python3(1): option letters may be bundled; `W` and `X` take a value (the rest of the bundle, or the next

@@ -84,6 +84,11 @@ struct InterpreterRule: Sendable {
         return s.isEmpty ? name : String(s)
     }
 
+    /// The family of a program about to run, by its content or as the very file of a configured interpreter.
+    func family(ofProgram digest: SHA256Digest, device: UInt64, inode: UInt64) -> InterpreterFamily? {
+        digests[digest] ?? files[[device, inode]]
+    }
+
     /// Whether `pid` runs an interpreter. Never opens the executable (it may be on a marked filesystem
     /// and this runs on the event thread): `stat` through /proc, then the digest cache, then the path.
     /// Returns the interpreter's family (by the configured file it matched, never by its own name), or nil.

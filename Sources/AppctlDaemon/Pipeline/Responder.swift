@@ -94,6 +94,12 @@ final class Responder: Sendable {
     /// To forget a denied exec (its open never follows, and a later open must not pass for it).
     let caches: DecisionCaches
     let log: @Sendable (String) -> Void
+    /// Execution profiles (issue 15): judged here, for every allowed exec, before the answer.
+    let profiles: ProfileGate
+    /// Where an exec whose command line must be read goes (a hash worker). Set once at start-up, before any event
+    /// (`nonisolated(unsafe)`: written once by `Daemon.init` before the threads that read it exist; nil in tests,
+    /// which then judge on the calling thread).
+    nonisolated(unsafe) var handOffToWorker: (@Sendable (consuming PermissionRequest, Triage.Answer) -> Void)?
 
     init(responder: any PermissionResponder, kernelCache: KernelVerdictCache, policy: PolicyState, learned: LearnRecorder,
          events: any EventSink, statistics: Statistics, logAllows: Bool, facts: any FileFacts, caches: DecisionCaches,
@@ -101,6 +107,7 @@ final class Responder: Sendable {
         self.responder = responder; self.kernelCache = kernelCache; self.policy = policy; self.learned = learned
         self.events = events; self.statistics = statistics; self.logAllows = logAllows; self.facts = facts; self.caches = caches
         self.log = log
+        profiles = ProfileGate(policy: policy, facts: facts, caches: caches, learned: learned, statistics: statistics)
     }
 
     /// A plain open of data: allowed, and cached in the kernel when `markInKernel` (the key it was judged by).
@@ -119,7 +126,8 @@ final class Responder: Sendable {
     /// Answers and records. For denies, would-denies and learned files the process details are read from /proc
     /// *before* answering: the process is blocked in execve then, so what is read is certainly it (a denied child
     /// often exits within microseconds of the answer). Allows, the hot path, are answered at once.
-    func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer) {
+    /// `onWorker`: called on a hash worker, where an interpreter's command line may be read (profiles).
+    func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer, onWorker: Bool = false) {
         var verdict = answer.verdict
         if verdict.allow && verdict.requiredKinds != 0 && !Self.isOneOf(verdict.requiredKinds, FileDescriptor(rawValue: request.descriptor)) {
             verdict = policy.verdict(layer: verdict.layer) { Decision.kindNotDelegated(mode: $0) }
@@ -127,6 +135,28 @@ final class Responder: Sendable {
         if answer.repeatsExec {
             request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure)
             return
+        }
+        var answer = answer
+        if request.isExec && !answer.profileJudged {
+            // Once per exec, on the thread that saw it first: the `#!` script before it (a worker sees it later).
+            if !answer.handedOff { answer.scriptBefore = profiles.takeScriptBefore(tid: request.pid, key: answer.key, fd: request.descriptor) }
+            if verdict.allow, let digest = answer.digest {
+                let onThisThread = onWorker || handOffToWorker == nil
+                switch profiles.judge(tid: request.pid, key: answer.key, digest: digest, fd: request.descriptor, onWorker: onThisThread,
+                                      scriptBefore: answer.scriptBefore) {
+                case .unchanged:
+                    break
+                case .refuse(let reason, let subject):
+                    verdict = policy.verdict(layer: .profile) { Decision.profileMiss(reason, mode: $0) }
+                    verdict.subject = subject
+                    statistics.addProfileDenial(subject: subject)
+                case .needsWorker:
+                    answer.handedOff = true
+                    handOffToWorker!(request, answer)
+                    return
+                }
+            }
+            answer.profileJudged = true
         }
         let fd = request.descriptor, pid = request.pid, isExec = request.isExec
         if isExec && !verdict.allow, let key = answer.key {
@@ -149,8 +179,10 @@ final class Responder: Sendable {
             && (answer.key?.onlyRootCanWrite == true || answer.verityDigest != nil)
         request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure) { fd in
             // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel.
-            if cacheInKernel, let key = answer.key {
-                kernelCache.place(on: fd, [.openExecPermission, .openPermission], key: key) {
+            // Execs only where every execution profile gives the same answer (else each exec must reach `profiles`).
+            if cacheInKernel, let key = answer.key, let digest = answer.digest {
+                let events: FanotifyGroup.Events = profiles.execMayStayInKernel(digest, key: key, fd: fd) ? [.openExecPermission, .openPermission] : [.openPermission]
+                kernelCache.place(on: fd, events, key: key) {
                     // Sealed content stays sealed; anything else must still be the same, root-only file.
                     guard let now = facts.identity(of: fd) else { return false }
                     return answer.verityDigest != nil ? now.isVerity : now == key
@@ -181,6 +213,7 @@ final class Responder: Sendable {
                 writableBy: writableBy)
             record.tid = pid
             record.allowedBy = verdict.allowedBy
+            record.subject = verdict.subject
             events.submit(record)
         }
     }

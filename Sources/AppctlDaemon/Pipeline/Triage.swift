@@ -45,6 +45,11 @@ final class Triage: Sendable {
         var verityDigest: SHA256Digest? = nil
         /// The second event of one exec: answered, not counted or logged again.
         var repeatsExec = false
+        /// Execution profiles: judged already (a hand-off to a worker comes back judged), handed off to a worker, and
+        /// the `#!` script the thread exec'd just before (taken on the event thread).
+        var profileJudged = false
+        var handedOff = false
+        var scriptBefore: FileKey? = nil
     }
 
     let policy: PolicyState

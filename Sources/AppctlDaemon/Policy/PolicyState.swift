@@ -28,6 +28,9 @@ public final class PolicyState: Sendable {
         var candidateError: String?
         /// Distinct digests the candidate would deny that the policy in force allows (at most `candidateSampleLimit`).
         var candidateWouldDeny: Set<SHA256Digest> = []
+        /// The execution profiles of the policy in force, compiled (`ProfileTable`), and whether profiles are learned.
+        var profiles = ProfileTable()
+        var learnProfilesInMonitorMode = false
     }
 
     static let candidateSampleLimit = 10_000
@@ -105,12 +108,14 @@ public final class PolicyState: Sendable {
     @discardableResult
     public func setOverlays(_ overlays: [Overlay]) -> (table: OverlayTable, revoked: Bool) {
         rebuilding.withLock { _ in
-            let (header, before) = current.withLock { ($0.policy?.header, $0.overlayTable) }
-            let table = OverlayTable(overlays, header: header)
+            let (policy, before) = current.withLock { ($0.policy, $0.overlayTable) }
+            let table = OverlayTable(overlays, header: policy?.header)
+            let profiles = policy.map { Self.compileProfiles($0, overlays: overlays) } ?? ProfileTable()
             let revoked = !table.containsEveryDigest(of: before)
             current.withLock { c in
                 c.overlays = overlays
                 c.overlayTable = table
+                c.profiles = profiles
             }
             return (table, revoked)
         }
@@ -134,6 +139,34 @@ public final class PolicyState: Sendable {
     }
 
     public var mode: Mode { current.withLock { $0.mode } }
+
+    /// The profiles in force, and whether execs are being learned per subject (learn mode, or monitor mode with
+    /// profile learning switched on), read together.
+    public var profileState: (table: ProfileTable, learning: Bool) {
+        current.withLock { c in (c.profiles, c.mode == .learn || (c.mode == .monitor && c.learnProfilesInMonitorMode)) }
+    }
+
+    /// Switches profile learning in monitor mode on or off (learn mode always learns them).
+    public func setProfileLearning(_ on: Bool) { current.withLock { $0.learnProfilesInMonitorMode = on } }
+
+    /// The policy's profile lines compiled for the event path: `package:` names expand to the base's entries of that
+    /// package and to the files of the apt overlay's packages of that name the policy trusts; `user=` names resolve
+    /// through /etc/passwd.
+    static func compileProfiles(_ policy: LoadedPolicy, overlays: [Overlay]) -> ProfileTable {
+        let rules = policy.header.profiles
+        guard !rules.isEmpty else { return ProfileTable() }
+        let uids = passwdUIDs(String(decoding: (try? readSmallFile("/etc/passwd", limit: 16 << 20)) ?? [], as: UTF8.self))
+        let sources = policy.header.aptSources
+        return ProfileTable(rules: rules, packageDigests: { name in
+            var digests = policy.packagePrograms[name] ?? []
+            for overlay in overlays where overlay.layer == "apt" {
+                for package in overlay.packages where package.name == name && package.isTrusted(by: sources) != nil {
+                    digests += package.files.map(\.digest)
+                }
+            }
+            return digests
+        }, uid: { uids[$0] })
+    }
 
     /// The interpreters the current policy declares (format version 3).
     public var declaredInterpreters: [DeclaredInterpreter] { current.withLock { $0.policy?.interpreters ?? [] } }
@@ -176,16 +209,24 @@ public final class PolicyState: Sendable {
         public var mode: Mode
         public var lastError: String?
         public var source: Source
+        /// Subjects with an execution profile in force; user subjects no user of this host has; whether profiles are learned.
+        public var profileSubjects = 0
+        public var unresolvedProfileUsers: [String] = []
+        public var learningProfiles = false
         public var allowCount: Int { policy?.allowCount ?? 0 }
         public var denyCount: Int { policy?.denyCount ?? 0 }
     }
 
     public var snapshot: Snapshot {
         current.withLock { c in
-            Snapshot(policy: c.policy?.header, layers: c.policy?.layers ?? [], candidateLayers: c.candidate?.layers ?? [], candidateError: c.candidateError,
+            var snapshot = Snapshot(policy: c.policy?.header, layers: c.policy?.layers ?? [], candidateLayers: c.candidate?.layers ?? [], candidateError: c.candidateError,
                      candidateWouldDenyPrograms: c.candidateWouldDeny.count, skippedLayers: c.policy?.skippedLayers ?? [],
                      totalAllowCount: c.policy?.totalAllowCount ?? 0,
                      path: c.policy?.path, mode: c.mode, lastError: c.lastError, source: c.source)
+            snapshot.profileSubjects = c.profiles.subjectCount
+            snapshot.unresolvedProfileUsers = c.profiles.unresolvedUsers
+            snapshot.learningProfiles = c.mode == .learn || (c.mode == .monitor && c.learnProfilesInMonitorMode)
+            return snapshot
         }
     }
 
@@ -202,7 +243,9 @@ public final class PolicyState: Sendable {
     /// one in force and remembers why not.
     private func swapIn(_ result: Result<LoadedPolicy, PolicyRefusal>) {
         rebuilding.withLock { _ in
-            let table = (try? result.get()).map { OverlayTable(current.withLock { $0.overlays }, header: $0.header) }
+            let overlays = current.withLock { $0.overlays }
+            let table = (try? result.get()).map { OverlayTable(overlays, header: $0.header) }
+            let profiles = (try? result.get()).map { Self.compileProfiles($0, overlays: overlays) }
             current.withLock { c in
                 switch result {
                 case .success(let policy):
@@ -210,6 +253,7 @@ public final class PolicyState: Sendable {
                     c.lastError = nil
                     c.source = .configured
                     c.overlayTable = table!
+                    c.profiles = profiles!
                 case .failure(let refusal):
                     c.lastError = refusal.description
                 }
@@ -248,6 +292,7 @@ public final class PolicyState: Sendable {
             c.lastError = refusal.description
             c.source = .lastKnownGood(because: refusal.description)
             c.overlayTable = OverlayTable(c.overlays, header: policy.header)
+            c.profiles = Self.compileProfiles(policy, overlays: c.overlays)
         }
         return policy.header
     }

@@ -1,0 +1,57 @@
+@testable import AppctlDaemon
+import Testing
+
+/// Whether a command line hands an interpreter inline code (issue 15). A wrong "no" lets a profile that forbids
+/// inline code be walked around; a wrong "yes" only makes learned profiles more permissive. So every doubt is "yes".
+@Suite struct InlineCodeTests {
+    func inline(_ family: InterpreterFamily, _ line: String, argv0: String = "x") -> Bool {
+        let arguments = line.isEmpty ? [] : line.split(separator: " ", omittingEmptySubsequences: false).map { Array($0.utf8) }
+        return family.takesInlineCode(argv0: Array(argv0.utf8), arguments: arguments)
+    }
+
+    @Test func shells() {
+        #expect(inline(.shell, "-c true"))
+        #expect(inline(.shell, "-ec true"), "bundled")
+        #expect(inline(.shell, "-s"), "script on standard input")
+        #expect(inline(.shell, ""), "no script: standard input")
+        #expect(inline(.shell, "-x"), "options but no script")
+        #expect(inline(.shell, "-"), "a lone dash ends the options; no script follows")
+        #expect(inline(.shell, "-o stdin x.sh"), "dash's -o stdin: not understood, so inline")
+        #expect(inline(.shell, "--weird x.sh"), "an unknown long option: not understood")
+        #expect(!inline(.shell, "/srv/app/run.sh -c arg"), "the script's own -c is its argument")
+        #expect(!inline(.shell, "-e -- run.sh"))
+        #expect(!inline(.shell, "--norc run.sh"))
+    }
+
+    @Test func python() {
+        #expect(inline(.python, "-c print(1)"))
+        #expect(inline(.python, "-Ic print(1)"), "bundled")
+        #expect(inline(.python, "-m http.server"), "a module chosen at run time")
+        #expect(inline(.python, ""), "standard input or a prompt")
+        #expect(inline(.python, "-"), "standard input")
+        #expect(inline(.python, "--unknown-long x.py"))
+        #expect(!inline(.python, "-u /srv/app/manage.py -c x"))
+        #expect(!inline(.python, "-W ignore app.py"))
+    }
+
+    @Test func awkProgramsAreInlineUnlessReadFromAFile() {
+        #expect(inline(.awk, "BEGIN{system(\"id\")}"))
+        #expect(!inline(.awk, "-f prog.awk data"))
+        #expect(inline(.awk, "-f prog.awk -e BEGIN{}"), "gawk -e adds program text")
+        // busybox (family other): the applet is argv[0], or the first argument.
+        #expect(inline(.other, "awk BEGIN{}", argv0: "busybox"))
+        #expect(inline(.other, "BEGIN{}", argv0: "/usr/bin/awk"))
+    }
+
+    @Test func otherInterpretersLookAtEveryArgument() {
+        #expect(inline(.other, "-e print"))
+        #expect(inline(.other, "-lne print"), "perl bundles")
+        #expect(inline(.other, "-I lib -e 1"), "an option's own value must not hide what follows")
+        #expect(inline(.other, "-r phpinfo();"), "php -r")
+        #expect(inline(.other, "--eval 1"), "node --eval")
+        #expect(inline(.other, ""), "a prompt or standard input")
+        #expect(inline(.other, "-"), "standard input")
+        #expect(!inline(.other, "/srv/app/tool.pl --verbose"))
+        #expect(!inline(.other, "-w script.pl"))
+    }
+}

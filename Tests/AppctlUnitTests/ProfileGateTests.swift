@@ -1,0 +1,82 @@
+@testable import AppctlDaemon
+import AppctlCore
+import AppctlKernel
+import Testing
+
+/// Execution profiles on the event path, with fake facts: who the process is, whether its program is an
+/// interpreter and whether its command line is inline code (issue 15).
+@Suite struct ProfileGateTests {
+    static let extra = SHA256Digest.of(Array("an interpreter".utf8))
+
+    func pipeline(_ mode: Mode) throws -> Pipeline {
+        let p = try Pipeline(mode: mode, extraAllows: [(Self.extra, 13)], profiles: [
+            ProfileRule(subject: .service("web.service"), program: .digest(Self.extra), inline: false),
+            ProfileRule(subject: .service("admin.service"), program: .digest(Self.extra), inline: true),
+        ])
+        p.facts.programFamilies[Self.extra] = .shell
+        p.facts.threadSubjects[501] = ProcessSubjects(services: ["web.service"], uids: [33])
+        p.facts.threadSubjects[502] = ProcessSubjects(services: ["admin.service"], uids: [0])
+        p.facts.threadSubjects[503] = ProcessSubjects(services: ["cron.service"], uids: [0])
+        return p
+    }
+
+    @Test func aProgramOutsideTheProfileIsDeniedForThatServiceOnly() throws {
+        let p = try pipeline(.enforce)
+        p.caches.remember(p.known, for: rootOnly(60))
+        #expect(p.decide(p.request(exec: true, pid: 501, key: rootOnly(60))).allows == true, "the policy allows it; the profile decides in the responder")
+        #expect(p.kernel.answers.last?.allow == false)
+        let record = try #require(p.sink.records.withLock { $0.last })
+        #expect(record.reason == .notInProfile && record.subject == "service=web.service" && record.outcome == .deny)
+        p.decide(p.request(exec: true, pid: 503, key: rootOnly(60)))
+        #expect(p.kernel.answers.last?.allow == true, "a service without a profile: the policy alone")
+        // Excluded by a profile: its exec verdict must not stay in the kernel (opens may).
+        #expect(p.kernel.marks.last.map { $0.events == [.openPermission] } == true, "\(p.kernel.marks)")
+        #expect(p.statistics.profileDenials.map(\.subject) == ["service=web.service"])
+    }
+
+    @Test func inlineCodeIsDeniedWhereTheProfileSaysNoInline() throws {
+        let p = try pipeline(.enforce)
+        p.caches.remember(Self.extra, for: rootOnly(61))
+        p.facts.inlineThreads = [501, 502]
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(61)))
+        #expect(p.kernel.answers.last?.allow == false)
+        #expect(p.sink.records.withLock { $0.last?.reason } == .inlineCode)
+        p.decide(p.request(exec: true, pid: 502, key: rootOnly(61)))
+        #expect(p.kernel.answers.last?.allow == true, "admin's profile lets sh take inline code")
+        p.facts.inlineThreads = []
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(61)))
+        #expect(p.kernel.answers.last?.allow == true, "web runs sh with a script file")
+        // Read where a profile forbids inline code (web, twice); admin's allows it, so its command line is never read.
+        #expect(p.statistics[.profileCommandLineChecks] == 2)
+    }
+
+    @Test func monitorModeReportsProfileMissesAsWouldDenyAndLearnModeRecordsThem() throws {
+        let p = try pipeline(.monitor)
+        p.caches.remember(p.known, for: rootOnly(62))
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(62)))
+        #expect(p.kernel.answers.last?.allow == true)
+        let record = try #require(p.sink.records.withLock { $0.last })
+        #expect(record.outcome == .wouldDeny && record.reason == .notInProfile && record.subject == "service=web.service")
+
+        let l = try pipeline(.learn)
+        l.caches.remember(Self.extra, for: rootOnly(63))
+        l.facts.inlineThreads = [503]
+        l.decide(l.request(exec: true, pid: 503, key: rootOnly(63)))
+        #expect(l.kernel.answers.last?.allow == true)
+        #expect(l.learned.profileRules.contains { $0.subject == .service("cron.service") && $0.program == .digest(Self.extra) && $0.inline })
+        // While learning no exec verdict stays in the kernel: every exec must be seen.
+        #expect(l.kernel.marks.allSatisfy { !$0.events.contains(.openExecPermission) })
+    }
+
+    @Test func anInterpreterRunByItsScriptsShebangIsNotInlineCode() throws {
+        let p = try pipeline(.enforce)
+        p.caches.remember(Self.extra, for: rootOnly(64))
+        // The script's own exec (a #! file) is remembered for the thread; the interpreter's exec that follows is told by it.
+        let script = p.request(exec: true, pid: 501, key: rootOnly(65), contentClass: .shebang)
+        p.caches.remember(p.known, for: rootOnly(65))
+        p.decide(script)
+        #expect(p.caches.scriptExecs.withLock { $0[501] } == rootOnly(65))
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(64)))
+        #expect(p.caches.scriptExecs.withLock { $0[501] } == nil, "taken once")
+    }
+}
