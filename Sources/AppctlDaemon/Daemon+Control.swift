@@ -48,7 +48,12 @@ extension Daemon: DaemonControl {
         if revoked { kernelCache.flush(reason: "overlay entries retired") }
         // Interpreters are hashed again only when the overlays' interpreters changed (hashing every configured
         // interpreter costs ~150 ms with node; a 10k-entry reload took 196 ms instead of 27 with it each time).
-        facts.rebuildInterpretersIfOverlayChanged(declared: policy.declaredInterpreters, overlayPrograms: table.programs)
+        if facts.rebuildInterpretersIfOverlayChanged(declared: policy.declaredInterpreters, overlayPrograms: table.programs),
+           !policy.profileState.table.isEmpty, !revoked {
+            // A program newly recognised as an interpreter may hold an exec verdict in the kernel that profiles would
+            // now keep there no longer (its inline code must be judged).
+            kernelCache.flush(reason: "interpreters changed under execution profiles")
+        }
         // The apt hook reads the labels after "not trusted: " (at most 64; "…" when there are more).
         let untrusted = table.untrustedPackages
         let summary = "mode \(policy.mode.rawValue); overlays: \(table.trustedPackages) packages trusted (\(table.digestCount) digests)"

@@ -27,6 +27,15 @@ public func cgroupPath(ofThread tid: Int32) -> [UInt8]? {
     return nil
 }
 
+/// How many threads the thread's process has (the `Threads:` line of /proc/TID/status); nil when unreadable.
+public func threadCount(ofThread tid: Int32) -> Int? {
+    guard let bytes = try? readSmallFile("/proc/\(tid)/status", limit: 64 * 1024) else { return nil }
+    for line in bytes.split(separator: UInt8(ascii: "\n")) where line.starts(with: "Threads:".utf8) {
+        return Int(String(decoding: line.dropFirst(8).filter { $0 != 9 && $0 != 32 }, as: UTF8.self))
+    }
+    return nil
+}
+
 /// The real and effective uid of a thread (the `Uid:` line of /proc/TID/status), or nil when it cannot be read.
 public func userIDs(ofThread tid: Int32) -> (real: UInt32, effective: UInt32)? {
     guard let bytes = try? readSmallFile("/proc/\(tid)/status", limit: 64 * 1024) else { return nil }
@@ -47,6 +56,8 @@ public struct PendingExec: Sendable, Equatable {
     /// `execveat` with `AT_EMPTY_PATH` and an empty path: the descriptor itself is the file.
     public var emptyPath: Bool
     public var arguments: [[UInt8]]
+    /// The new program's environment (envp).
+    public var environment: [[UInt8]]
 }
 
 public struct PendingExecError: Error, Sendable, CustomStringConvertible {
@@ -55,63 +66,101 @@ public struct PendingExecError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Reads the `execve` the thread `tid` waits in. Throws when it cannot be read whole (not blocked in an exec call,
-/// a 32-bit call, unreadable memory, more than `argumentLimit` arguments or `byteLimit` bytes): callers fail closed.
-/// Runs off the event thread: the memory read can wait on a page the caller mapped from a slow filesystem.
-public func pendingExec(ofThread tid: Int32, argumentLimit: Int = 4096, byteLimit: Int = 2 << 20) throws(PendingExecError) -> PendingExec {
+/// a 32-bit call, unreadable memory, more than `argumentLimit` arguments and environment strings or `byteLimit`
+/// bytes, or any of it in memory that is not anonymous): callers fail closed.
+/// Only anonymous memory (the stack, the heap, private mappings of no file) is read: a page mapped from a file could
+/// make the read wait on a filesystem the caller serves (FUSE) for ever. Runs off the event thread all the same.
+public func pendingExec(ofThread tid: Int32, argumentLimit: Int = 4096, byteLimit: Int = 256 << 10) throws(PendingExecError) -> PendingExec {
     guard let text = try? readSmallFile("/proc/\(tid)/syscall", limit: 4096) else { throw PendingExecError("cannot read /proc/\(tid)/syscall") }
     let fields = text.split(whereSeparator: { $0 == 32 || $0 == 10 }).map { String(decoding: $0, as: UTF8.self) }
     guard fields.count >= 7, let number = Int(fields[0]) else { throw PendingExecError("thread \(tid) is not blocked in a system call") }
     func register(_ i: Int) -> UInt64? { fields[i].hasPrefix("0x") ? UInt64(fields[i].dropFirst(2), radix: 16) : nil }
-    let pathAddress: UInt64?, argvAddress: UInt64?
+    let pathAddress: UInt64?, argvAddress: UInt64?, envpAddress: UInt64?
     var directory: Int32? = nil
     var flags: UInt64 = 0
     switch number {
     case execveNumber:
-        pathAddress = register(1); argvAddress = register(2)
+        pathAddress = register(1); argvAddress = register(2); envpAddress = register(3)
     case execveatNumber:
         guard let d = register(1), let f = register(5) else { throw PendingExecError("unreadable execveat registers") }
         let fd = Int32(truncatingIfNeeded: d)
         directory = fd == AT_FDCWD ? nil : fd
         flags = f
-        pathAddress = register(2); argvAddress = register(3)
+        pathAddress = register(2); argvAddress = register(3); envpAddress = register(4)
     default:
         // Not an exec call from this thread's 64-bit entry (a compat 32-bit execve reports its own numbering).
         throw PendingExecError("thread \(tid) is in system call \(number), not execve")
     }
-    guard let pathAddress, let argvAddress else { throw PendingExecError("unreadable exec registers") }
+    guard let pathAddress, let argvAddress, let envpAddress else { throw PendingExecError("unreadable exec registers") }
+    let anonymous = try anonymousRanges(ofThread: tid)
     let memory: FileDescriptor
     do { memory = try FileDescriptor.open("/proc/\(tid)/mem", [.readOnly]) } catch {
         throw PendingExecError("cannot open /proc/\(tid)/mem: \(error)")
     }
     defer { memory.close() }
     var budget = byteLimit
-    let pathname = try readString(memory, at: pathAddress, budget: &budget)
-    var arguments: [[UInt8]] = []
-    if argvAddress != 0 {
-        var slot = argvAddress
-        while true {
-            guard arguments.count <= argumentLimit else { throw PendingExecError("more than \(argumentLimit) arguments") }
+    var count = 0
+    let pathname = try readString(memory, at: pathAddress, budget: &budget, anonymous: anonymous)
+    func readVector(_ address: UInt64) throws(PendingExecError) -> [[UInt8]] {
+        var strings: [[UInt8]] = []
+        var slot = address
+        while address != 0 {
+            count += 1
+            guard count <= argumentLimit else { throw PendingExecError("more than \(argumentLimit) arguments and environment strings") }
+            guard anonymous.contains(slot, 8) else { throw PendingExecError("the argument vector is not in anonymous memory") }
             var pointer: UInt64 = 0
             let n = withUnsafeMutableBytes(of: &pointer) { (try? memory.read(into: $0, at: Int64(bitPattern: slot))) ?? -1 }
             guard n == 8 else { throw PendingExecError("cannot read the argument vector") }
             if pointer == 0 { break }
-            arguments.append(try readString(memory, at: pointer, budget: &budget))
+            strings.append(try readString(memory, at: pointer, budget: &budget, anonymous: anonymous))
             slot &+= 8
         }
+        return strings
     }
+    let arguments = try readVector(argvAddress)
+    let environment = try readVector(envpAddress)
     let emptyPath = pathname.isEmpty && flags & atEmptyPath != 0
-    return PendingExec(directory: directory, pathname: pathname, emptyPath: emptyPath, arguments: arguments)
+    return PendingExec(directory: directory, pathname: pathname, emptyPath: emptyPath, arguments: arguments, environment: environment)
 }
 
-/// A NUL-terminated string of another process, read in page-sized pieces within `budget` bytes.
-private func readString(_ memory: FileDescriptor, at address: UInt64, budget: inout Int) throws(PendingExecError) -> [UInt8] {
+/// The thread's mappings of no file (`/proc/TID/maps` lines whose inode is 0): the stack, the heap, anonymous maps.
+struct AnonymousRanges {
+    var ranges: [(start: UInt64, end: UInt64)] = []
+    /// Whether `count` bytes at `address` lie in one such mapping.
+    func contains(_ address: UInt64, _ count: Int) -> Bool {
+        ranges.contains { address >= $0.start && address &+ UInt64(count) <= $0.end && address &+ UInt64(count) >= address }
+    }
+}
+
+private func anonymousRanges(ofThread tid: Int32) throws(PendingExecError) -> AnonymousRanges {
+    guard let bytes = try? readSmallFile("/proc/\(tid)/maps", limit: 16 << 20) else { throw PendingExecError("cannot read /proc/\(tid)/maps") }
+    var result = AnonymousRanges()
+    for line in bytes.split(separator: UInt8(ascii: "\n")) {
+        // start-end perms offset dev inode [pathname]
+        let fields = line.split(separator: UInt8(ascii: " "), maxSplits: 5, omittingEmptySubsequences: true)
+        guard fields.count >= 5, fields[4].elementsEqual("0".utf8) else { continue }
+        let range = fields[0].split(separator: UInt8(ascii: "-"))
+        guard range.count == 2, let start = UInt64(String(decoding: range[0], as: UTF8.self), radix: 16),
+              let end = UInt64(String(decoding: range[1], as: UTF8.self), radix: 16) else { continue }
+        // [vvar] and [vsyscall] are the kernel's: reading them is harmless, but no argument lives there.
+        if fields.count == 6, fields[5].starts(with: "[v".utf8) { continue }
+        result.ranges.append((start, end))
+    }
+    return result
+}
+
+/// A NUL-terminated string of another process, read in page-sized pieces within `budget` bytes, only from anonymous
+/// memory.
+private func readString(_ memory: FileDescriptor, at address: UInt64, budget: inout Int, anonymous: AnonymousRanges) throws(PendingExecError) -> [UInt8] {
     guard address < UInt64(Int64.max) else { throw PendingExecError("bad string address") }
     var result: [UInt8] = []
     var cursor = address
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
+        guard anonymous.contains(cursor, 1) else { throw PendingExecError("a string of the new command line is not in anonymous memory") }
         // Up to the end of the page: the next page may not be mapped even though the string ends on this one.
         let want = min(4096 - Int(cursor & 4095), max(budget, 1))
+        guard anonymous.contains(cursor, want) else { throw PendingExecError("a string of the new command line is not in anonymous memory") }
         let n = chunk.withUnsafeMutableBytes { (try? memory.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want]), at: Int64(bitPattern: cursor))) ?? -1 }
         guard n > 0 else { throw PendingExecError("cannot read a string of the new command line") }
         if let end = chunk[0..<n].firstIndex(of: 0) {
@@ -124,4 +173,77 @@ private func readString(_ memory: FileDescriptor, at address: UInt64, budget: in
         guard budget > 0 else { throw PendingExecError("the new command line is longer than the limit") }
         cursor &+= UInt64(n)
     }
+}
+
+/// Resolves `path` the way the thread `tid` sees it (absolute: from its root; relative: from `start`, its working
+/// directory or an `execveat` directory, as a /proc path), component by component, and returns what it names only
+/// when no one but root could have changed what it names since the kernel looked it up: every directory passed
+/// through is root's and writable by nobody else (in a sticky directory, the entry must be root's), and every symlink
+/// is root's. Nil otherwise (or when it does not resolve), and callers fail closed. Directories are held as `O_PATH`
+/// descriptors (no permission event, nothing read); at most 40 symlinks, as the kernel.
+public func trustedResolution(ofThread tid: Int32, path: [UInt8], start: String) -> FileIdentity? {
+    guard let root = try? FileDescriptor.open("/proc/\(tid)/root", [.pathOnly, .directory, .closeOnExec]) else { return nil }
+    defer { root.close() }
+    guard let rootStatus = try? root.status() else { return nil }
+    let absolute = path.first == UInt8(ascii: "/")
+    guard var current = try? (absolute ? root.duplicate() : FileDescriptor.open(start, [.pathOnly, .directory, .closeOnExec])) else { return nil }
+    defer { current.close() }
+    var pending = path.split(separator: UInt8(ascii: "/")).map(Array.init).reversed() as [[UInt8]]
+    var links = 0
+    func trustedDirectory(_ st: stat) -> (ok: Bool, sticky: Bool) {
+        let isDirectory = st.st_mode & S_IFMT == S_IFDIR
+        guard isDirectory, st.st_uid == 0 else { return (false, false) }
+        if st.st_mode & 0o022 == 0 { return (true, false) }
+        return (st.st_mode & UInt32(S_ISVTX) != 0, true)
+    }
+    while let name = pending.popLast() {
+        if name == Array(".".utf8) { continue }
+        guard let here = try? current.status() else { return nil }
+        let (ok, sticky) = trustedDirectory(here)
+        guard ok else { return nil }
+        if name == Array("..".utf8) {
+            // Never above the thread's root.
+            if here.st_dev == rootStatus.st_dev && here.st_ino == rootStatus.st_ino { continue }
+            guard let parent = try? FileDescriptor.open("..", [.pathOnly, .directory, .closeOnExec], relativeTo: current) else { return nil }
+            current.close(); current = parent
+            continue
+        }
+        guard let st = try? withCString(name, { (c) throws(Errno) -> stat in try linkStatus(cPath: c, relativeTo: current) }) else { return nil }
+        if sticky && st.st_uid != 0 { return nil }
+        switch st.st_mode & S_IFMT {
+        case S_IFLNK:
+            guard st.st_uid == 0 else { return nil }
+            links += 1
+            guard links <= 40, let target = try? withCString(name, { (c) throws(Errno) -> [UInt8] in try linkTarget(cPath: c, relativeTo: current) }), !target.isEmpty else { return nil }
+            if target.first == UInt8(ascii: "/") {
+                guard let fresh = try? root.duplicate() else { return nil }
+                current.close(); current = fresh
+            }
+            pending.append(contentsOf: target.split(separator: UInt8(ascii: "/")).map(Array.init).reversed())
+        case S_IFDIR where !pending.isEmpty:
+            guard let next = try? withCString(name, { (c) throws(Errno) -> FileDescriptor in
+                try FileDescriptor.open(cPath: c, [.pathOnly, .directory, .noFollow, .closeOnExec], relativeTo: current) }) else { return nil }
+            current.close(); current = next
+        default:
+            return pending.isEmpty ? FileIdentity(st) : nil
+        }
+    }
+    // The path named a directory (or was empty): not a program.
+    return nil
+}
+
+private func linkStatus(cPath: UnsafePointer<CChar>, relativeTo directory: FileDescriptor) throws(Errno) -> stat {
+    var st = stat()
+    _ = try retryingOnInterrupt { fstatat(directory.rawValue, cPath, &st, AT_SYMLINK_NOFOLLOW) }
+    return st
+}
+
+private func linkTarget(cPath: UnsafePointer<CChar>, relativeTo directory: FileDescriptor) throws(Errno) -> [UInt8] {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let n = buffer.withUnsafeMutableBytes { b in
+        Result { () throws(Errno) -> Int in
+            try retryingOnInterrupt { readlinkat(directory.rawValue, cPath, b.baseAddress!.assumingMemoryBound(to: CChar.self), b.count) }
+        }
+    }
+    return Array(buffer[0..<(try n.get())])
 }

@@ -114,6 +114,15 @@ extension Appctl {
                                     throw CommandFailure("\(inventory): a supplement may only add allow entries, and this has \(header.denyCount) deny entries (put denies in the base)")
                                 }
                             } catch { layerError = error; return }
+                            // An unsigned inventory's own profile lines (a learn fragment signed as the inventory) are not
+                            // taken unasked: learning writes one for every unit and user it saw. A policy being re-signed
+                            // keeps what was signed before.
+                            if old.keyID == nil && !header.profiles.isEmpty {
+                                if !profileFragments.contains(inventory) {
+                                    printError("appctl: note: \(inventory): its \(header.profiles.count) profile lines are not taken (pass --profiles \(inventory) [--subject S] to take them)")
+                                }
+                                header.profiles = []   // taken, if asked, through --profiles (and its --subject filter)
+                            }
                             if !profiles.isEmpty {
                                 header.profiles = ProfileRule.merged(header.profiles + profiles)
                             }

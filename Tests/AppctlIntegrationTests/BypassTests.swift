@@ -28,11 +28,18 @@ struct BypassTests {
     /// must run (else the row would pass without the daemon doing anything), then under an enforcing daemon
     /// with the suite's policy (learned from the tree's ok/) and hardening, where attacks must not run and
     /// allowed code must. Documented gaps are run but not judged.
+    /// The rows that run in the profiled service (`service` in `technique list`) get what the suite gives them:
+    /// a cgroup `web.service` of this test's own, and in the policy that service's execution profile, learned by
+    /// the daemon in learn mode from the service's own work and signed in with `appctl policy sign --profiles`.
+    /// Without a cgroup v2 mount the test fails rather than leave those rows unjudged.
     @Test func everyCatalogueTechniqueRunsWithoutTheDaemonAndIsStoppedByIt() throws {
         let techniques = try BypassCatalogue.techniques()
         #expect(techniques.filter(\.scored).count >= 26, "the catalogue lost rows: \(techniques)")
-        let h = try DaemonHarness(); defer { h.stop() }
-        let catalogue = try BypassCatalogue(work: h.dir.file("bypass"), filesystem: h.mount)
+        #expect(techniques.contains { $0.runsInProfiledService }, "the catalogue lost its profiled-service rows")
+        let service = try BypassCatalogue.ServiceGroup()
+        let h = try DaemonHarness()
+        defer { h.stop(); service.remove() }
+        let catalogue = try BypassCatalogue(work: h.dir.file("bypass"), filesystem: h.mount, serviceGroup: service.path)
         let baselineTree = h.mount + "/runs/baseline", enforcedTree = h.mount + "/runs/appctl"
         try catalogue.prepare(tree: baselineTree)
         #expect(try !catalogue.prepare(tree: enforcedTree).isEmpty)
@@ -42,10 +49,22 @@ struct BypassTests {
             #expect(outcome.ran && !outcome.preparationFailed, "without a daemon, \(technique): \(outcome)")
         }
 
-        let learned = try appctl("learn", "--root", enforcedTree + "/ok", "--dpkg-admindir", "/nonexistent",
+        let learned = try appctl("learn", "--root", enforcedTree + "/ok", "--root", enforcedTree + ".svc", "--dpkg-admindir", "/nonexistent",
                                  "--sign-with", h.keys.privatePath, "--serial", "1", "--out", h.policyPath)
         #expect(learned.status == 0, "\(learned.stderr)")
-        try h.start(mode: "enforce", config: ["memfd-noexec = yes", "userns-restrict = yes"])
+        // web.service's profile: its own work, run in its group while the daemon learns; then signed in.
+        try h.start(mode: "learn")
+        let work = try catalogue.runServiceWorkload(in: enforcedTree, label: "appctl-learn")
+        #expect(work.ran && !work.preparationFailed, "the profiled service's own work, while learning: \(work)")
+        #expect(h.signalDaemon(SIGTERM) == 0, "\(h.daemonLog)")
+        let profiled = h.dir.file("policy-profiled.txt")
+        let signed = try appctl("policy", "sign", "--key", h.keys.privatePath, "--serial", "2", "--profiles", h.learnOut,
+                                "--subject", "service=web.service", "--out", profiled, h.policyPath)
+        #expect(signed.status == 0, "\(signed.stderr)")
+        #expect(rename(profiled, h.policyPath) == 0)
+        let shown = try appctl("policy", "show", h.policyPath)
+        #expect(shown.stdout.contains("service=web.service: "), "the policy holds web.service's profile: \(shown.stdout)")
+        try h.start(mode: "enforce", config: ["memfd-noexec = yes", "userns-restrict = yes"], writeDefaultPolicy: false)
         // Without CAP_SYS_RESOURCE the daemon cannot forbid user namespaces and says so; the user-namespace
         // row is then a known gap, checked by noUserNamespaceMountsWhileEnforcingAndTheSettingIsRestored.
         let usernsOpen = (try h.status()["hardening_failures"] as? [String] ?? []).contains { $0.hasPrefix("user.max_user_namespaces") }

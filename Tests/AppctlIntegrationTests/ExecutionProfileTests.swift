@@ -95,6 +95,13 @@ struct ExecutionProfileTests {
         let signed = try appctl("policy", "sign", "--key", h.keys.privatePath, "--serial", "20", "--profiles", h.learnOut,
                                 "--subject", "service=web.service", "--subject", "service=admin.service", "--out", h.policyPath, inventory)
         #expect(signed.status == 0, "\(signed.stderr)")
+        // The fragment signed as an inventory does not carry its profiles in unasked; diff shows what --profiles added.
+        let plain = h.dir.file("plain.policy")
+        let plainSigned = try appctl("policy", "sign", "--key", h.keys.privatePath, "--serial", "19", "--out", plain, h.learnOut)
+        #expect(plainSigned.status == 0 && plainSigned.stderr.contains("profile lines are not taken"), "\(plainSigned)")
+        #expect(try PolicyReader(path: plain).read().header.profiles.isEmpty)
+        let diff = try appctl("policy", "diff", inventory, h.policyPath)
+        #expect(diff.stdout.contains("+ profile service=web.service sha256:\(shDigest.hex) no-inline") && !diff.stdout.contains("user=nobody"), "\(diff.stdout)")
         let shown = try appctl("policy", "show", h.policyPath)
         #expect(shown.stdout.contains("service=web.service:") && shown.stdout.contains("service=admin.service:") && !shown.stdout.contains("user=nobody"), "\(shown.stdout)")
 
@@ -121,6 +128,19 @@ struct ExecutionProfileTests {
             #expect(try Self.runIn(other, [sh, "-c", "\(m)/dd if=/dev/null of=/dev/null status=none"]).status == 0)
             #expect(try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", sh, "-c", "\(m)/dd if=/dev/null of=/dev/null status=none"]).status == 0)
         }
+        // Code the caller writes as it goes, named as if it were a file: standard input, a FIFO, `-i` after a script.
+        let userDir = m + "/u"
+        #expect(mkdir(userDir, 0o755) == 0 && chown(userDir, 65534, 65534) == 0)
+        let piped = try run("/bin/sh", ["-c", "echo $$ > \(web)/cgroup.procs && echo '\(m)/known' | /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- \(sh) /dev/stdin"])
+        #expect(piped.status != 0, "web: sh /dev/stdin refused: \(piped)")
+        // (The writer gives up after 5 s and keeps no output pipe open: a refused reader never opens the FIFO.)
+        let fifo = try Self.runIn(web, ["/bin/sh", "-c", "mkfifo \(userDir)/f && { /usr/bin/timeout 5 /bin/sh -c \"echo \(m)/known > \(userDir)/f\" </dev/null >/dev/null 2>&1 & } && exec \(sh) \(userDir)/f"])
+        #expect(fifo.status != 0 && fifo.stderr.contains("not permitted"), "web: sh FIFO refused: \(fifo)")
+        let interactive = try run("/bin/sh", ["-c", "echo $$ > \(web)/cgroup.procs && echo 'print(\"inline ran\")' | /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- \(python) -i \(m)/app.py"])
+        #expect(!interactive.stdout.contains("inline ran"), "web: python3 -i refused: \(interactive)")
+        let perlOpt = try run("/bin/sh", ["-c", "echo $$ > \(web)/cgroup.procs && exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- /usr/bin/env PS4='$(id)' \(sh) -x \(m)/web.sh"])
+        #expect(perlOpt.status != 0, "web: code in the environment (PS4 with -x) refused: \(perlOpt)")
+
         // Nested groups narrow, never escape: root made a group below web.service named like another unit.
         let nested = web + "/escape.scope"
         #expect(mkdir(nested, 0o755) == 0)
@@ -188,5 +208,55 @@ struct ExecutionProfileTests {
         let after = Int("\(try h.status()["execs_allowed_by_daemon"] ?? "0")") ?? 0
         // date: excluded by web's profile, so each of its 5 execs reaches the daemon; known: in every profile, so the kernel answers.
         #expect(after - before == 5, "execs the daemon answered: \(after - before) (expected the 5 of date only)")
+    }
+
+    /// The dynamic loader on the marked filesystem: exec'd for every dynamically linked program (its PT_INTERP), which
+    /// must keep working, and run directly (`ld.so PROGRAM`), which must not start what the profile does not list or
+    /// hand an interpreter inline code (the review of issue 15 ran `ld.so dd` and `ld.so python3 -c` this way).
+    @Test func theLoaderStartsOnlyWhatTheProfileLists() throws {
+        let h = try DaemonHarness(label: "appctl-profile-loader")
+        let cgroups = try CgroupTree()
+        // PT_INTERP must keep its length: a 27-byte path (as /lib64/ld-linux-x86-64.so.2) to a symlink to the tmpfs copy.
+        let linkDir = "/tmp/appctl-ld-" + String(UUID().uuidString.prefix(6))
+        defer { h.stop(); cgroups.remove(); unlink(linkDir + "/ld.so"); rmdir(linkDir) }
+        let web = try cgroups.group("web.service")
+        let m = h.mount
+        let loader = try h.copyExecutable("/lib64/ld-linux-x86-64.so.2", to: "ld.so")
+        #expect(mkdir(linkDir, 0o755) == 0 && symlink(loader, linkDir + "/ld.so") == 0)
+        let original = Array("/lib64/ld-linux-x86-64.so.2".utf8), replacement = Array((linkDir + "/ld.so").utf8)
+        #expect(original.count == replacement.count)
+        var date = try Array(Data(contentsOf: URL(fileURLWithPath: "/usr/bin/date")))
+        let at = try #require((0..<(date.count - original.count)).first { date[$0..<($0 + original.count)].elementsEqual(original) })
+        date.replaceSubrange(at..<(at + original.count), with: replacement)
+        FileManager.default.createFile(atPath: m + "/date", contents: Data(date))
+        chmod(m + "/date", 0o755)
+        try h.copyExecutable("/usr/bin/dd", to: "dd")
+        let python = try h.copyExecutable("/usr/bin/python3.11", to: "python3")
+        var entries: [AllowEntry] = []
+        for p in [m + "/date", m + "/dd", python, loader] {
+            entries.append(AllowEntry(digest: try h.digest(p), size: UInt64(try linkStatus(p).st_size), kind: .elfExec, origin: .manual, path: Array(p.utf8)))
+        }
+        var header = PolicyHeader(serial: 7, issued: .now, keyID: h.keys.publicKey.keyID)
+        header.profiles = [
+            ProfileRule(subject: .service("web.service"), program: .digest(try h.digest(m + "/date")), inline: false),
+            ProfileRule(subject: .service("web.service"), program: .digest(try h.digest(python)), inline: false),
+        ]
+        try PolicyWriter.write(path: h.policyPath, header: header, allows: entries, denies: [], signingKey: h.keys.privateKey)
+        try h.start(mode: "enforce", config: ["kernel-cache = yes"], writeDefaultPolicy: false)
+        for _ in 0..<2 {
+            let normal = try Self.runIn(web, [m + "/date", "+%Y"])
+            #expect(normal.status == 0, "a program whose PT_INTERP is the marked loader runs: \(normal)")
+            let direct = try Self.runIn(web, [loader, m + "/date", "+%Y"])
+            #expect(direct.status == 0, "the loader may start what the profile lists: \(direct)")
+            let dd = try Self.runIn(web, [loader, m + "/dd", "if=/dev/null", "of=/dev/null", "status=none"])
+            #expect(dd.status != 0, "ld.so dd refused: dd is not in the profile: \(dd)")
+            let inline = try Self.runIn(web, [loader, python, "-c", "print('inline ran')"])
+            #expect(inline.status != 0 && !inline.stdout.contains("inline ran"), "ld.so python3 -c refused: \(inline)")
+            let outside = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", loader, m + "/dd", "if=/dev/null", "of=/dev/null", "status=none"])
+            #expect(outside.status == 0, "outside any profiled service the policy alone decides: \(outside)")
+        }
+        let records = h.eventRecords().filter { ($0["decision"] as? String) == "deny" }
+        #expect(records.contains { ($0["reason"] as? String) == "not-in-profile" && (($0["path"] as? String) ?? "").hasSuffix("/dd") })
+        #expect(records.contains { ($0["reason"] as? String) == "inline-code" && (($0["path"] as? String) ?? "").hasSuffix("/python3") })
     }
 }

@@ -39,6 +39,7 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     var paths: [Int32: String] = [:]
     func identity(of descriptor: Int32) -> FileKey? { identities[descriptor] }
     func contentClass(of descriptor: Int32) -> ContentClass { classes[descriptor] ?? .other }
+    func isELFProgram(of descriptor: Int32) -> Bool { classes[descriptor] == .elf }
     func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? { interpreters[pid] }
     func opensAsProgram(pid: Int32, family: InterpreterFamily, key: FileKey, descriptor: Int32) -> Bool { programs.contains(descriptor) }
     func verityDigest(of descriptor: Int32) -> SHA256Digest? { verity[descriptor] }
@@ -49,6 +50,7 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     func interpreterFamily(ofProgram digest: SHA256Digest, key: FileKey) -> InterpreterFamily? { programFamilies[digest] }
     func subjects(of tid: Int32, services: Bool, users: Bool) -> ProcessSubjects? { threadSubjects[tid] ?? ProcessSubjects(services: [], uids: [1000]) }
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool { inlineThreads.contains(tid) }
+    func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool { inlineThreads.contains(pid) }
 }
 
 final class CollectingSink: EventSink, @unchecked Sendable {

@@ -68,15 +68,40 @@ import Testing
         #expect(l.kernel.marks.allSatisfy { !$0.events.contains(.openExecPermission) })
     }
 
-    @Test func anInterpreterRunByItsScriptsShebangIsNotInlineCode() throws {
+    @Test func onlyAnAllowedScriptExecIsRememberedForTheInterpreterThatFollows() throws {
         let p = try pipeline(.enforce)
         p.caches.remember(Self.extra, for: rootOnly(64))
-        // The script's own exec (a #! file) is remembered for the thread; the interpreter's exec that follows is told by it.
-        let script = p.request(exec: true, pid: 501, key: rootOnly(65), contentClass: .shebang)
         p.caches.remember(p.known, for: rootOnly(65))
-        p.decide(script)
-        #expect(p.caches.scriptExecs.withLock { $0[501] } == rootOnly(65))
-        p.decide(p.request(exec: true, pid: 501, key: rootOnly(64)))
-        #expect(p.caches.scriptExecs.withLock { $0[501] } == nil, "taken once")
+        // A #! script web's profile does not list: denied, and not remembered (a stale record once let a later,
+        // unrelated exec of the interpreter pass for the script's).
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(65), contentClass: .shebang))
+        #expect(p.kernel.answers.last?.allow == false)
+        #expect(p.caches.scriptExecs.withLock { $0[501] } == nil)
+        // Allowed (cron.service has no profile): remembered, then taken by the next exec event of the thread.
+        p.decide(p.request(exec: true, pid: 503, key: rootOnly(65), contentClass: .shebang))
+        #expect(p.caches.scriptExecs.withLock { $0[503] } == rootOnly(65))
+        p.decide(p.request(exec: true, pid: 503, key: rootOnly(64)))
+        #expect(p.caches.scriptExecs.withLock { $0[503] } == nil, "taken once")
+    }
+
+    @Test func theLoaderIsJudgedByTheProgramItLoadsNotByItsOwnExec() throws {
+        let loader = SHA256Digest.of(Array("ld.so".utf8))
+        let p = try Pipeline(mode: .enforce, extraAllows: [(loader, 13)], profiles: [
+            ProfileRule(subject: .service("web.service"), program: .digest(Self.extra), inline: false),
+        ])
+        p.facts.programFamilies[loader] = .loader
+        p.facts.threadSubjects[501] = ProcessSubjects(services: ["web.service"], uids: [33])
+        p.caches.remember(loader, for: rootOnly(70))
+        // Its exec (PT_INTERP for every dynamic program, or run directly) is not the subject's choice: allowed, cached.
+        p.decide(p.request(exec: true, pid: 501, key: rootOnly(70)))
+        #expect(p.kernel.answers.last?.allow == true)
+        #expect(p.kernel.marks.last.map { $0.events == [.openExecPermission, .openPermission] } == true)
+        // A process running the loader opens `known`, a program web's profile does not list: judged as its start.
+        p.facts.interpreters[501] = .loader
+        p.caches.remember(p.known, for: rootOnly(71))
+        let open = p.request(exec: false, pid: 501, key: rootOnly(71), contentClass: .elf)
+        p.decide(open)
+        #expect(p.kernel.answers.last?.allow == false)
+        #expect(p.sink.records.withLock { $0.last?.reason } == .notInProfile)
     }
 }

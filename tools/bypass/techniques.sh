@@ -4,8 +4,10 @@
 # against the daemon its harness starts. Sourced by catalogue.sh, whose header documents the
 # environment and the helpers used below (try, attacker, judge_elf, judge_marker, must_change, sig).
 #
-# A row:   technique ID EXPECTED 'TITLE'    (probe ... for the further, unscored probes)
+# A row:   technique ID EXPECTED 'TITLE' [NEEDS]    (probe ... for the further, unscored probes)
 #          ID() { ...set up as the attacker..., try "COMMAND"; judge_elf or judge_marker; }
+# NEEDS `service`: the row runs in the profiled service (try_in_service), whose learned execution profile the
+# enforcer must hold (catalogue.sh: BYPASS_CGROUP); callers that cannot set that up must say so, not score it.
 # EXPECTED is what an allow-lister that keeps the threat model's promise does: runs (allowed
 # code keeps working), blocked (the exec is refused), 'not run' (the loader or interpreter
 # refuses the file), 'runs (documented gap)' (a gap SECURITY.md states). Titles are Markdown:
@@ -176,7 +178,6 @@ t26() {   # root makes the namespace (unshare -m needs it), the attacker runs th
     judge_elf
 }
 
-# Further probes (not scored): the threat model beyond the 26 rows, and documented gaps.
 # Rows t27-t30 (issue 10): content that changes under a verdict. The attacker owns a copy of allowed
 # content, and changes it after the allow-lister has looked at it.
 technique t27 'not run' 'copy of an allowed script, appended to while it runs (`sh ./copy.sh`)'
@@ -197,6 +198,105 @@ t30() { try "cp $OK/lib.so ./copy2.so && python3 -c \"import ctypes; ctypes.CDLL
 technique t31 'not run' 'root-owned log anyone can read, with a line the attacker chose: read, then `sh root.log`'
 t31() { try "cat $RUN/root.log > /dev/null && sh $RUN/root.log"; judge_marker; }
 
+# Rows t32-t36 (issue 15): the attacker runs inside a profiled service, web.service (BYPASS_CGROUP). The service's own
+# work (bypass_service_workload) starts true, its script by its #! line and through sh, and python3 with its program
+# file; the profile learned from that work lists those programs, and lets neither sh nor python3 take inline code. The
+# attacker has code execution in the service (a command or template injection) and reaches for what the policy allows
+# on the host but the service never started, or never started that way. Profiles judge execs, so each payload here
+# needs the exec of sh or python3 with inline code, or of dd; code the service's running processes make themselves,
+# with no exec, is outside them (SECURITY.md).
+bypass_service_workload() {
+    try_in_service "$OK/true --version; $SVC/web.sh; $SVC/sh $SVC/web.sh; $SVC/python3 $SVC/app.py"
+    local missing=()
+    [[ $OUT == *coreutils* ]] || missing+=(true)
+    [[ $(grep -c '^web-script-ran$' <<<"$OUT") == 2 ]] || missing+=('web.sh (#! and sh web.sh)')
+    [[ $OUT == *web-app-ran* ]] || missing+=('python3 app.py')
+    local list=''
+    if (( ${#missing[@]} )); then RAN=0 list=$(printf '%s, ' "${missing[@]}"); else RAN=1; fi
+    DETAIL="exit $RC${list:+; did not run: ${list%, }}${ERR:+: $(short)}"
+}
+# The machine code of t34 and t36 is x86-64's (bypass_machine_code).
+need_machine_code() { [[ -n $CODE_HEX ]] || { prep_failed "the machine-code payload is x86-64 only"; return 1; }; }
+
+technique t32 runs 'profiled service (`web.service`): its own programs, its script (`#!` and `sh web.sh`) and `python3 app.py`' service
+t32() { bypass_service_workload; }
+
+technique t33 blocked 'profiled service: web shell, `sh -c` (the command writes the marker)' service
+t33() { try_in_service "$SVC/sh -c 'echo web-shell-ran > $MARK'"; judge_marker; }
+
+technique t34 blocked 'profiled service: `python3 -c` with ctypes, machine code run from an anonymous `mmap`' service
+t34() {
+    need_machine_code || return 0
+    try_in_service "$SVC/python3 -c '
+import ctypes, mmap
+code = bytes.fromhex(\"$CODE_HEX\")
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+ctypes.CFUNCTYPE(None)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+'"
+    judge_marker
+}
+
+technique t35 blocked 'profiled service: `python3 -c` writes a library into a memfd, `dlopen("/proc/self/fd/N")`' service
+t35() {
+    try_in_service "$SVC/python3 -c '
+import base64, ctypes, os
+fd = os.memfd_create(\"lib\")
+os.write(fd, base64.b64decode(open(\"evil.b64\", \"rb\").read()))
+ctypes.CDLL(f\"/proc/self/fd/{fd}\")
+'"
+    judge_marker
+}
+
+# t36 is DDexec's primitive in its smallest form: the tool loads a whole ELF program this way, this writes 33 bytes of
+# machine code. A shell opens its own /proc/PID/mem; dd, the "seeker", moves that shared file offset to the instruction
+# after the read(2) system call the shell is in while it reads its own /proc/PID/syscall; the shell's printf writes the
+# code there, and its next read(2) returns into it. No file of the payload is opened or executed: what an exec-judging
+# enforcer can see is the exec of dd, and of the shell when one is started for it.
+ddexec_snippet() {   # SEEKER: the dd to run
+    printf '%s' "read nr a1 a2 a3 a4 a5 a6 sp pc < /proc/\$\$/syscall && exec 3<>/proc/\$\$/mem && $1 bs=1 count=0 seek=\$((pc)) status=none >&3 || exit 3
+printf '$CODE_OCTAL' >&3
+read x < /dev/null
+echo 'the machine code did not run'"
+}
+technique t36 blocked 'profiled service: DDexec-style, `sh -c` and `dd` write machine code into the shell through `/proc/PID/mem`' service
+t36() {
+    need_machine_code || return 0
+    local script ran1 d1
+    script=$(ddexec_snippet "$SVC/dd")
+    # As a web shell does it: the service's sh with the code as its command string.
+    try_in_service "$SVC/sh -c $(printf '%q' "$script")"; judge_marker
+    ran1=$RAN d1=$DETAIL
+    # In a shell the attacker already runs in the service (this row's bash, off the enforced filesystem): dd is left.
+    try_in_service "$script"; judge_marker
+    (( RAN = RAN || ran1 ))
+    DETAIL="sh -c: $d1; a running shell: $DETAIL"
+}
+
+# Inline code named as if it were a file, or carried in by an option or the environment (found while building the
+# rows above and in the review of issue 15): each must count as inline code for an interpreter listed no-inline.
+technique t37 blocked 'profiled service: `python3 /dev/stdin`, the code on a pipe' service
+t37() { try_in_service "echo \"open('$MARK', 'w').close()\" | $SVC/python3 /dev/stdin"; judge_marker; }
+
+technique t38 blocked 'profiled service: `sh ./fifo`, a FIFO the attacker writes' service
+t38() {
+    try_in_service "cd $RUN && rm -f ./fifo && mkfifo ./fifo && { timeout 5 sh -c 'echo \"echo x > $MARK\" > ./fifo' </dev/null >/dev/null 2>&1 & } && $SVC/sh ./fifo"
+    judge_marker
+}
+
+technique t39 blocked 'profiled service: `python3 -i app.py`, code on standard input after the script' service
+t39() { try_in_service "echo \"open('$MARK', 'w').close()\" | $SVC/python3 -i $SVC/app.py"; judge_marker; }
+
+technique t40 blocked 'profiled service: `ENV=/dev/stdin sh -i web.sh`' service
+t40() { try_in_service "echo 'echo x > $MARK' | ENV=/dev/stdin $SVC/sh -i $SVC/web.sh"; judge_marker; }
+
+technique t41 blocked 'profiled service: `ld.so dd`, the loader run directly to start what the profile lacks' service
+t41() { try_in_service "$OK/ld.so $SVC/dd if=/dev/zero of=$MARK count=1 status=none"; judge_marker; }
+
+technique t42 blocked 'profiled service: `ld.so python3 -c`, the loader handing python inline code' service
+t42() { try_in_service "$OK/ld.so $SVC/python3 -c \"open('$MARK', 'w').close()\""; judge_marker; }
+
+# Further probes (not scored): the threat model beyond the scored rows, and documented gaps.
 probe e1 blocked 'unprivileged user: tmpfs inside `unshare -Urm`, unknown binary there'
 e1() {
     try "unshare -Urm /bin/sh -c 'mount -t tmpfs -o size=8m none $RUN/userns && cp $UNKNOWN_BIN $RUN/userns/unknown && $RUN/userns/unknown --version'"

@@ -74,6 +74,9 @@ public final class DecisionCaches: Sendable {
     let execDigests = Mutex(BoundedCache<FileKey, SHA256Digest>(limit: smallLimit))
     /// File identity → content class, so an open of a root-owned file seen before costs one lookup.
     let contentClasses = Mutex(BoundedCache<FileKey, ContentClass>(limit: smallLimit))
+    /// File identity → whether it is an ELF program (`ContentClassifier.isELFProgram`), for files only root can write,
+    /// while execution profiles are in force.
+    let elfPrograms = Mutex(BoundedCache<FileKey, Bool>(limit: smallLimit))
     /// The kernel follows every exec permission event with an open permission event for the same file
     /// (fsnotify_open_perm). That second event repeats the decision silently instead of counting and logging the
     /// same exec twice. Only for files only root can write: reusing the exec's digest for anyone else's file

@@ -10,6 +10,8 @@ protocol FileFacts: Sendable {
     func identity(of descriptor: Int32) -> FileKey?
     /// The first bytes of the file: ELF, `#!`, or anything else.
     func contentClass(of descriptor: Int32) -> ContentClass
+    /// Whether the file is an ELF program (`ContentClassifier.isELFProgram`): its header, program headers and dynamic section.
+    func isELFProgram(of descriptor: Int32) -> Bool
     /// The interpreter family of the process's executable, or nil when it is not a configured interpreter.
     /// `executableDigest` gives the digest the daemon last saw the executable with, if any.
     func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily?
@@ -30,6 +32,9 @@ protocol FileFacts: Sendable {
     /// `#!` script the thread exec'd just before in the same call, if any. Fails closed (true) when it cannot tell.
     /// Reads the waiting thread's memory: hash workers only.
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool
+    /// For a process running the loader itself: whether the program it loads (of `family`) gets inline code, from its
+    /// command line as the kernel copied it. Fails closed. Hash workers only.
+    func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool
 }
 
 /// The real facts: the event's descriptor and /proc.
@@ -55,10 +60,13 @@ final class KernelFileFacts: FileFacts {
 
     /// After an overlay reload: rebuilds the rule (hashing every configured interpreter, ~150 ms with node) only
     /// when the overlays' interpreters changed.
-    func rebuildInterpretersIfOverlayChanged(declared: [DeclaredInterpreter], overlayPrograms: [(digest: SHA256Digest, path: String)]) {
+    /// Returns whether it rebuilt.
+    @discardableResult
+    func rebuildInterpretersIfOverlayChanged(declared: [DeclaredInterpreter], overlayPrograms: [(digest: SHA256Digest, path: String)]) -> Bool {
         let now = Set(InterpreterRule.interpreterPrograms(overlayPrograms, configured: configuredInterpreters).map { "\($0.digest) \($0.path)" })
-        guard lastOverlayInterpreters.withLock({ $0 != now }) else { return }
+        guard lastOverlayInterpreters.withLock({ $0 != now }) else { return false }
         rebuildInterpreters(declared: declared, overlayPrograms: overlayPrograms)
+        return true
     }
 
     /// Builds the rule if nothing built it yet (no policy at start-up).
@@ -96,6 +104,11 @@ final class KernelFileFacts: FileFacts {
         }
     }
 
+    func isELFProgram(of descriptor: Int32) -> Bool {
+        let file = FileDescriptor(rawValue: descriptor)
+        return ContentClassifier.isELFProgram(head: file.readBytes(at: 0, count: ContentClassifier.headerLength), readAt: file.readBytes)
+    }
+
     func interpreter(of pid: Int32, executableDigest: (FileKey) -> SHA256Digest?) -> InterpreterFamily? {
         let rule = interpreters.withLock { $0 }
         return rule.interpreterFamily(pid: pid, digestOf: executableDigest)
@@ -128,27 +141,50 @@ final class KernelFileFacts: FileFacts {
         return result
     }
 
+    func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool {
+        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20),
+              let environment = try? readSmallFile("/proc/\(pid)/environ", limit: 4 << 20) else { return true }
+        let all = bytes.split(separator: 0, omittingEmptySubsequences: false).map(Array.init)
+        let arguments = Array((bytes.last == 0 ? all.dropLast() : all[...]).dropFirst())
+        // `--argv0` renames the program (busybox picks its applet by that name): not judged, counted as inline.
+        guard let index = InterpreterFamily.loaderProgramIndex(arguments), !arguments[..<index].contains(Array("--argv0".utf8)) else { return true }
+        if InterpreterFamily.environmentCarriesCode(environment.split(separator: 0).map(Array.init)) { return true }
+        return family.takesInlineCode(argv0: arguments[index], arguments: Array(arguments[(index + 1)...]))
+    }
+
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool {
-        guard let exec = try? pendingExec(ofThread: tid) else { return true }
-        // Which file the call names, in the caller's own view (its root, its working directory, its descriptor).
-        let base: [UInt8]
+        // Another thread sharing the caller's memory could change the arguments after they are read and before the
+        // kernel copies them (the permission event comes first): a multi-threaded caller counts as inline code.
+        guard threadCount(ofThread: tid) == 1, let exec = try? pendingExec(ofThread: tid) else { return true }
+        // Which file the call names, in the caller's own view, through nothing anyone but root could swap meanwhile.
+        let named: FileIdentity?
         if exec.emptyPath {
             guard let directory = exec.directory else { return true }
-            base = Array("/proc/\(tid)/fd/\(directory)".utf8)
-        } else if exec.pathname.first == UInt8(ascii: "/") {
-            base = Array("/proc/\(tid)/root".utf8) + exec.pathname
+            named = try? fileIdentity("/proc/\(tid)/fd/\(directory)")
         } else {
-            base = Array((exec.directory.map { "/proc/\(tid)/fd/\($0)/" } ?? "/proc/\(tid)/cwd/").utf8) + exec.pathname
+            named = trustedResolution(ofThread: tid, path: exec.pathname, start: exec.directory.map { "/proc/\(tid)/fd/\($0)" } ?? "/proc/\(tid)/cwd")
         }
-        guard let named = try? fileIdentity(bytes: base) else { return true }
+        guard let named else { return true }
         if named.device == key.device && named.inode == key.inode {
-            return family.takesInlineCode(argv0: exec.arguments.first ?? [], arguments: Array(exec.arguments.dropFirst()))
+            let arguments = Array(exec.arguments.dropFirst())
+            if family.takesInlineCode(argv0: exec.arguments.first ?? [], arguments: arguments) { return true }
+            if InterpreterFamily.environmentCarriesCode(exec.environment) { return true }
+            // The script must be a regular file that stays what it is (a FIFO or a name swapped later is code the
+            // caller writes as it goes); relative to the working directory the interpreter will have, which is the caller's.
+            if let index = family.scriptOperand(arguments) {
+                guard let script = trustedResolution(ofThread: tid, path: arguments[index], start: "/proc/\(tid)/cwd"),
+                      script.isRegularFile else { return true }
+            }
+            return false
         }
-        // The call named the `#!` script exec'd just before: the kernel runs the interpreter with that file as its
-        // program (the script's own exec was judged as a program of its own).
-        if let scriptBefore, named.device == scriptBefore.device && named.inode == scriptBefore.inode { return false }
+        // The call named the `#!` script this thread exec'd (allowed) just before: the kernel runs the interpreter with
+        // that file as its program (the script's own exec was judged as a program of its own). Its environment counts.
+        if let scriptBefore, named.device == scriptBefore.device && named.inode == scriptBefore.inode {
+            return InterpreterFamily.environmentCarriesCode(exec.environment)
+        }
         return true
     }
+
 
     /// readlink of /proc/self/fd gives the path in the *opener's* view (a bind mount in another mount namespace
     /// prints as the path it was mounted over, a review showed), so it counts only when that path, looked up in

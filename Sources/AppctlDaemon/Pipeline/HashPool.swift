@@ -149,12 +149,12 @@ final class HashPool: Sendable {
             for waiter in waiters {
                 guard let request = waiter.request.take() else { continue }
                 let verdict = digest.map { policy.decide($0, waitForWindow: true) } ?? policy.verdict(layer: .unreadable) { Decision.unreadable(mode: $0) }
-                // Only allowed execs need the lease kept: a denied one never reaches the write denial (and holding
-                // leases for denials let one process slow everyone, a review showed).
-                if verdict.allow { pids.append(request.pid) }
                 if verdict.allow && verdict.decision.reason == .known { known = true }
                 if let digest, request.isExec { caches.rememberExec(key, digest) }
-                responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key), onWorker: true)
+                let pid = request.pid
+                // Only allowed execs need the lease kept: a denied one (by the policy or an execution profile) never
+                // reaches the write denial (and holding leases for denials let one process slow everyone, a review showed).
+                if responder.finish(request, Triage.Answer(verdict: verdict, digest: digest, key: key), onWorker: true) { pids.append(pid) }
             }
             if let kept {
                 // Known content: once the execs are past their write denial, the lease is kept as its verdict.

@@ -12,6 +12,9 @@ enum InterpreterFamily: Sendable, Equatable {
     case python
     /// awk (gawk, mawk): its program is its first operand unless `-f` names a file. For arguments, as `other`.
     case awk
+    /// The dynamic loader run as a program (`ld.so [options] PROGRAM [args]`). For arguments, as `other`; execution
+    /// profiles judge the program it loads, not the loader (`loaderProgramIndex`).
+    case loader
     /// Any other interpreter (perl, ruby, node, awk, zsh, the loader, …): every argument counts.
     case other
 
@@ -23,6 +26,8 @@ enum InterpreterFamily: Sendable, Equatable {
             self = .shell
         case "awk", "gawk", "mawk", "nawk", "original-awk":
             self = .awk
+        case _ where name.hasPrefix("ld-linux") || name.hasPrefix("ld64.so") || name == "ld.so":
+            self = .loader
         default:
             let python = name.hasPrefix("python3") && name.dropFirst(7).allSatisfy { $0.isNumber || $0 == "." }
             self = python ? .python : .other
@@ -35,7 +40,7 @@ enum InterpreterFamily: Sendable, Equatable {
         switch self {
         case .shell: return Self.shellProgramArguments(arguments)
         case .python: return Self.pythonProgramArguments(arguments)
-        case .awk, .other: return nil
+        case .awk, .loader, .other: return nil
         }
     }
 
@@ -49,18 +54,80 @@ enum InterpreterFamily: Sendable, Equatable {
     func takesInlineCode(argv0: [UInt8], arguments a: [[UInt8]]) -> Bool {
         switch self {
         case .shell:
-            guard let parsed = Self.parseShell(a) else { return true }
-            return parsed.script == nil
+            guard let parsed = Self.parseShell(a), let script = parsed.script else { return true }
+            // `-i` reads commands from standard input after the script; a login shell (`-l`, `--login`, argv[0]
+            // starting with `-`) runs the profile files of a $HOME the caller chose.
+            for option in a[..<script] where Self.isOption(option, letters: "il") || Self.text(option) == "--login" { return true }
+            if argv0.first == UInt8(ascii: "-") { return true }
+            return Self.namesAStream(a[script])
         case .python:
-            // `-c`, `-m`, no script, or `-` (standard input): inline. A script path: a file.
+            // `-c`, `-m`, no script, or `-` (standard input): inline. A script path: a file. `-i` runs standard input
+            // after the script.
             guard let indices = Self.pythonProgramArguments(a), let i = indices.first else { return true }
-            return a[i] == Array("-".utf8)
+            if a[..<i].contains(where: { Self.isOption($0, letters: "i") }) { return true }
+            return a[i] == Array("-".utf8) || Self.namesAStream(a[i])
         case .awk:
             return Self.awkTakesInlineCode(a)
+        case .loader:
+            // Judged by the program it loads (`ProfileGate.judgeLoaderRun`); here only as a last resort.
+            return true
         case .other:
             let names = [argv0] + a.prefix(1)
             if names.contains(where: { Self.isAwkName($0) }) && Self.awkTakesInlineCode(a) { return true }
             return Self.otherTakesInlineCode(a)
+        }
+    }
+
+    /// A single-dash option bundle (not `--long`) holding one of `letters`.
+    private static func isOption(_ arg: [UInt8], letters: String) -> Bool {
+        guard arg.count > 1, arg[0] == UInt8(ascii: "-"), arg[1] != UInt8(ascii: "-") else { return false }
+        return arg.dropFirst().contains { letters.utf8.contains($0) }
+    }
+
+    /// A "file" that is a stream the caller writes: standard input, an inherited descriptor, anything under /dev or
+    /// a process's descriptors (a pipe cannot carry a fanotify mark, so its content is never seen).
+    static func namesAStream(_ arg: [UInt8]) -> Bool {
+        let t = text(arg)
+        return t.hasPrefix("/dev/") || t.hasPrefix("/proc/") || t.hasPrefix("/../") || t.contains("/fd/")
+    }
+
+    /// `ld.so [OPTION]... PROGRAM [ARGS]`: the index of PROGRAM in the loader's arguments (argv without argv[0]), or
+    /// nil when the options are not understood. glibc 2.36's options: those that take a value, and those that do not.
+    static func loaderProgramIndex(_ a: [[UInt8]]) -> Int? {
+        let withValue: Set<String> = ["--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0", "--glibc-hwcaps-prefix", "--glibc-hwcaps-mask"]
+        let flags: Set<String> = ["--list", "--verify", "--inhibit-cache", "--list-tunables", "--list-diagnostics", "--help", "--version"]
+        var i = 0
+        while i < a.count {
+            let t = text(a[i])
+            if t == "--" { return i + 1 < a.count ? i + 1 : nil }
+            if withValue.contains(t) { i += 2; continue }
+            if flags.contains(t) { i += 1; continue }
+            if t.hasPrefix("-") { return nil }
+            return i
+        }
+        return nil
+    }
+
+    /// The script operand of a shell or Python command line that `takesInlineCode` judged a file (nil for other
+    /// families): the caller checks that it is a regular file no one but root can swap (a FIFO named as the script is
+    /// code the caller writes).
+    func scriptOperand(_ a: [[UInt8]]) -> Int? {
+        switch self {
+        case .shell: return Self.parseShell(a)?.script
+        case .python: return Self.pythonProgramArguments(a)?.first
+        case .awk, .loader, .other: return nil
+        }
+    }
+
+    /// Environment variables that hand an interpreter code of the caller's choice however its command line reads:
+    /// perl's `PERL5OPT` (`-M5;…`) and `PERL5DB`, Python's `PYTHONINSPECT` and `PYTHONSTARTUP`, node's `NODE_OPTIONS`,
+    /// bash's exported functions (`BASH_FUNC_…`), `SHELLOPTS`/`BASHOPTS` (xtrace with `PS4`), `PS4`, and the start-up
+    /// files `ENV`/`BASH_ENV` (a stream such as /dev/stdin would never be seen). Only for interpreters a profile keeps
+    /// from inline code; learning records them as inline.
+    static func environmentCarriesCode(_ environment: [[UInt8]]) -> Bool {
+        let names = ["PERL5OPT=", "PERL5DB=", "PYTHONINSPECT=", "PYTHONSTARTUP=", "NODE_OPTIONS=", "SHELLOPTS=", "BASHOPTS=", "PS4=", "ENV=", "BASH_ENV="]
+        return environment.contains { variable in
+            variable.starts(with: "BASH_FUNC_".utf8) || names.contains { variable.starts(with: $0.utf8) }
         }
     }
 
@@ -92,7 +159,9 @@ enum InterpreterFamily: Sendable, Equatable {
         if a.isEmpty { return true }
         for arg in a {
             let t = text(arg)
-            if t == "-" { return true }
+            if t == "-" || namesAStream(arg) { return true }
+            // perl `-M`/`-m`: `-M5;do"./x"` runs code of the caller's choice.
+            if t.hasPrefix("-M") || t.hasPrefix("-m") { return true }
             if t.hasPrefix("--") {
                 if t.hasPrefix("--eval") || t.hasPrefix("--print") || t.hasPrefix("--interactive") || t.hasPrefix("--command") { return true }
                 continue

@@ -36,6 +36,10 @@ final class ProfileGate: Sendable {
         let (table, learning) = policy.profileState
         guard !table.isEmpty || learning, let key else { return .unchanged }
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
+        // The loader is exec'd for every dynamically linked program (its PT_INTERP), in the same call: that is not a
+        // program the subject chose. Run directly (`ld.so PROGRAM`), the program it loads is judged when the loader
+        // opens it (`judgeLoaderRun`), from the command line the kernel copied.
+        if family == .loader { return .unchanged }
         if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return .unchanged }
         guard let subjects = facts.subjects(of: tid, services: learning || table.hasServiceProfiles, users: learning || table.hasUserProfiles) else {
             // The process is gone or /proc cannot say who it is: fail closed where profiles exist.
@@ -67,23 +71,76 @@ final class ProfileGate: Sendable {
     }
 
     /// On the event thread, for every exec while profiles are in force or learned: the `#!` script this thread
-    /// exec'd just before (the kernel then execs its interpreter in the same call, with the script as its program),
-    /// taken so that it counts once; and remembers this exec's file when it is such a script.
-    func takeScriptBefore(tid: Int32, key: FileKey?, fd: Int32) -> FileKey? {
+    /// exec'd (and was allowed) just before (the kernel then execs its interpreter in the same call, with the script as
+    /// its program). Taken by the next exec event of the thread, whatever it is, so that it counts once.
+    func takeScriptBefore(tid: Int32) -> FileKey? {
         let (table, learning) = policy.profileState
         guard !table.isEmpty || learning else { return nil }
-        let before = caches.scriptExecs.withLock { $0.removeValue(forKey: tid) }
-        if let key, facts.contentClass(of: fd) == .shebang { caches.scriptExecs.withLock { $0.insert(key, for: tid) } }
-        return before
+        return caches.scriptExecs.withLock { $0.removeValue(forKey: tid) }
     }
 
-    /// Whether the kernel may answer later execs of this file for every process (its verdict cached there).
-    func execMayStayInKernel(_ digest: SHA256Digest, key: FileKey, fd: Int32) -> Bool {
+    /// After an exec was allowed: remembers it for the thread when it is a `#!` script (`takeScriptBefore`).
+    func rememberAllowedExec(tid: Int32, key: FileKey?, fd: Int32) {
         let (table, learning) = policy.profileState
-        if learning { return false }
-        if table.isEmpty { return true }
-        // A `#!` script's exec must reach the daemon: its interpreter's exec, which follows, is told from inline code by it.
-        if facts.contentClass(of: fd) == .shebang { return false }
-        return table.sameForEveryProcess(digest, isInterpreter: facts.interpreterFamily(ofProgram: digest, key: key) != nil)
+        guard !table.isEmpty || learning, let key, facts.contentClass(of: fd) == .shebang else { return }
+        caches.scriptExecs.withLock { $0.insert(key, for: tid) }
+    }
+
+    /// An open of an ELF program by a process that runs the loader itself (`ld.so [options] PROGRAM [args]`): the
+    /// subject starts PROGRAM, so it is judged as an exec of it. Its arguments come from /proc/PID/cmdline, the copy
+    /// the kernel made at the exec (the loader's fresh image shares its memory with no one); read on a worker.
+    func judgeLoaderRun(pid: Int32, key: FileKey?, digest: SHA256Digest, fd: Int32, onWorker: Bool) -> Judgement {
+        let (table, learning) = policy.profileState
+        guard !table.isEmpty || learning, let key else { return .unchanged }
+        guard facts.interpreter(of: pid, executableDigest: caches.executableDigest) == .loader, isELFProgram(key: key, fd: fd) else { return .unchanged }
+        let family = facts.interpreterFamily(ofProgram: digest, key: key)
+        if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return .unchanged }
+        guard let subjects = facts.subjects(of: pid, services: learning || table.hasServiceProfiles, users: learning || table.hasUserProfiles) else {
+            return table.isEmpty ? .unchanged : .refuse(.notInProfile, subject: "unknown")
+        }
+        let outcome = table.check(digest, subjects: subjects)
+        var inlineForbiddenBy: String?
+        switch outcome {
+        case .unprofiled: if !learning { return .unchanged }
+        case .notInProfile(let subject): if !learning { return .refuse(.notInProfile, subject: subject) }
+        case .admitted(let forbidden): inlineForbiddenBy = forbidden
+        }
+        var inline = false
+        if let family, inlineForbiddenBy != nil || learning {
+            guard onWorker else { return .needsWorker }
+            statistics.add(.profileCommandLineChecks)
+            inline = facts.loaderRunTakesInlineCode(pid: pid, family: family)
+        }
+        if learning {
+            learned.recordProfile(services: subjects.services, users: subjects.uids.filter { $0 != 0 }, digest: digest, inline: inline, fd: fd)
+            if case .notInProfile(let subject) = outcome { return .refuse(.notInProfile, subject: subject) }
+        }
+        if inline, let inlineForbiddenBy { return .refuse(.inlineCode, subject: inlineForbiddenBy) }
+        return .unchanged
+    }
+
+    /// Whether the file is an ELF program (`ContentClassifier.isELFProgram`), cached for files only root can write.
+    func isELFProgram(key: FileKey, fd: Int32) -> Bool {
+        if key.onlyRootCanWrite, let known = caches.elfPrograms.withLock({ $0[key] }) { return known }
+        let program = facts.isELFProgram(of: fd)
+        if key.onlyRootCanWrite { caches.elfPrograms.withLock { $0.insert(program, for: key) } }
+        return program
+    }
+
+    /// Which events of this file the kernel may answer for every process from now on (its verdict cached there).
+    /// Without profiles, exec and open. With profiles: exec only for what every profile lists (and lets take inline
+    /// code, if it is an interpreter) and for the loader (never judged as an exec); never for a `#!` script (its
+    /// interpreter's exec, which follows, is told from inline code by it). An ELF program some profile excludes gets
+    /// no open verdict either: `ld.so PROGRAM` opens it, and that open must reach `judgeLoaderRun`. While profiles are
+    /// learned, no exec verdict, and no open verdict for ELF programs.
+    func kernelEvents(_ digest: SHA256Digest, key: FileKey, fd: Int32) -> FanotifyGroup.Events {
+        let (table, learning) = policy.profileState
+        if table.isEmpty && !learning { return [.openExecPermission, .openPermission] }
+        let family = facts.interpreterFamily(ofProgram: digest, key: key)
+        if family == .loader && !learning { return [.openExecPermission, .openPermission] }
+        if facts.contentClass(of: fd) == .shebang { return [.openPermission] }
+        if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return [.openExecPermission, .openPermission] }
+        if isELFProgram(key: key, fd: fd) { return [] }
+        return [.openPermission]
     }
 }

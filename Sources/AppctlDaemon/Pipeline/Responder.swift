@@ -127,23 +127,28 @@ final class Responder: Sendable {
     /// *before* answering: the process is blocked in execve then, so what is read is certainly it (a denied child
     /// often exits within microseconds of the answer). Allows, the hot path, are answered at once.
     /// `onWorker`: called on a hash worker, where an interpreter's command line may be read (profiles).
-    func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer, onWorker: Bool = false) {
+    /// Returns whether the request was allowed (true when it was handed to a worker, which answers it later; a
+    /// worker's own call never hands off).
+    @discardableResult
+    func finish(_ request: consuming PermissionRequest, _ answer: Triage.Answer, onWorker: Bool = false) -> Bool {
         var verdict = answer.verdict
         if verdict.allow && verdict.requiredKinds != 0 && !Self.isOneOf(verdict.requiredKinds, FileDescriptor(rawValue: request.descriptor)) {
             verdict = policy.verdict(layer: verdict.layer) { Decision.kindNotDelegated(mode: $0) }
         }
         if answer.repeatsExec {
             request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure)
-            return
+            return verdict.allow
         }
         var answer = answer
-        if request.isExec && !answer.profileJudged {
+        if !answer.profileJudged {
             // Once per exec, on the thread that saw it first: the `#!` script before it (a worker sees it later).
-            if !answer.handedOff { answer.scriptBefore = profiles.takeScriptBefore(tid: request.pid, key: answer.key, fd: request.descriptor) }
+            if request.isExec && !answer.handedOff { answer.scriptBefore = profiles.takeScriptBefore(tid: request.pid) }
             if verdict.allow, let digest = answer.digest {
                 let onThisThread = onWorker || handOffToWorker == nil
-                switch profiles.judge(tid: request.pid, key: answer.key, digest: digest, fd: request.descriptor, onWorker: onThisThread,
-                                      scriptBefore: answer.scriptBefore) {
+                let judgement = request.isExec
+                    ? profiles.judge(tid: request.pid, key: answer.key, digest: digest, fd: request.descriptor, onWorker: onThisThread, scriptBefore: answer.scriptBefore)
+                    : profiles.judgeLoaderRun(pid: request.pid, key: answer.key, digest: digest, fd: request.descriptor, onWorker: onThisThread)
+                switch judgement {
                 case .unchanged:
                     break
                 case .refuse(let reason, let subject):
@@ -153,10 +158,11 @@ final class Responder: Sendable {
                 case .needsWorker:
                     answer.handedOff = true
                     handOffToWorker!(request, answer)
-                    return
+                    return true
                 }
             }
             answer.profileJudged = true
+            if request.isExec && verdict.allow { profiles.rememberAllowedExec(tid: request.pid, key: answer.key, fd: request.descriptor) }
         }
         let fd = request.descriptor, pid = request.pid, isExec = request.isExec
         if isExec && !verdict.allow, let key = answer.key {
@@ -177,15 +183,21 @@ final class Responder: Sendable {
         statistics.recordLatency(nanoseconds: monotonicNanoseconds() &- request.receivedAt)
         let cacheInKernel = verdict.allow && verdict.decision.reason == .known && answer.digest != nil
             && (answer.key?.onlyRootCanWrite == true || answer.verityDigest != nil)
+        var marked: FanotifyGroup.Events = []
         request.answer(allow: verdict.allow, via: responder, onError: reportAnswerFailure) { fd in
-            // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel.
-            // Execs only where every execution profile gives the same answer (else each exec must reach `profiles`).
+            // Known content that only root can change (or nobody can: fs-verity): later execs and opens stay in the kernel,
+            // as far as every execution profile gives the same answer (`ProfileGate.kernelEvents`).
             if cacheInKernel, let key = answer.key, let digest = answer.digest {
-                let events: FanotifyGroup.Events = profiles.execMayStayInKernel(digest, key: key, fd: fd) ? [.openExecPermission, .openPermission] : [.openPermission]
-                kernelCache.place(on: fd, events, key: key) {
+                marked = profiles.kernelEvents(digest, key: key, fd: fd)
+                if !marked.isEmpty { kernelCache.place(on: fd, marked, key: key) {
                     // Sealed content stays sealed; anything else must still be the same, root-only file.
                     guard let now = facts.identity(of: fd) else { return false }
                     return answer.verityDigest != nil ? now.isVerity : now == key
+                } }
+                // A policy with profiles (or profile learning) that came in while marking: what it keeps out of the
+                // kernel must not stay there.
+                if !marked.isEmpty && !profiles.kernelEvents(digest, key: key, fd: fd).isSuperset(of: marked) {
+                    kernelCache.flush(reason: "execution profiles changed while marking")
                 }
             }
             if outcome != nil && path == nil { path = pathOfDescriptor(fd) }
@@ -216,6 +228,7 @@ final class Responder: Sendable {
             record.subject = verdict.subject
             events.submit(record)
         }
+        return verdict.allow
     }
 
     /// Whether the file behind `fd` is of one of `kinds` (`FileKind.bit`s), by its bytes (as learn classifies it).
