@@ -43,7 +43,7 @@ public enum ContentClassifier {
     }
 
     /// Whether an ELF object is a program as its linker made it: `ET_EXEC`, or `ET_DYN` marked `DF_1_PIE` in its
-    /// dynamic section. Unlike `classify`'s PT_INTERP rule this keeps out libraries that carry an interpreter so
+    /// dynamic section, or `ET_DYN` with a PT_INTERP and no `DT_SONAME` (a PIE linked without the flag). Unlike `classify`'s PT_INTERP rule this keeps out libraries that carry an interpreter so
     /// that they can print their version (glibc's libc.so.6): measured on Debian 12, every ELF file in /usr/bin and
     /// /usr/sbin is one or the other, and no shared library is. Execution profiles decide where a program's verdict
     /// may stay in the kernel by it (`ld.so PROGRAM` opens the program; it is never exec'd).
@@ -63,7 +63,11 @@ public enum ContentClassifier {
         let phoff = u64(h, 32), phentsize = Int(u16(h, 54)), phnum = Int(u16(h, 56))
         guard phentsize >= 56, phnum > 0, phnum < 4096, phoff < 1 << 32 else { return true }
         let table = readAt(Int64(phoff), phentsize * phnum)
-        for i in 0..<phnum where (i + 1) * phentsize <= table.count && u32(table, i * phentsize) == 2 {   // PT_DYNAMIC
+        var hasInterpreter = false, soname = false
+        for i in 0..<phnum where (i + 1) * phentsize <= table.count {
+            let type = u32(table, i * phentsize)
+            if type == 3 { hasInterpreter = true }                               // PT_INTERP
+            guard type == 2 else { continue }                                    // PT_DYNAMIC
             let offset = u64(table, i * phentsize + 8), size = min(u64(table, i * phentsize + 32), 1 << 16)
             guard offset < 1 << 40 else { return true }
             let dynamic = readAt(Int64(offset), Int(size))
@@ -71,12 +75,13 @@ public enum ContentClassifier {
             while at + 16 <= dynamic.count {
                 let tag = u64(dynamic, at), value = u64(dynamic, at + 8)
                 if tag == 0 { break }                                            // DT_NULL
-                if tag == 0x6fff_fffb { return value & 0x0800_0000 != 0 }       // DT_FLAGS_1 & DF_1_PIE
+                if tag == 0x6fff_fffb && value & 0x0800_0000 != 0 { return true } // DT_FLAGS_1 & DF_1_PIE
+                if tag == 14 { soname = true }                                   // DT_SONAME
                 at += 16
             }
-            return false
         }
-        return false
+        // A position-independent program linked without the PIE flag: an interpreter and no library name.
+        return hasInterpreter && !soname
     }
 
     /// ET_EXEC and ET_DYN with PT_INTERP (PIE programs) are programs; ET_DYN without an

@@ -175,60 +175,94 @@ private func readString(_ memory: FileDescriptor, at address: UInt64, budget: in
     }
 }
 
+/// What `trustedResolution` found.
+public enum PathTrust: Sendable, Equatable {
+    /// The path names this file, and no one but root could have changed that since the kernel looked it up.
+    case trusted(FileIdentity)
+    /// It resolves through something another user could swap, or through a filesystem whose files are not content
+    /// on a disk (procfs, sysfs, FUSE, …: `/proc/self/cmdline` is whatever the reader put in its own arguments).
+    case untrusted
+    /// Nothing by that name (or a directory).
+    case missing
+}
+
+/// Filesystems whose files are content root put on a disk or in memory (statfs(2) magic numbers): ext2/3/4, XFS,
+/// Btrfs, tmpfs (and devtmpfs), overlayfs, squashfs, EROFS, F2FS, ZFS, vfat. Everything else (procfs, sysfs,
+/// cgroup, debugfs, FUSE, network filesystems, …) counts as untrusted.
+private let contentFilesystems: Set<Int> = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630, 0x7371_7368,
+                                            0xE0F5_E1E2, 0xF2F5_2010, 0x2FC1_2FC1, 0x4D44]
+
 /// Resolves `path` the way the thread `tid` sees it (absolute: from its root; relative: from `start`, its working
-/// directory or an `execveat` directory, as a /proc path), component by component, and returns what it names only
-/// when no one but root could have changed what it names since the kernel looked it up: every directory passed
-/// through is root's and writable by nobody else (in a sticky directory, the entry must be root's), and every symlink
-/// is root's. Nil otherwise (or when it does not resolve), and callers fail closed. Directories are held as `O_PATH`
-/// descriptors (no permission event, nothing read); at most 40 symlinks, as the kernel.
-public func trustedResolution(ofThread tid: Int32, path: [UInt8], start: String) -> FileIdentity? {
-    guard let root = try? FileDescriptor.open("/proc/\(tid)/root", [.pathOnly, .directory, .closeOnExec]) else { return nil }
+/// directory or an `execveat` directory, as a /proc path), component by component. It is `.trusted` only when no
+/// one but root could have changed what it names since the kernel looked it up:
+/// - every directory passed through is root's and writable by nobody else (in a sticky directory, the entry must be
+///   root's), and every symlink is root's;
+/// - every directory is on a filesystem of content (`contentFilesystems`): procfs never, so `/proc/self/…` (which
+///   would be the daemon's own) cannot pass for a script.
+/// Directories are held as `O_PATH` descriptors (no permission event, nothing read); at most 40 symlinks, as the kernel.
+public func trustedResolution(ofThread tid: Int32, path: [UInt8], start: String) -> PathTrust {
+    guard let root = try? FileDescriptor.open("/proc/\(tid)/root", [.pathOnly, .directory, .closeOnExec]) else { return .untrusted }
     defer { root.close() }
-    guard let rootStatus = try? root.status() else { return nil }
+    guard let rootStatus = try? root.status() else { return .untrusted }
     let absolute = path.first == UInt8(ascii: "/")
-    guard var current = try? (absolute ? root.duplicate() : FileDescriptor.open(start, [.pathOnly, .directory, .closeOnExec])) else { return nil }
+    guard var current = try? (absolute ? root.duplicate() : FileDescriptor.open(start, [.pathOnly, .directory, .closeOnExec])) else { return .untrusted }
     defer { current.close() }
     var pending = path.split(separator: UInt8(ascii: "/")).map(Array.init).reversed() as [[UInt8]]
     var links = 0
-    func trustedDirectory(_ st: stat) -> (ok: Bool, sticky: Bool) {
-        let isDirectory = st.st_mode & S_IFMT == S_IFDIR
-        guard isDirectory, st.st_uid == 0 else { return (false, false) }
-        if st.st_mode & 0o022 == 0 { return (true, false) }
-        return (st.st_mode & UInt32(S_ISVTX) != 0, true)
-    }
     while let name = pending.popLast() {
         if name == Array(".".utf8) { continue }
-        guard let here = try? current.status() else { return nil }
-        let (ok, sticky) = trustedDirectory(here)
-        guard ok else { return nil }
+        guard let here = try? current.status(), let magic = try? current.filesystemMagic() else { return .untrusted }
+        guard here.st_mode & S_IFMT == S_IFDIR, here.st_uid == 0, contentFilesystems.contains(magic) else { return .untrusted }
+        let sticky = here.st_mode & 0o022 != 0
+        if sticky && here.st_mode & UInt32(S_ISVTX) == 0 { return .untrusted }
         if name == Array("..".utf8) {
             // Never above the thread's root.
             if here.st_dev == rootStatus.st_dev && here.st_ino == rootStatus.st_ino { continue }
-            guard let parent = try? FileDescriptor.open("..", [.pathOnly, .directory, .closeOnExec], relativeTo: current) else { return nil }
+            guard let parent = try? FileDescriptor.open("..", [.pathOnly, .directory, .closeOnExec], relativeTo: current) else { return .untrusted }
             current.close(); current = parent
             continue
         }
-        guard let st = try? withCString(name, { (c) throws(Errno) -> stat in try linkStatus(cPath: c, relativeTo: current) }) else { return nil }
-        if sticky && st.st_uid != 0 { return nil }
+        let st: stat
+        do { st = try withCString(name, { (c) throws(Errno) -> stat in try linkStatus(cPath: c, relativeTo: current) }) } catch {
+            return error == .noSuchFile ? .missing : .untrusted
+        }
+        if sticky && st.st_uid != 0 { return .untrusted }
         switch st.st_mode & S_IFMT {
         case S_IFLNK:
-            guard st.st_uid == 0 else { return nil }
+            guard st.st_uid == 0 else { return .untrusted }
             links += 1
-            guard links <= 40, let target = try? withCString(name, { (c) throws(Errno) -> [UInt8] in try linkTarget(cPath: c, relativeTo: current) }), !target.isEmpty else { return nil }
+            guard links <= 40, let target = try? withCString(name, { (c) throws(Errno) -> [UInt8] in try linkTarget(cPath: c, relativeTo: current) }), !target.isEmpty else { return .untrusted }
             if target.first == UInt8(ascii: "/") {
-                guard let fresh = try? root.duplicate() else { return nil }
+                guard let fresh = try? root.duplicate() else { return .untrusted }
                 current.close(); current = fresh
             }
             pending.append(contentsOf: target.split(separator: UInt8(ascii: "/")).map(Array.init).reversed())
         case S_IFDIR where !pending.isEmpty:
             guard let next = try? withCString(name, { (c) throws(Errno) -> FileDescriptor in
-                try FileDescriptor.open(cPath: c, [.pathOnly, .directory, .noFollow, .closeOnExec], relativeTo: current) }) else { return nil }
+                try FileDescriptor.open(cPath: c, [.pathOnly, .directory, .noFollow, .closeOnExec], relativeTo: current) }) else { return .untrusted }
             current.close(); current = next
+        case S_IFDIR:
+            return .missing
         default:
-            return pending.isEmpty ? FileIdentity(st) : nil
+            return pending.isEmpty ? .trusted(FileIdentity(st)) : .missing
         }
     }
-    // The path named a directory (or was empty): not a program.
+    return .missing
+}
+
+/// `AT_BASE` of a process's auxiliary vector (/proc/PID/auxv): where the kernel mapped its program interpreter, 0 when
+/// it has none, i.e. when the kernel ran the loader itself (`ld.so PROGRAM`) or a statically linked program. Nil when
+/// unreadable.
+public func interpreterBase(ofProcess pid: Int32) -> UInt64? {
+    guard let bytes = try? readSmallFile("/proc/\(pid)/auxv", limit: 64 * 1024), bytes.count % 16 == 0 else { return nil }
+    var at = 0
+    while at + 16 <= bytes.count {
+        var type: UInt64 = 0, value: UInt64 = 0
+        for i in 0..<8 { type |= UInt64(bytes[at + i]) << (8 * i); value |= UInt64(bytes[at + 8 + i]) << (8 * i) }
+        if type == 0 { return nil }            // AT_NULL before AT_BASE
+        if type == 7 { return value }          // AT_BASE
+        at += 16
+    }
     return nil
 }
 

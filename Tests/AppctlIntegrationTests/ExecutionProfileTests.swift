@@ -134,7 +134,7 @@ struct ExecutionProfileTests {
         let piped = try run("/bin/sh", ["-c", "echo $$ > \(web)/cgroup.procs && echo '\(m)/known' | /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- \(sh) /dev/stdin"])
         #expect(piped.status != 0, "web: sh /dev/stdin refused: \(piped)")
         // (The writer gives up after 5 s and keeps no output pipe open: a refused reader never opens the FIFO.)
-        let fifo = try Self.runIn(web, ["/bin/sh", "-c", "mkfifo \(userDir)/f && { /usr/bin/timeout 5 /bin/sh -c \"echo \(m)/known > \(userDir)/f\" </dev/null >/dev/null 2>&1 & } && exec \(sh) \(userDir)/f"])
+        let fifo = try Self.runIn(web, ["/bin/sh", "-c", "mkfifo \(userDir)/f && { /usr/bin/timeout -s KILL 5 /bin/sh -c \"echo \(m)/known > \(userDir)/f\" </dev/null >/dev/null 2>&1 & } && exec \(sh) \(userDir)/f"])
         #expect(fifo.status != 0 && fifo.stderr.contains("not permitted"), "web: sh FIFO refused: \(fifo)")
         let interactive = try run("/bin/sh", ["-c", "echo $$ > \(web)/cgroup.procs && echo 'print(\"inline ran\")' | /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- \(python) -i \(m)/app.py"])
         #expect(!interactive.stdout.contains("inline ran"), "web: python3 -i refused: \(interactive)")
@@ -222,6 +222,7 @@ struct ExecutionProfileTests {
         let web = try cgroups.group("web.service")
         let m = h.mount
         let loader = try h.copyExecutable("/lib64/ld-linux-x86-64.so.2", to: "ld.so")
+        #expect(mkdir(m + "/u", 0o777) == 0 && chmod(m + "/u", 0o777) == 0)
         #expect(mkdir(linkDir, 0o755) == 0 && symlink(loader, linkDir + "/ld.so") == 0)
         let original = Array("/lib64/ld-linux-x86-64.so.2".utf8), replacement = Array((linkDir + "/ld.so").utf8)
         #expect(original.count == replacement.count)
@@ -242,7 +243,9 @@ struct ExecutionProfileTests {
             ProfileRule(subject: .service("web.service"), program: .digest(try h.digest(python)), inline: false),
         ]
         try PolicyWriter.write(path: h.policyPath, header: header, allows: entries, denies: [], signingKey: h.keys.privateKey)
-        try h.start(mode: "enforce", config: ["kernel-cache = yes"], writeDefaultPolicy: false)
+        // The tmpfs copy is this host's loader (as /lib64/ld-linux-x86-64.so.2 is a real host's): configured as such.
+        try h.start(mode: "enforce", config: ["kernel-cache = yes", "interpreter = \(loader)", "interpreter = /usr/bin/python3",
+                                               "interpreter = /usr/bin/dash", "interpreter = /lib64/ld-linux-x86-64.so.2"], writeDefaultPolicy: false)
         for _ in 0..<2 {
             let normal = try Self.runIn(web, [m + "/date", "+%Y"])
             #expect(normal.status == 0, "a program whose PT_INTERP is the marked loader runs: \(normal)")
@@ -252,6 +255,9 @@ struct ExecutionProfileTests {
             #expect(dd.status != 0, "ld.so dd refused: dd is not in the profile: \(dd)")
             let inline = try Self.runIn(web, [loader, python, "-c", "print('inline ran')"])
             #expect(inline.status != 0 && !inline.stdout.contains("inline ran"), "ld.so python3 -c refused: \(inline)")
+            // A copy of the loader at another path is not this host's loader: judged as the program it is.
+            let copy = try Self.runIn(web, ["/bin/sh", "-c", "cp \(loader) \(m)/u/myld && exec \(m)/u/myld \(m)/dd if=/dev/null of=/dev/null status=none"])
+            #expect(copy.status != 0, "a copy of the loader run from web: \(copy)")
             let outside = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", loader, m + "/dd", "if=/dev/null", "of=/dev/null", "status=none"])
             #expect(outside.status == 0, "outside any profiled service the policy alone decides: \(outside)")
         }

@@ -21,6 +21,11 @@ import Testing
         #expect(!inline(.shell, "/srv/app/run.sh -c arg"), "the script's own -c is its argument")
         #expect(!inline(.shell, "-e -- run.sh"))
         #expect(!inline(.shell, "--norc run.sh"))
+        #expect(inline(.shell, "-i run.sh"), "standard input after the script")
+        #expect(inline(.shell, "-l run.sh"), "a login shell runs the profile of a $HOME the caller chose")
+        #expect(inline(.shell, "run.sh", argv0: "-sh"), "a login shell by its name")
+        #expect(inline(.shell, "/dev/stdin"))
+        #expect(inline(.shell, "/dev/fd/63"), "a process substitution")
     }
 
     @Test func python() {
@@ -32,6 +37,9 @@ import Testing
         #expect(inline(.python, "--unknown-long x.py"))
         #expect(!inline(.python, "-u /srv/app/manage.py -c x"))
         #expect(!inline(.python, "-W ignore app.py"))
+        #expect(inline(.python, "-i app.py"), "standard input after the script")
+        #expect(inline(.python, "-X pycache_prefix=/tmp/x app.py"), "byte code from a directory the caller chose")
+        #expect(inline(.python, "/dev/stdin"))
     }
 
     @Test func awkProgramsAreInlineUnlessReadFromAFile() {
@@ -51,7 +59,10 @@ import Testing
         #expect(inline(.other, "--eval 1"), "node --eval")
         #expect(inline(.other, ""), "a prompt or standard input")
         #expect(inline(.other, "-"), "standard input")
-        #expect(!inline(.other, "/srv/app/tool.pl --verbose"))
+        #expect(inline(.other, "-d script.pl"), "perl's debugger reads commands from standard input")
+        #expect(inline(.other, "--import data:text/javascript,1 app.js"), "node")
+        #expect(inline(.other, "/srv/app/tool.pl --verbose"), "any option but a few harmless ones counts, the script's own too")
+        #expect(!inline(.other, "/srv/app/tool.pl data.csv"))
         #expect(!inline(.other, "-w script.pl"))
     }
 }

@@ -280,7 +280,7 @@ t37() { try_in_service "echo \"open('$MARK', 'w').close()\" | $SVC/python3 /dev/
 
 technique t38 blocked 'profiled service: `sh ./fifo`, a FIFO the attacker writes' service
 t38() {
-    try_in_service "cd $RUN && rm -f ./fifo && mkfifo ./fifo && { timeout 5 sh -c 'echo \"echo x > $MARK\" > ./fifo' </dev/null >/dev/null 2>&1 & } && $SVC/sh ./fifo"
+    try_in_service "cd $RUN && rm -f ./fifo && mkfifo ./fifo && { timeout -s KILL 5 sh -c 'echo \"echo x > $MARK\" > ./fifo' </dev/null >/dev/null 2>&1 & } && $SVC/sh ./fifo"
     judge_marker
 }
 

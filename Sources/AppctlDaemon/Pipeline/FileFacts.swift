@@ -35,6 +35,14 @@ protocol FileFacts: Sendable {
     /// For a process running the loader itself: whether the program it loads (of `family`) gets inline code, from its
     /// command line as the kernel copied it. Fails closed. Hash workers only.
     func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool
+    /// Whether the file is one of the configured dynamic loaders (by device and inode: a copy elsewhere is not).
+    func isConfiguredLoader(_ key: FileKey) -> Bool
+    /// Whether the process runs without a program interpreter (`AT_BASE` 0): the loader run as a program, or a static
+    /// program. Unreadable counts as yes (fail closed).
+    func runsWithoutInterpreter(pid: Int32) -> Bool
+    /// For a process that runs without an interpreter and opens the ELF file `key`: whether that file is the program
+    /// its command line names (`ld.so [options] PROGRAM`); nil when that cannot be told.
+    func isLoaderProgram(pid: Int32, key: FileKey) -> Bool?
 }
 
 /// The real facts: the event's descriptor and /proc.
@@ -148,8 +156,51 @@ final class KernelFileFacts: FileFacts {
         let arguments = Array((bytes.last == 0 ? all.dropLast() : all[...]).dropFirst())
         // `--argv0` renames the program (busybox picks its applet by that name): not judged, counted as inline.
         guard let index = InterpreterFamily.loaderProgramIndex(arguments), !arguments[..<index].contains(Array("--argv0".utf8)) else { return true }
-        if InterpreterFamily.environmentCarriesCode(environment.split(separator: 0).map(Array.init)) { return true }
-        return family.takesInlineCode(argv0: arguments[index], arguments: Array(arguments[(index + 1)...]))
+        return commandLineTakesInlineCode(tid: pid, family: family, argv0: arguments[index], arguments: Array(arguments[(index + 1)...]),
+                                          environment: environment.split(separator: 0).map(Array.init))
+    }
+
+    func isConfiguredLoader(_ key: FileKey) -> Bool {
+        interpreters.withLock { $0.files[[key.device, key.inode]] == .loader }
+    }
+
+    func runsWithoutInterpreter(pid: Int32) -> Bool {
+        interpreterBase(ofProcess: pid).map { $0 == 0 } ?? true
+    }
+
+    func isLoaderProgram(pid: Int32, key: FileKey) -> Bool? {
+        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20) else { return nil }
+        let all = bytes.split(separator: 0, omittingEmptySubsequences: false).map(Array.init)
+        let arguments = Array((bytes.last == 0 ? all.dropLast() : all[...]).dropFirst())
+        guard let index = InterpreterFamily.loaderProgramIndex(arguments),
+              case .trusted(let named) = trustedResolution(ofThread: pid, path: arguments[index], start: "/proc/\(pid)/cwd") else { return nil }
+        return named.device == key.device && named.inode == key.inode
+    }
+
+    /// The rule of `takesInlineCode` and the checks that need the caller's view: code in the environment, and what the
+    /// arguments name. A shell's or Python's script operand must be a regular file reached through nothing another user
+    /// could swap, on a filesystem of content (a pipe, a FIFO, `/dev/stdin`, `/proc/self/cmdline` are code the caller
+    /// writes); for other interpreters, whose script operand is not known, every argument that names something must
+    /// be such a file or a directory (at most 64 are looked at; more count as inline).
+    private func commandLineTakesInlineCode(tid: Int32, family: InterpreterFamily, argv0: [UInt8], arguments: [[UInt8]], environment: [[UInt8]]) -> Bool {
+        if family.takesInlineCode(argv0: argv0, arguments: arguments) { return true }
+        if InterpreterFamily.environmentCarriesCode(environment) { return true }
+        let cwd = "/proc/\(tid)/cwd"
+        if let index = family.scriptOperand(arguments) {
+            guard case .trusted(let script) = trustedResolution(ofThread: tid, path: arguments[index], start: cwd), script.isRegularFile else { return true }
+            return false
+        }
+        guard family == .other || family == .awk || family == .loader else { return false }
+        let named = arguments.filter { !$0.isEmpty && $0.first != UInt8(ascii: "-") }
+        if named.count > 64 { return true }
+        for argument in named {
+            switch trustedResolution(ofThread: tid, path: argument, start: cwd) {
+            case .missing: continue
+            case .untrusted: return true
+            case .trusted(let file): if !file.isRegularFile { return true }
+            }
+        }
+        return false
     }
 
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool {
@@ -161,21 +212,16 @@ final class KernelFileFacts: FileFacts {
         if exec.emptyPath {
             guard let directory = exec.directory else { return true }
             named = try? fileIdentity("/proc/\(tid)/fd/\(directory)")
+        } else if case .trusted(let file) = trustedResolution(ofThread: tid, path: exec.pathname,
+                                                               start: exec.directory.map { "/proc/\(tid)/fd/\($0)" } ?? "/proc/\(tid)/cwd") {
+            named = file
         } else {
-            named = trustedResolution(ofThread: tid, path: exec.pathname, start: exec.directory.map { "/proc/\(tid)/fd/\($0)" } ?? "/proc/\(tid)/cwd")
+            named = nil
         }
         guard let named else { return true }
         if named.device == key.device && named.inode == key.inode {
-            let arguments = Array(exec.arguments.dropFirst())
-            if family.takesInlineCode(argv0: exec.arguments.first ?? [], arguments: arguments) { return true }
-            if InterpreterFamily.environmentCarriesCode(exec.environment) { return true }
-            // The script must be a regular file that stays what it is (a FIFO or a name swapped later is code the
-            // caller writes as it goes); relative to the working directory the interpreter will have, which is the caller's.
-            if let index = family.scriptOperand(arguments) {
-                guard let script = trustedResolution(ofThread: tid, path: arguments[index], start: "/proc/\(tid)/cwd"),
-                      script.isRegularFile else { return true }
-            }
-            return false
+            return commandLineTakesInlineCode(tid: tid, family: family, argv0: exec.arguments.first ?? [], arguments: Array(exec.arguments.dropFirst()),
+                                              environment: exec.environment)
         }
         // The call named the `#!` script this thread exec'd (allowed) just before: the kernel runs the interpreter with
         // that file as its program (the script's own exec was judged as a program of its own). Its environment counts.
@@ -184,6 +230,7 @@ final class KernelFileFacts: FileFacts {
         }
         return true
     }
+
 
 
     /// readlink of /proc/self/fd gives the path in the *opener's* view (a bind mount in another mount namespace

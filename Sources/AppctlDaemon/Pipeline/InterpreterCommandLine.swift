@@ -64,7 +64,8 @@ enum InterpreterFamily: Sendable, Equatable {
             // `-c`, `-m`, no script, or `-` (standard input): inline. A script path: a file. `-i` runs standard input
             // after the script.
             guard let indices = Self.pythonProgramArguments(a), let i = indices.first else { return true }
-            if a[..<i].contains(where: { Self.isOption($0, letters: "i") }) { return true }
+            // `-X pycache_prefix=DIR` loads byte code from a directory the caller chose; no `-X` is needed to run a file.
+            if a[..<i].contains(where: { Self.isOption($0, letters: "iX") }) { return true }
             return a[i] == Array("-".utf8) || Self.namesAStream(a[i])
         case .awk:
             return Self.awkTakesInlineCode(a)
@@ -125,7 +126,8 @@ enum InterpreterFamily: Sendable, Equatable {
     /// files `ENV`/`BASH_ENV` (a stream such as /dev/stdin would never be seen). Only for interpreters a profile keeps
     /// from inline code; learning records them as inline.
     static func environmentCarriesCode(_ environment: [[UInt8]]) -> Bool {
-        let names = ["PERL5OPT=", "PERL5DB=", "PYTHONINSPECT=", "PYTHONSTARTUP=", "NODE_OPTIONS=", "SHELLOPTS=", "BASHOPTS=", "PS4=", "ENV=", "BASH_ENV="]
+        let names = ["PERL5OPT=", "PERL5DB=", "PYTHONINSPECT=", "PYTHONSTARTUP=", "PYTHONPYCACHEPREFIX=", "NODE_OPTIONS=", "SHELLOPTS=", "BASHOPTS=",
+                     "PS4=", "ENV=", "BASH_ENV=", "ZDOTDIR=", "XDG_CONFIG_HOME="]
         return environment.contains { variable in
             variable.starts(with: "BASH_FUNC_".utf8) || names.contains { variable.starts(with: $0.utf8) }
         }
@@ -150,26 +152,24 @@ enum InterpreterFamily: Sendable, Equatable {
     }
 
     /// perl, ruby, node, php, lua, tclsh, zsh, ksh, busybox and the loader: no argument at all (standard input or a
-    /// prompt), `-` anywhere, or an option that takes program text anywhere on the line (perl/ruby/lua `-e`, perl `-E`,
-    /// php `-r`, node `-e`/`-p`/`-i`/`--eval`/`--print`, shells' `-c`/`-s`), bundled or not. Every argument is looked
+    /// prompt), `-` anywhere, or any option but a few harmless ones, anywhere on the line. Every argument is looked
     /// at, the script's own included: options that take a separate value (`perl -I dir -e …`) would otherwise hide
-    /// what follows them. A script whose own arguments look like that counts as inline (more permissive when
+    /// what follows them. A script whose own arguments look like options counts as inline (more permissive when
     /// learned; never a way around a profile).
     private static func otherTakesInlineCode(_ a: [[UInt8]]) -> Bool {
         if a.isEmpty { return true }
         for arg in a {
             let t = text(arg)
             if t == "-" || namesAStream(arg) { return true }
-            // perl `-M`/`-m`: `-M5;do"./x"` runs code of the caller's choice.
-            if t.hasPrefix("-M") || t.hasPrefix("-m") { return true }
-            if t.hasPrefix("--") {
-                if t.hasPrefix("--eval") || t.hasPrefix("--print") || t.hasPrefix("--interactive") || t.hasPrefix("--command") { return true }
-                continue
-            }
-            if t.hasPrefix("-"), t.dropFirst().contains(where: { "eEcrpis".contains($0) }) { return true }
+            // Too many interpreters, each with options that take code or read it from somewhere (perl `-e`, `-M5;…`,
+            // `-d`; node `--import data:…`, `--inspect`; php `-a`; guile `--listen`): any option but these counts.
+            if t.hasPrefix("-") && !Self.plainOptions.contains(t) { return true }
         }
         return false
     }
+
+    /// Options of the other interpreters that change no code: warnings and taint checks.
+    static let plainOptions: Set<String> = ["--", "-w", "-W", "-X", "-T", "-t", "-U"]
 
     /// bash(1) and dash(1) INVOCATION: long options first (`--rcfile` and `--init-file` take a file the shell
     /// runs, so it counts), then option letters in `-`/`+` bundles where each `o` or `O` takes the next

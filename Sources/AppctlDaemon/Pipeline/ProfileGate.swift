@@ -38,8 +38,18 @@ final class ProfileGate: Sendable {
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
         // The loader is exec'd for every dynamically linked program (its PT_INTERP), in the same call: that is not a
         // program the subject chose. Run directly (`ld.so PROGRAM`), the program it loads is judged when the loader
-        // opens it (`judgeLoaderRun`), from the command line the kernel copied.
-        if family == .loader { return .unchanged }
+        // opens it (`judgeLoaderRun`), from the command line the kernel copied. Only the configured loader files: a
+        // copy elsewhere is judged as the program it is.
+        if family == .loader && facts.isConfiguredLoader(key) { return .unchanged }
+        return judgeStart(of: digest, family: family, by: tid, fd: fd, table: table, learning: learning, onWorker: onWorker) {
+            facts.execTakesInlineCode(tid: tid, key: key, family: $0, scriptBefore: scriptBefore)
+        }
+    }
+
+    /// The rule for one program start by thread `tid`, once the caller knows it is one: the subjects' profiles, the
+    /// command line (`takesInlineCode`, only when it matters and only on a worker) and learning.
+    private func judgeStart(of digest: SHA256Digest, family: InterpreterFamily?, by tid: Int32, fd: Int32, table: ProfileTable, learning: Bool,
+                            onWorker: Bool, takesInlineCode: (InterpreterFamily) -> Bool) -> Judgement {
         if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return .unchanged }
         guard let subjects = facts.subjects(of: tid, services: learning || table.hasServiceProfiles, users: learning || table.hasUserProfiles) else {
             // The process is gone or /proc cannot say who it is: fail closed where profiles exist.
@@ -60,7 +70,7 @@ final class ProfileGate: Sendable {
         if let family, inlineForbiddenBy != nil || learning {
             guard onWorker else { return .needsWorker }
             statistics.add(.profileCommandLineChecks)
-            inline = facts.execTakesInlineCode(tid: tid, key: key, family: family, scriptBefore: scriptBefore)
+            inline = takesInlineCode(family)
         }
         if learning {
             learned.recordProfile(services: subjects.services, users: subjects.uids.filter { $0 != 0 }, digest: digest, inline: inline, fd: fd)
@@ -86,37 +96,25 @@ final class ProfileGate: Sendable {
         caches.scriptExecs.withLock { $0.insert(key, for: tid) }
     }
 
-    /// An open of an ELF program by a process that runs the loader itself (`ld.so [options] PROGRAM [args]`): the
-    /// subject starts PROGRAM, so it is judged as an exec of it. Its arguments come from /proc/PID/cmdline, the copy
-    /// the kernel made at the exec (the loader's fresh image shares its memory with no one); read on a worker.
+    /// An open of the program a process that runs the loader itself loads (`ld.so [options] PROGRAM [args]`): the
+    /// subject starts PROGRAM, so it is judged as an exec of it. Told by the process's auxiliary vector (AT_BASE 0),
+    /// not by recognising the loader's content (a cache an attacker can flood). Its arguments come from
+    /// /proc/PID/cmdline, the copy the kernel made at the exec (the loader's fresh image shares its memory with no
+    /// one); read on a worker.
     func judgeLoaderRun(pid: Int32, key: FileKey?, digest: SHA256Digest, fd: Int32, onWorker: Bool) -> Judgement {
         let (table, learning) = policy.profileState
         guard !table.isEmpty || learning, let key else { return .unchanged }
-        guard facts.interpreter(of: pid, executableDigest: caches.executableDigest) == .loader, isELFProgram(key: key, fd: fd) else { return .unchanged }
-        let family = facts.interpreterFamily(ofProgram: digest, key: key)
-        if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return .unchanged }
-        guard let subjects = facts.subjects(of: pid, services: learning || table.hasServiceProfiles, users: learning || table.hasUserProfiles) else {
-            return table.isEmpty ? .unchanged : .refuse(.notInProfile, subject: "unknown")
+        // A process the kernel ran without a program interpreter (AT_BASE 0: the loader itself, or a static program)
+        // that opens an ELF file: the program its command line names is a start (whatever its ELF flags say); any other
+        // file it opens is a library it loads, unless the command line cannot tell, and then an ELF program counts.
+        guard facts.runsWithoutInterpreter(pid: pid) else { return .unchanged }
+        switch facts.isLoaderProgram(pid: pid, key: key) {
+        case true?: break
+        case false?: return .unchanged
+        case nil: guard isELFProgram(key: key, fd: fd) else { return .unchanged }
         }
-        let outcome = table.check(digest, subjects: subjects)
-        var inlineForbiddenBy: String?
-        switch outcome {
-        case .unprofiled: if !learning { return .unchanged }
-        case .notInProfile(let subject): if !learning { return .refuse(.notInProfile, subject: subject) }
-        case .admitted(let forbidden): inlineForbiddenBy = forbidden
-        }
-        var inline = false
-        if let family, inlineForbiddenBy != nil || learning {
-            guard onWorker else { return .needsWorker }
-            statistics.add(.profileCommandLineChecks)
-            inline = facts.loaderRunTakesInlineCode(pid: pid, family: family)
-        }
-        if learning {
-            learned.recordProfile(services: subjects.services, users: subjects.uids.filter { $0 != 0 }, digest: digest, inline: inline, fd: fd)
-            if case .notInProfile(let subject) = outcome { return .refuse(.notInProfile, subject: subject) }
-        }
-        if inline, let inlineForbiddenBy { return .refuse(.inlineCode, subject: inlineForbiddenBy) }
-        return .unchanged
+        return judgeStart(of: digest, family: facts.interpreterFamily(ofProgram: digest, key: key), by: pid, fd: fd, table: table, learning: learning,
+                          onWorker: onWorker) { facts.loaderRunTakesInlineCode(pid: pid, family: $0) }
     }
 
     /// Whether the file is an ELF program (`ContentClassifier.isELFProgram`), cached for files only root can write.
@@ -137,7 +135,7 @@ final class ProfileGate: Sendable {
         let (table, learning) = policy.profileState
         if table.isEmpty && !learning { return [.openExecPermission, .openPermission] }
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
-        if family == .loader && !learning { return [.openExecPermission, .openPermission] }
+        if family == .loader && !learning && facts.isConfiguredLoader(key) { return [.openExecPermission, .openPermission] }
         if facts.contentClass(of: fd) == .shebang { return [.openPermission] }
         if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return [.openExecPermission, .openPermission] }
         if isELFProgram(key: key, fd: fd) { return [] }
