@@ -7,7 +7,9 @@
 #          daemon, which reads /proc/TID/cgroup;
 #       c. an interpreter web may start only with a program file (`sh FILE`): answered by a hash worker, which also
 #          reads the new command line from the waiting thread's memory;
-#       d. (a) with no profile in the policy at all: today's fast path, for comparison.
+#       d. (a) with no profile in the policy at all: today's fast path, for comparison;
+#       e. (b) from a process in no service at all: what a profile costs the rest of the host (the kernel cannot tell
+#          processes apart, so this exec reaches the daemon too, which finds no profile for it).
 #  2. Learning over a day-like run: 20 services × 50 programs, each exec'd in turn, with the daemon learning
 #     profiles (learn mode: every exec reaches the daemon) against no daemon on the same files; execs per second,
 #     the daemon's RSS before and after, and the (subject, program) pairs learned.
@@ -64,7 +66,7 @@ inventory "$W/profiles.inv" \
     "profile service=web.service sha256:$S no-inline -" \
     "profile service=web.service sha256:$X no-inline -"
 inventory "$W/plain.inv"
-"$APPCTL" policy sign --key "$W/k.key" --serial 1 --out "$W/profiles.policy" "$W/profiles.inv" >/dev/null
+"$APPCTL" policy sign --key "$W/k.key" --serial 1 --profiles "$W/profiles.inv" --out "$W/profiles.policy" "$W/profiles.inv" >/dev/null
 "$APPCTL" policy sign --key "$W/k.key" --serial 1 --out "$W/plain.policy" "$W/plain.inv" >/dev/null
 
 start_daemon() {   # $1 mode, $2 policy
@@ -101,6 +103,9 @@ for r in $(seq "$RUNS"); do
     run_case a "$W/mnt/listed"
     run_case b "$W/mnt/excluded"
     run_case c "$W/mnt/sh" "$W/mnt/empty.sh"
+    in_web() { "$@"; }   # case e: the same exec-loop, in no service
+    run_case e "$W/mnt/excluded"
+    in_web() { sh -c "echo \$\$ > $CG/web.service/cgroup.procs && exec \"\$@\"" sh "$@"; }
     stop_daemon
     start_daemon enforce "$W/plain.policy"
     in_web "$W/mnt/listed" >/dev/null
@@ -108,12 +113,13 @@ for r in $(seq "$RUNS"); do
     stop_daemon
 done
 printf '| case | median extra µs per exec (rounds) | execs the daemon answered (last round) |\n| --- | --- | --- |\n'
-for c in a b c d; do
+for c in a b c d e; do
     case $c in
         a) label="a. listed by every profile (kernel cache)" ;;
         b) label="b. excluded by another profile (daemon reads /proc/TID/cgroup)" ;;
         c) label="c. sh FILE, sh listed no-inline (a worker reads the new argv)" ;;
         d) label="d. the policy has no profiles (today's path)" ;;
+        e) label="e. (b) from a process in no service" ;;
     esac
     echo "| $label | $(tr ' ' '\n' <<<"${D[$c]}" | grep . | median) ($(echo ${D[$c]})) | ${A[$c]} of $EXEC_N |"
 done
