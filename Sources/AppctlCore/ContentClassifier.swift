@@ -84,6 +84,35 @@ public enum ContentClassifier {
         return hasInterpreter && !soname
     }
 
+    /// Whether an ELF object is a shared object with no program interpreter of its own and a library name: what a
+    /// dynamic loader (glibc's ld-linux, musl's) is, and what no program, static or not, is. A process the kernel ran
+    /// such a file as (`ld.so PROGRAM`) loads its program itself.
+    public static func isLoaderLike(head h: [UInt8], readAt: (_ offset: Int64, _ count: Int) -> [UInt8]) -> Bool {
+        guard sniff(h) == .elf, h.count >= 64, h[4] == 2, h[5] == 1 else { return sniff(h) == .elf }   // 32-bit: judged
+        func u16(_ b: [UInt8], _ o: Int) -> UInt64 { o + 2 <= b.count ? UInt64(b[o]) | UInt64(b[o + 1]) << 8 : 0 }
+        func u32(_ b: [UInt8], _ o: Int) -> UInt64 { u16(b, o) | u16(b, o + 2) << 16 }
+        func u64(_ b: [UInt8], _ o: Int) -> UInt64 { u32(b, o) | u32(b, o + 4) << 32 }
+        guard u16(h, 16) == 3 else { return false }                              // ET_DYN
+        let phoff = u64(h, 32), phentsize = Int(u16(h, 54)), phnum = Int(u16(h, 56))
+        guard phentsize >= 56, phnum > 0, phnum < 4096, phoff < 1 << 32 else { return true }
+        let table = readAt(Int64(phoff), phentsize * phnum)
+        var soname = false
+        for i in 0..<phnum where (i + 1) * phentsize <= table.count {
+            let type = u32(table, i * phentsize)
+            if type == 3 { return false }                                        // PT_INTERP: a program
+            guard type == 2 else { continue }
+            let offset = u64(table, i * phentsize + 8), size = min(u64(table, i * phentsize + 32), 1 << 16)
+            guard offset < 1 << 40 else { return true }
+            let dynamic = readAt(Int64(offset), Int(size))
+            var at = 0
+            while at + 16 <= dynamic.count && u64(dynamic, at) != 0 {
+                if u64(dynamic, at) == 14 { soname = true }                      // DT_SONAME
+                at += 16
+            }
+        }
+        return soname
+    }
+
     /// ET_EXEC and ET_DYN with PT_INTERP (PIE programs) are programs; ET_DYN without an
     /// interpreter is a shared object (libraries and the loader). Relocatable objects (.o, .ko)
     /// and core files are not run by execve or the loader.

@@ -255,15 +255,25 @@ public func trustedResolution(ofThread tid: Int32, path: [UInt8], start: String)
 /// unreadable.
 public func interpreterBase(ofProcess pid: Int32) -> UInt64? {
     guard let bytes = try? readSmallFile("/proc/\(pid)/auxv", limit: 64 * 1024), bytes.count % 16 == 0 else { return nil }
-    var at = 0
+    // 64-bit entries only: a 32-bit process's vector (pairs of 32-bit words) must not be misread, so AT_PAGESZ must
+    // read as 4096 (or another power of two) for AT_BASE to count.
+    var at = 0, base: UInt64?, pageSizeSeen = false
     while at + 16 <= bytes.count {
         var type: UInt64 = 0, value: UInt64 = 0
         for i in 0..<8 { type |= UInt64(bytes[at + i]) << (8 * i); value |= UInt64(bytes[at + 8 + i]) << (8 * i) }
-        if type == 0 { return nil }            // AT_NULL before AT_BASE
-        if type == 7 { return value }          // AT_BASE
+        if type == 0 { break }                                                  // AT_NULL
+        if type == 6 { pageSizeSeen = value >= 4096 && value & (value - 1) == 0 }   // AT_PAGESZ
+        if type == 7 { base = value }                                           // AT_BASE
         at += 16
     }
-    return nil
+    return pageSizeSeen ? base : nil
+}
+
+/// Whether the thread is in this process's user namespace. In one of its own, a caller can change its mounts at will,
+/// so no path it resolves is "only root could change it" (callers fail closed).
+public func sharesOurUserNamespace(thread tid: Int32) -> Bool {
+    guard let theirs = try? fileStatus("/proc/\(tid)/ns/user"), let ours = try? fileStatus("/proc/self/ns/user") else { return false }
+    return theirs.st_dev == ours.st_dev && theirs.st_ino == ours.st_ino
 }
 
 private func linkStatus(cPath: UnsafePointer<CChar>, relativeTo directory: FileDescriptor) throws(Errno) -> stat {

@@ -255,7 +255,7 @@ struct ExecutionProfileTests {
             #expect(dd.status != 0, "ld.so dd refused: dd is not in the profile: \(dd)")
             let inline = try Self.runIn(web, [loader, python, "-c", "print('inline ran')"])
             #expect(inline.status != 0 && !inline.stdout.contains("inline ran"), "ld.so python3 -c refused: \(inline)")
-            // A copy of the loader at another path is not this host's loader: judged as the program it is.
+            // A copy of the loader at another path: the program it loads is judged all the same.
             let copy = try Self.runIn(web, ["/bin/sh", "-c", "cp \(loader) \(m)/u/myld && exec \(m)/u/myld \(m)/dd if=/dev/null of=/dev/null status=none"])
             #expect(copy.status != 0, "a copy of the loader run from web: \(copy)")
             let outside = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", loader, m + "/dd", "if=/dev/null", "of=/dev/null", "status=none"])

@@ -64,5 +64,14 @@ import Testing
         #expect(inline(.other, "/srv/app/tool.pl --verbose"), "any option but a few harmless ones counts, the script's own too")
         #expect(!inline(.other, "/srv/app/tool.pl data.csv"))
         #expect(!inline(.other, "-w script.pl"))
+        #expect(inline(.other, "-X /dev fd/0"), "ruby -X changes directory before it reads the script")
+    }
+
+    @Test func codeInTheEnvironmentCounts() {
+        for variable in ["PERL5OPT=-M5;print", "RUBYOPT=-rx", "PHPRC=/tmp/x", "PHP_INI_SCAN_DIR=/tmp", "PS4=$(id)", "BASH_FUNC_ls%%=() { id; }",
+                         "ENV=/dev/stdin", "NODE_OPTIONS=--import=x", "PYTHONINSPECT=1", "ZDOTDIR=/tmp"] {
+            #expect(InterpreterFamily.environmentCarriesCode([Array("PATH=/usr/bin".utf8), Array(variable.utf8)]), "\(variable)")
+        }
+        #expect(!InterpreterFamily.environmentCarriesCode([Array("PATH=/usr/bin".utf8), Array("LANG=C.UTF-8".utf8), Array("HOME=/var/www".utf8)]))
     }
 }

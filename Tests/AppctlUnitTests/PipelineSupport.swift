@@ -51,10 +51,9 @@ final class FakeFacts: FileFacts, @unchecked Sendable {
     func subjects(of tid: Int32, services: Bool, users: Bool) -> ProcessSubjects? { threadSubjects[tid] ?? ProcessSubjects(services: [], uids: [1000]) }
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool { inlineThreads.contains(tid) }
     func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool { inlineThreads.contains(pid) }
-    var configuredLoaders: Set<FileKey> = []
     var loaderRuns: Set<Int32> = []
-    func isConfiguredLoader(_ key: FileKey) -> Bool { configuredLoaders.contains(key) }
     func runsWithoutInterpreter(pid: Int32) -> Bool { loaderRuns.contains(pid) }
+    func runsLoaderItself(pid: Int32) -> Bool { loaderRuns.contains(pid) }
     func isLoaderProgram(pid: Int32, key: FileKey) -> Bool? { nil }
 }
 

@@ -90,17 +90,12 @@ import Testing
             ProfileRule(subject: .service("web.service"), program: .digest(Self.extra), inline: false),
         ])
         p.facts.programFamilies[loader] = .loader
-        p.facts.configuredLoaders = [rootOnly(70)]
         p.facts.threadSubjects[501] = ProcessSubjects(services: ["web.service"], uids: [33])
         p.caches.remember(loader, for: rootOnly(70))
         // Its exec (PT_INTERP for every dynamic program, or run directly) is not the subject's choice: allowed, cached.
         p.decide(p.request(exec: true, pid: 501, key: rootOnly(70)))
         #expect(p.kernel.answers.last?.allow == true)
         #expect(p.kernel.marks.last.map { $0.events == [.openExecPermission, .openPermission] } == true)
-        // A copy of the loader elsewhere is judged as the program it is: web's profile does not list it.
-        p.caches.remember(loader, for: rootOnly(72))
-        p.decide(p.request(exec: true, pid: 501, key: rootOnly(72)))
-        #expect(p.kernel.answers.last?.allow == false)
         // A process running the loader (AT_BASE 0) opens `known`, a program web's profile does not list: judged as its start.
         p.facts.loaderRuns = [501]
         p.caches.remember(p.known, for: rootOnly(71))

@@ -35,11 +35,12 @@ protocol FileFacts: Sendable {
     /// For a process running the loader itself: whether the program it loads (of `family`) gets inline code, from its
     /// command line as the kernel copied it. Fails closed. Hash workers only.
     func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool
-    /// Whether the file is one of the configured dynamic loaders (by device and inode: a copy elsewhere is not).
-    func isConfiguredLoader(_ key: FileKey) -> Bool
     /// Whether the process runs without a program interpreter (`AT_BASE` 0): the loader run as a program, or a static
-    /// program. Unreadable counts as yes (fail closed).
+    /// program. Unreadable counts as yes (fail closed). Reads /proc only: the event thread may ask.
     func runsWithoutInterpreter(pid: Int32) -> Bool
+    /// Whether the process's executable is a dynamic loader (`ContentClassifier.isLoaderLike`), not a static program.
+    /// Opens /proc/PID/exe: hash workers only.
+    func runsLoaderItself(pid: Int32) -> Bool
     /// For a process that runs without an interpreter and opens the ELF file `key`: whether that file is the program
     /// its command line names (`ld.so [options] PROGRAM`); nil when that cannot be told.
     func isLoaderProgram(pid: Int32, key: FileKey) -> Bool?
@@ -150,7 +151,7 @@ final class KernelFileFacts: FileFacts {
     }
 
     func loaderRunTakesInlineCode(pid: Int32, family: InterpreterFamily) -> Bool {
-        guard let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20),
+        guard sharesOurUserNamespace(thread: pid), let bytes = try? readSmallFile("/proc/\(pid)/cmdline", limit: 4 << 20),
               let environment = try? readSmallFile("/proc/\(pid)/environ", limit: 4 << 20) else { return true }
         let all = bytes.split(separator: 0, omittingEmptySubsequences: false).map(Array.init)
         let arguments = Array((bytes.last == 0 ? all.dropLast() : all[...]).dropFirst())
@@ -160,8 +161,10 @@ final class KernelFileFacts: FileFacts {
                                           environment: environment.split(separator: 0).map(Array.init))
     }
 
-    func isConfiguredLoader(_ key: FileKey) -> Bool {
-        interpreters.withLock { $0.files[[key.device, key.inode]] == .loader }
+    func runsLoaderItself(pid: Int32) -> Bool {
+        guard let exe = try? FileDescriptor.open("/proc/\(pid)/exe", [.readOnly, .nonBlocking, .closeOnExec]) else { return true }
+        defer { exe.close() }
+        return ContentClassifier.isLoaderLike(head: exe.readBytes(at: 0, count: ContentClassifier.headerLength), readAt: exe.readBytes)
     }
 
     func runsWithoutInterpreter(pid: Int32) -> Bool {
@@ -206,7 +209,8 @@ final class KernelFileFacts: FileFacts {
     func execTakesInlineCode(tid: Int32, key: FileKey, family: InterpreterFamily, scriptBefore: FileKey?) -> Bool {
         // Another thread sharing the caller's memory could change the arguments after they are read and before the
         // kernel copies them (the permission event comes first): a multi-threaded caller counts as inline code.
-        guard threadCount(ofThread: tid) == 1, let exec = try? pendingExec(ofThread: tid) else { return true }
+        // In a user namespace of its own the caller controls its mounts: no path it names is root's alone.
+        guard threadCount(ofThread: tid) == 1, sharesOurUserNamespace(thread: tid), let exec = try? pendingExec(ofThread: tid) else { return true }
         // Which file the call names, in the caller's own view, through nothing anyone but root could swap meanwhile.
         let named: FileIdentity?
         if exec.emptyPath {

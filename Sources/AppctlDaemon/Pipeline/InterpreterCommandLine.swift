@@ -127,7 +127,7 @@ enum InterpreterFamily: Sendable, Equatable {
     /// from inline code; learning records them as inline.
     static func environmentCarriesCode(_ environment: [[UInt8]]) -> Bool {
         let names = ["PERL5OPT=", "PERL5DB=", "PYTHONINSPECT=", "PYTHONSTARTUP=", "PYTHONPYCACHEPREFIX=", "NODE_OPTIONS=", "SHELLOPTS=", "BASHOPTS=",
-                     "PS4=", "ENV=", "BASH_ENV=", "ZDOTDIR=", "XDG_CONFIG_HOME="]
+                     "PS4=", "ENV=", "BASH_ENV=", "ZDOTDIR=", "XDG_CONFIG_HOME=", "RUBYOPT=", "PHPRC=", "PHP_INI_SCAN_DIR="]
         return environment.contains { variable in
             variable.starts(with: "BASH_FUNC_".utf8) || names.contains { variable.starts(with: $0.utf8) }
         }
@@ -169,7 +169,8 @@ enum InterpreterFamily: Sendable, Equatable {
     }
 
     /// Options of the other interpreters that change no code: warnings and taint checks.
-    static let plainOptions: Set<String> = ["--", "-w", "-W", "-X", "-T", "-t", "-U"]
+    /// (Not `-X`: ruby's changes directory before it reads the script, so a relative script could be anything.)
+    static let plainOptions: Set<String> = ["--", "-w", "-W", "-T", "-t", "-U"]
 
     /// bash(1) and dash(1) INVOCATION: long options first (`--rcfile` and `--init-file` take a file the shell
     /// runs, so it counts), then option letters in `-`/`+` bundles where each `o` or `O` takes the next

@@ -37,10 +37,10 @@ final class ProfileGate: Sendable {
         guard !table.isEmpty || learning, let key else { return .unchanged }
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
         // The loader is exec'd for every dynamically linked program (its PT_INTERP), in the same call: that is not a
-        // program the subject chose. Run directly (`ld.so PROGRAM`), the program it loads is judged when the loader
-        // opens it (`judgeLoaderRun`), from the command line the kernel copied. Only the configured loader files: a
-        // copy elsewhere is judged as the program it is.
-        if family == .loader && facts.isConfiguredLoader(key) { return .unchanged }
+        // program the subject chose. Run directly (`ld.so PROGRAM`, a copy of it included), the program it loads is
+        // judged when the loader opens it (`judgeLoaderRun`, told by the process itself, not by the loader's name or
+        // inode: an upgraded loader is a new inode), from the command line the kernel copied.
+        if family == .loader { return .unchanged }
         return judgeStart(of: digest, family: family, by: tid, fd: fd, table: table, learning: learning, onWorker: onWorker) {
             facts.execTakesInlineCode(tid: tid, key: key, family: $0, scriptBefore: scriptBefore)
         }
@@ -104,10 +104,14 @@ final class ProfileGate: Sendable {
     func judgeLoaderRun(pid: Int32, key: FileKey?, digest: SHA256Digest, fd: Int32, onWorker: Bool) -> Judgement {
         let (table, learning) = policy.profileState
         guard !table.isEmpty || learning, let key else { return .unchanged }
-        // A process the kernel ran without a program interpreter (AT_BASE 0: the loader itself, or a static program)
-        // that opens an ELF file: the program its command line names is a start (whatever its ELF flags say); any other
-        // file it opens is a library it loads, unless the command line cannot tell, and then an ELF program counts.
+        // A process the kernel ran without a program interpreter (AT_BASE 0) whose executable is a loader, not a static
+        // program (a backup agent reading binaries starts none of them), that opens an ELF file: the program its
+        // command line names is a start (whatever its ELF flags say); any other file it opens is a library it loads,
+        // unless the command line cannot tell, and then an ELF program counts. All but AT_BASE on a worker: the
+        // executable is opened and the command line's path walked (either could be on a filesystem that never answers).
         guard facts.runsWithoutInterpreter(pid: pid) else { return .unchanged }
+        guard onWorker else { return .needsWorker }
+        guard facts.runsLoaderItself(pid: pid) else { return .unchanged }
         switch facts.isLoaderProgram(pid: pid, key: key) {
         case true?: break
         case false?: return .unchanged
@@ -135,7 +139,7 @@ final class ProfileGate: Sendable {
         let (table, learning) = policy.profileState
         if table.isEmpty && !learning { return [.openExecPermission, .openPermission] }
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
-        if family == .loader && !learning && facts.isConfiguredLoader(key) { return [.openExecPermission, .openPermission] }
+        if family == .loader && !learning { return [.openExecPermission, .openPermission] }
         if facts.contentClass(of: fd) == .shebang { return [.openPermission] }
         if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return [.openExecPermission, .openPermission] }
         if isELFProgram(key: key, fd: fd) { return [] }
