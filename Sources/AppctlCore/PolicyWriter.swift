@@ -72,42 +72,34 @@ public final class PolicyWriter {
         }
         if !header.scope.isEmpty { try line("scope \(header.scope.joined(separator: ","))") }
         if let description = header.escapedDescription, !description.isEmpty { try line("description \(description)") }
-        var previousDelegation: Delegation?
-        for delegation in header.delegations {
-            if let previousDelegation, !(previousDelegation < delegation) {
-                throw PolicyError(.outOfOrder, file: name, "delegate lines out of canonical order or repeated at \(delegation.name)")
-            }
-            previousDelegation = delegation
-            try line("delegate \(delegation)")
-        }
+        try lines("delegate", header.delegations, at: \.name)
         guard header.declaresLocalTrust == (header.version == 4) || header.version >= 5 else {
             throw PolicyError(.malformed, file: name, header.version >= 4 ? "format version 4 needs an apt-source, apt-unverified or maintenance line"
                                                                              : "apt-source, apt-unverified and maintenance lines need format version 4")
         }
-        var previousSource: AptSourceRule?
-        for source in header.aptSources {
-            if let previousSource, !(previousSource < source) {
-                throw PolicyError(.outOfOrder, file: name, "apt-source lines out of canonical order or repeated at \(source)")
-            }
-            previousSource = source
-            try line("apt-source \(source)")
-        }
+        try lines("apt-source", header.aptSources, at: \.description)
         if let unverified = header.aptUnverified { try line("apt-unverified \(unverified.rawValue)") }
         if let maintenance = header.maintenance { try line("maintenance \(maintenance)") }
         if header.shrinkPermitted { try line("shrink permitted") }
         guard header.profiles.isEmpty != (header.version >= 6) else {
             throw PolicyError(.malformed, file: name, header.version >= 6 ? "format version 6 needs a profile line" : "profile lines need format version 6")
         }
-        var previousProfile: ProfileRule?
-        for profile in header.profiles {
-            if let previousProfile, !(previousProfile < profile) {
-                throw PolicyError(.outOfOrder, file: name, "profile lines out of canonical order or repeated at \(profile.subject) \(profile.program)")
-            }
-            previousProfile = profile
-            try line("profile \(profile)")
-        }
+        try lines("profile", header.profiles, at: { "\($0.subject) \($0.program)" })
         try line("allow-count \(header.allowCount)")
         try line("deny-count \(header.denyCount)")
+    }
+
+    /// A repeatable header field: one `field <value>` line per value, which must come in canonical order, each once
+    /// (`at` names a value in the refusal).
+    private func lines<Value: Comparable & CustomStringConvertible>(_ field: String, _ values: [Value], at: (Value) -> String) throws(PolicyError) {
+        var previous: Value?
+        for value in values {
+            if let previous, !(previous < value) {
+                throw PolicyError(.outOfOrder, file: name, "\(field) lines out of canonical order or repeated at \(at(value))")
+            }
+            previous = value
+            try line("\(field) \(value)")
+        }
     }
 
     public func writeAllow(_ entry: AllowEntry) throws(PolicyError) {
