@@ -104,4 +104,25 @@ import Testing
         #expect(p.kernel.answers.last?.allow == false)
         #expect(p.sink.records.withLock { $0.last?.reason } == .notInProfile)
     }
+
+    /// `package:` follows a package through apt upgrades: the base's entries of that package, and the files of the
+    /// packages of that name an apt overlay the policy trusts installed; never one the policy's rules do not trust.
+    @Test func aPackageProgramCoversTheBaseAndTheTrustedOverlayOnly() {
+        let debian = "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8", other = "0123456789ABCDEF0123456789ABCDEF01234567"
+        let learned = SHA256Digest.of(Array("jq 1.6".utf8)), upgraded = SHA256Digest.of(Array("jq 1.7".utf8)), foreign = SHA256Digest.of(Array("jq elsewhere".utf8))
+        var header = PolicyHeader(serial: 1, issued: .now)
+        header.aptSources = [AptSourceRule(signer: debian, mode: .auto)]
+        header.profiles = [ProfileRule(subject: .service("web.service"), program: .package("jq"), inline: false)]
+        var policy = LoadedPolicy(header: header, allowed: DigestSet([learned]), denied: DigestSet([]), path: "p", isSigned: true)
+        policy.packagePrograms = ["jq": [learned]]
+        func package(_ signer: String, _ digest: SHA256Digest) -> OverlayPackage {
+            OverlayPackage(name: "jq", version: "1.7", architecture: "amd64", debDigest: digest, signer: signer, origin: "Debian", suite: "stable",
+                           codename: "bookworm", files: [OverlayFile(digest: digest, size: 1, kind: .elfExec, escapedPath: "/usr/bin/jq")])
+        }
+        let table = PolicyState.compileProfiles(policy, overlays: [Overlay(layer: "apt", packages: [package(debian, upgraded), package(other, foreign)])])
+        let web = ProcessSubjects(services: ["web.service"], uids: [])
+        #expect(table.check(learned, subjects: web) == .admitted(inlineForbiddenBy: "service=web.service"))
+        #expect(table.check(upgraded, subjects: web) == .admitted(inlineForbiddenBy: "service=web.service"), "the upgrade apt installed")
+        #expect(table.check(foreign, subjects: web) == .notInProfile(subject: "service=web.service"), "a package of that name nothing trusts")
+    }
 }

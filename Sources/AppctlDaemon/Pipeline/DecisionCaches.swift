@@ -91,6 +91,15 @@ public final class DecisionCaches: Sendable {
 
     func digest(of key: FileKey) -> SHA256Digest? { digests.withLock { $0[key] } }
 
+    /// What `compute` says of the file's bytes, from `cache` when the file is only root's (anyone else's can change
+    /// without a new key), else computed every time.
+    func classified<Value: Sendable>(_ cache: borrowing Mutex<BoundedCache<FileKey, Value>>, _ key: FileKey, _ compute: () -> Value) -> Value {
+        if key.onlyRootCanWrite, let known = cache.withLock({ $0[key] }) { return known }
+        let value = compute()
+        if key.onlyRootCanWrite { cache.withLock { $0.insert(value, for: key) } }
+        return value
+    }
+
     /// Callers check that only root can write the file.
     func remember(_ digest: SHA256Digest, for key: FileKey) { digests.withLock { $0.insert(digest, for: key) } }
 

@@ -7,7 +7,7 @@ import Synchronization
 ///
 /// Only execs are judged (a program started; the open that completes an exec repeats its answer). The kernel answers
 /// alike for every process, so an exec is answered there only when every profile lists the program and lets it take
-/// inline code if it is an interpreter (`execMayStayInKernel`); every other exec comes here, and costs one read of
+/// inline code if it is an interpreter (`kernelEvents`); every other exec comes here, and costs one read of
 /// /proc/TID/cgroup (and /proc/TID/status when a profile is for a user). An interpreter's command line is read from
 /// the waiting thread's memory (`pendingExec`), on a hash worker, never on the event thread.
 final class ProfileGate: Sendable {
@@ -28,6 +28,12 @@ final class ProfileGate: Sendable {
 
     init(policy: PolicyState, facts: any FileFacts, caches: DecisionCaches, learned: LearnRecorder, statistics: Statistics) {
         self.policy = policy; self.facts = facts; self.caches = caches; self.learned = learned; self.statistics = statistics
+    }
+
+    /// Whether profiles are in force or being learned (else no event needs the gate).
+    var inPlay: Bool {
+        let (table, learning) = policy.profileState
+        return !table.isEmpty || learning
     }
 
     /// Judges an allowed exec of `digest` by thread `tid` (its file `key`, its descriptor `fd`). `onWorker`: the
@@ -92,7 +98,7 @@ final class ProfileGate: Sendable {
     /// After an exec was allowed: remembers it for the thread when it is a `#!` script (`takeScriptBefore`).
     func rememberAllowedExec(tid: Int32, key: FileKey?, fd: Int32) {
         let (table, learning) = policy.profileState
-        guard !table.isEmpty || learning, let key, facts.contentClass(of: fd) == .shebang else { return }
+        guard !table.isEmpty || learning, let key, contentClass(key: key, fd: fd) == .shebang else { return }
         caches.scriptExecs.withLock { $0.insert(key, for: tid) }
     }
 
@@ -109,7 +115,8 @@ final class ProfileGate: Sendable {
         // command line names is a start (whatever its ELF flags say); any other file it opens is a library it loads,
         // unless the command line cannot tell, and then an ELF program counts. All but AT_BASE on a worker: the
         // executable is opened and the command line's path walked (either could be on a filesystem that never answers).
-        guard facts.runsWithoutInterpreter(pid: pid) else { return .unchanged }
+        // The loader loads ELF files only: anything else (a script an interpreter opens) needs no /proc read.
+        guard contentClass(key: key, fd: fd) == .elf, facts.runsWithoutInterpreter(pid: pid) else { return .unchanged }
         guard onWorker else { return .needsWorker }
         guard facts.runsLoaderItself(pid: pid) else { return .unchanged }
         switch facts.isLoaderProgram(pid: pid, key: key) {
@@ -123,10 +130,12 @@ final class ProfileGate: Sendable {
 
     /// Whether the file is an ELF program (`ContentClassifier.isELFProgram`), cached for files only root can write.
     func isELFProgram(key: FileKey, fd: Int32) -> Bool {
-        if key.onlyRootCanWrite, let known = caches.elfPrograms.withLock({ $0[key] }) { return known }
-        let program = facts.isELFProgram(of: fd)
-        if key.onlyRootCanWrite { caches.elfPrograms.withLock { $0.insert(program, for: key) } }
-        return program
+        caches.classified(caches.elfPrograms, key) { facts.isELFProgram(of: fd) }
+    }
+
+    /// ELF, `#!` or other, cached for files only root can write (the cache the decision ladder fills).
+    private func contentClass(key: FileKey, fd: Int32) -> ContentClass {
+        caches.classified(caches.contentClasses, key) { facts.contentClass(of: fd) }
     }
 
     /// Which events of this file the kernel may answer for every process from now on (its verdict cached there).
@@ -140,7 +149,7 @@ final class ProfileGate: Sendable {
         if table.isEmpty && !learning { return [.openExecPermission, .openPermission] }
         let family = facts.interpreterFamily(ofProgram: digest, key: key)
         if family == .loader && !learning { return [.openExecPermission, .openPermission] }
-        if facts.contentClass(of: fd) == .shebang { return [.openPermission] }
+        if contentClass(key: key, fd: fd) == .shebang { return [.openPermission] }
         if !learning && table.sameForEveryProcess(digest, isInterpreter: family != nil) { return [.openExecPermission, .openPermission] }
         if isELFProgram(key: key, fd: fd) { return [] }
         return [.openPermission]

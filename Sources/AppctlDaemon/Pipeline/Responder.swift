@@ -140,7 +140,8 @@ final class Responder: Sendable {
             return verdict.allow
         }
         var answer = answer
-        if !answer.profileJudged {
+        // One look at whether profiles are in force or learned: without, nothing below is asked per event.
+        if !answer.profileJudged && profiles.inPlay {
             // Once per exec, on the thread that saw it first: the `#!` script before it (a worker sees it later).
             if request.isExec && !answer.handedOff { answer.scriptBefore = profiles.takeScriptBefore(tid: request.pid) }
             if verdict.allow, let digest = answer.digest {

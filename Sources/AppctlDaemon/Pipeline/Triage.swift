@@ -180,13 +180,7 @@ final class Triage: Sendable {
     /// or a script an interpreter opens as its program (a `#!` file at once; any other file depending on the
     /// interpreter's command line, which is not read here).
     func openKind(pid: Int32, key: FileKey, descriptor: Int32) -> OpenKind {
-        let contentClass: ContentClass
-        if key.onlyRootCanWrite, let cached = caches.contentClasses.withLock({ $0[key] }) {
-            contentClass = cached
-        } else {
-            contentClass = facts.contentClass(of: descriptor)
-            if key.onlyRootCanWrite { caches.contentClasses.withLock { $0.insert(contentClass, for: key) } }
-        }
+        let contentClass = caches.classified(caches.contentClasses, key) { facts.contentClass(of: descriptor) }
         switch contentClass {
         case .elf:
             return .program

@@ -22,8 +22,10 @@ final class LearnRecorder: Sendable {
     let statistics: Statistics?
     /// (subject, program) pairs kept at most: ~200 bytes each, so ~13 MB at the bound.
     static let profileLimit = 65_536
-    /// uid → user name, from /etc/passwd when learning starts (re-read when a uid is not in it).
-    private let userNames = Mutex<[UInt32: String]>([:])
+    /// uid → user name, from /etc/passwd, and when it was read: re-read for a uid it does not name, at most once a
+    /// minute (a uid no user has, a container's, must not cost a read of the file per exec).
+    private let userNames = Mutex<(byUID: [UInt32: String], readAt: UInt64?)>(([:], nil))
+    static let passwdRereadNanoseconds: UInt64 = 60_000_000_000
 
     init(hostname: String, statistics: Statistics? = nil) { self.hostname = hostname; self.statistics = statistics }
 
@@ -62,11 +64,14 @@ final class LearnRecorder: Sendable {
     }
 
     private func userName(_ uid: UInt32) -> String? {
-        if let name = userNames.withLock({ $0[uid] }) { return name }
+        let now = monotonicNanoseconds()
+        let (known, fresh) = userNames.withLock { u in (u.byUID[uid], u.readAt.map { now &- $0 < Self.passwdRereadNanoseconds } ?? false) }
+        if let known { return known }
+        if fresh { return nil }
         let names = passwdUIDs(String(decoding: (try? readSmallFile("/etc/passwd", limit: 16 << 20)) ?? [], as: UTF8.self))
         var byUID: [UInt32: String] = [:]
         for (name, id) in names where byUID[id] == nil && Subject.isValidUserName(name) { byUID[id] = name }
-        userNames.withLock { $0 = byUID }
+        userNames.withLock { $0 = (byUID, now) }
         return byUID[uid]
     }
 
