@@ -2,6 +2,9 @@
 import AppctlCore
 import AppctlKernel
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Execution profiles on the event path, with fake facts: who the process is, whether its program is an
 /// interpreter and whether its command line is inline code (issue 15).
@@ -125,4 +128,21 @@ import Testing
         #expect(table.check(upgraded, subjects: web) == .admitted(inlineForbiddenBy: "service=web.service"), "the upgrade apt installed")
         #expect(table.check(foreign, subjects: web) == .notInProfile(subject: "service=web.service"), "a package of that name nothing trusts")
     }
+
+    /// Learning runs for days: past its bound new (subject, program) pairs are counted as dropped, never stored.
+    @Test func learningIsBounded() {
+        let statistics = Statistics()
+        let recorder = LearnRecorder(hostname: "test", statistics: statistics)
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(fd) }
+        for i in 0..<(LearnRecorder.profileLimit + 10) {
+            recorder.recordProfile(services: ["web.service"], users: [], digest: SHA256Digest.of(Array("program \(i)".utf8)), inline: false, fd: fd)
+        }
+        #expect(recorder.profileEntryCount == LearnRecorder.profileLimit)
+        #expect(statistics[.profileEntriesDropped] == 10 && statistics[.profileEntriesLearned] == LearnRecorder.profileLimit)
+        // A pair seen before costs a lookup and changes nothing, unless it now took inline code.
+        recorder.recordProfile(services: ["web.service"], users: [], digest: SHA256Digest.of(Array("program 0".utf8)), inline: true, fd: fd)
+        #expect(recorder.profileRules.first { $0.program == .digest(SHA256Digest.of(Array("program 0".utf8))) }?.inline == true)
+    }
 }
+
